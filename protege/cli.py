@@ -1,0 +1,153 @@
+"""The ``protege`` command line: ``protege run CONFIG``, ``protege teacher NAME``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from protege._logging import set_verbosity
+
+__all__ = ["main"]
+
+
+def _millions(value: float) -> str:
+    return f"{value / 1e6:.3f}M" if value >= 1e5 else f"{value / 1e3:.1f}K"
+
+
+class _TrialPrinter:
+    """Prints one line per finished trial (works in a plain log as well as a terminal)."""
+
+    def __init__(self, total: int, teacher_macs: int | None = None) -> None:
+        self.total = total
+        self.teacher_macs = teacher_macs
+        self.start = time.perf_counter()
+        self.seen = 0
+
+    def __call__(self, record) -> None:  # type: ignore[no-untyped-def]
+        self.seen += 1
+        elapsed = time.perf_counter() - self.start
+        head = f"trial {record.number:>3} [{self.seen}/{self.total}, {elapsed:6.1f}s]"
+        if record.state == "complete":
+            dup = record.duplicate_of
+            note = f" (same as trial {dup})" if dup is not None else ""
+            line = (f"{head} accuracy {record.accuracy:.4f}  MACs {_millions(record.macs)}  "
+                    f"train {record.train_seconds or 0:.1f}s{note}")
+        elif record.state == "pruned":
+            line = f"{head} rejected: {record.pruned_reason}"
+        else:
+            line = f"{head} {record.state}: {record.error}"
+        print(line, flush=True)
+
+
+def _front_table(result) -> str:  # type: ignore[no-untyped-def]
+    teacher = result.teacher
+    rows = [("trial", "val acc", "MACs", "MACs/teacher", "params")]
+    rows.append(("teacher", f"{teacher.val_accuracy:.4f}", _millions(teacher.macs), "1.000",
+                 f"{teacher.params}"))
+    for r in result.front:
+        rows.append((str(r.number), f"{r.accuracy:.4f}", _millions(r.macs),
+                     f"{r.macs / teacher.macs:.3f}", str(r.params)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from protege.experiments import load_task
+    from protege.search import load_config, run_search
+
+    config = load_config(args.config, args.set)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    task = load_task(config.task, seed=config.seed)
+    print(f"task {task.name}: teacher ready ({_teacher_line(task)})", flush=True)
+    printer = _TrialPrinter(config.n_trials)
+    start = time.perf_counter()
+    result = run_search(task.teacher, train=task.train, val=task.val, test=task.test,
+                        example_input=task.example_input, config=config, out=out,
+                        callbacks=[printer], accelerator=args.accelerator)
+    print(f"\nPareto front ({len(result.front)} of {len(result.trials)} trials), "
+          f"hypervolume {result.hypervolume:.4f}:")
+    print(_front_table(result))
+    pick = result.pick
+    if pick is None:
+        print("\nno trial completed: nothing was picked")
+        return 1
+    verdict = "meets the limits" if pick.meets_constraints else "does NOT meet the accuracy limit"
+    test = f", test accuracy {pick.test_accuracy:.4f}" if pick.test_accuracy is not None else ""
+    print(f"\npick: trial {pick.trial}, {pick.macs / result.teacher.macs:.3f}x the teacher's MACs, "
+          f"val accuracy {pick.val_accuracy:.4f} after fine-tuning{test} ({verdict})")
+    print(f"run folder: {out}  ({time.perf_counter() - start:.0f}s)")
+    return 0
+
+
+def _teacher_line(task) -> str:  # type: ignore[no-untyped-def]
+    info = task.teacher_info
+    source = "from cache" if info.get("from_cache") else f"trained in {info['train_seconds']:.0f}s"
+    return (f"val accuracy {info['val_accuracy']:.4f}, test accuracy {info['test_accuracy']:.4f}, "
+            f"{source}")
+
+
+def _cmd_teacher(args: argparse.Namespace) -> int:
+    from protege.estimators import count_macs
+    from protege.experiments import load_task
+
+    task = load_task(args.name, seed=args.seed)
+    macs, params = count_macs(task.teacher, task.example_input)
+    print(f"{task.name} teacher: {_teacher_line(task)}; {_millions(macs)} MACs, {params} params")
+    print(f"cached at {task.teacher_info['cache_path']}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="protege",
+        description="Find the smallest, fastest student network a trained teacher can teach.",
+    )
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="log protege's progress")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run (or resume) a search from a YAML config")
+    run.add_argument("config", help="YAML experiment file, e.g. experiments/mnist1d.yaml")
+    run.add_argument("--out", help="run folder (default: runs/<config name>); reusing it resumes")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set distill.epochs=3 (repeatable)")
+    run.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu", "auto"),
+                     help="where students train (default: cpu)")
+    run.set_defaults(func=_cmd_run)
+
+    teacher = commands.add_parser("teacher", help="train (or show the cached) teacher of a task")
+    teacher.add_argument("name", help="task name: mnist1d, fashion_mnist or digits")
+    teacher.add_argument("--seed", type=int, default=0)
+    teacher.set_defaults(func=_cmd_teacher)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``protege`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    set_verbosity(level)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"protege: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("protege: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The search controller: strategies, limits, the trial function, the front and the pick.
+
+The module is callable: ``protege.search(teacher, train=..., val=..., example_input=...)``
+runs a study (see :func:`protege.search.search`).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+from protege.search._api import search
+from protege.search._config import Config, ConfigError, Constraints, apply_overrides, load_config
+from protege.search._pareto import hypervolume, pareto_indices
+from protege.search._records import Pick, TeacherProfile, TrialRecord
+from protege.search._strategies import STRATEGIES, make_sampler
+from protege.search._study import SearchResult, TrialCallback, load_student, run_search
+
+__all__ = [
+    "STRATEGIES",
+    "Config",
+    "ConfigError",
+    "Constraints",
+    "Pick",
+    "SearchResult",
+    "TeacherProfile",
+    "TrialCallback",
+    "TrialRecord",
+    "apply_overrides",
+    "hypervolume",
+    "load_config",
+    "load_student",
+    "make_sampler",
+    "pareto_indices",
+    "run_search",
+    "search",
+]
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``protege.search(...)`` run a study while ``protege.search.X`` stays a module."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SearchResult:
+        return search(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

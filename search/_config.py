@@ -1,0 +1,189 @@
+"""Run configuration: frozen dataclasses read from YAML with a safe loader.
+
+A config is strict: an unknown key, a value of the wrong type or a value out of
+range raises :class:`ConfigError` naming the key, before anything is computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from protege.distill import DistillConfig
+
+__all__ = ["Config", "ConfigError", "Constraints", "apply_overrides", "load_config"]
+
+STRATEGIES = ("tpe", "random", "nsga2")
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is invalid."""
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraints:
+    """Limits a student must meet to be picked.
+
+    Args:
+        max_accuracy_drop: Largest allowed drop of validation accuracy below the
+            teacher's, as a fraction (0.01 is one point).
+        max_macs: Largest MAC count; a value <= 1 is a fraction of the teacher's.
+            Students above it are rejected before any training.
+        max_params: Largest parameter count; a value <= 1 is a fraction of the
+            teacher's. Students above it are rejected before any training.
+    """
+
+    max_accuracy_drop: float = 0.01
+    max_macs: float | None = None
+    max_params: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.max_accuracy_drop < 1.0, "constraints.max_accuracy_drop",
+               f"must be in [0, 1) (a fraction: 0.01 is one point), got {self.max_accuracy_drop}")
+        for key in ("max_macs", "max_params"):
+            value = getattr(self, key)
+            _check(value is None or value > 0, f"constraints.{key}",
+                   f"must be positive (<= 1: fraction of the teacher's), got {value}")
+
+    def resolve(self, teacher_macs: int, teacher_params: int) -> tuple[float, float]:
+        """Absolute (max_macs, max_params); ``inf`` where unset."""
+        def absolute(limit: float | None, reference: int) -> float:
+            if limit is None:
+                return float("inf")
+            return limit * reference if limit <= 1 else float(limit)
+
+        return absolute(self.max_macs, teacher_macs), absolute(self.max_params, teacher_params)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One search experiment, as written in its YAML file.
+
+    Args:
+        task: Name of a benchmark task (``protege.experiments.load_task``).
+        level: Size of the search space (1: width per coupled-channel group).
+        strategy: Search strategy: ``tpe``, ``random`` or ``nsga2``.
+        n_trials: Total number of trials in the study, resumed ones included.
+        seed: Seed of the task split, the teacher, the sampler and every trial.
+        timeout: Optional wall-clock bound of the search in seconds.
+        constraints: Limits the pick must meet.
+        distill: Distillation settings of trials and the final fine-tune.
+    """
+
+    task: str = "mnist1d"
+    level: int = 1
+    strategy: str = "tpe"
+    n_trials: int = 20
+    seed: int = 0
+    timeout: float | None = None
+    constraints: Constraints = dataclasses.field(default_factory=Constraints)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.level in (1, 2, 3), "level", f"must be 1, 2 or 3, got {self.level}")
+        _check(self.strategy in STRATEGIES, "strategy",
+               f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
+        _check(self.n_trials >= 1, "n_trials", f"must be >= 1, got {self.n_trials}")
+        _check(self.timeout is None or self.timeout > 0, "timeout",
+               f"must be positive, got {self.timeout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, YAML-able mapping of every key."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
+        """Build a config from a mapping, naming any unknown key or bad value."""
+        return _build(cls, data, prefix="")
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` fits a (possibly optional) scalar annotation."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(arg, value) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _build(cls: type, data: Any, *, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(f"unknown key {prefix + unknown[0]!r}; known keys"
+                          f"{' under ' + where if prefix else ''}: {', '.join(sorted(fields))}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            nested = value if value is not None else {}
+            kwargs[name] = _build(hint, nested, prefix=f"{prefix}{name}.")
+            continue
+        if not _accepts(hint, value):
+            raise ConfigError(f"{prefix}{name}: expected {_type_name(hint)}, "
+                              f"got {value!r} ({type(value).__name__})")
+        kwargs[name] = float(value) if hint is float else value
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _type_name(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if args:
+        return " or ".join("null" if a is type(None) else a.__name__ for a in args)
+    return getattr(hint, "__name__", str(hint))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config mapping."""
+    result = dict(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. distill.epochs=3")
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, Mapping) else {}
+            node = node[part]
+        node[parts[-1]] = yaml.safe_load(raw)
+    return result
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config with a safe loader, apply ``--set`` overrides and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return Config.from_dict(apply_overrides(data, overrides or []))
