@@ -62,15 +62,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from protege.experiments import load_task
     from protege.search import load_config, run_search
 
-    config = load_config(args.config, args.set)
+    overrides = list(args.set)
+    if args.storage:
+        overrides.append(f"storage={args.storage}")
+    config = load_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     task = load_task(config.task, seed=config.seed)
     print(f"task {task.name}: teacher ready ({_teacher_line(task)})", flush=True)
     printer = _TrialPrinter(config.n_trials)
     start = time.perf_counter()
+    worker = args.command == "worker"
     result = run_search(task.teacher, train=task.train, val=task.val, test=task.test,
                         example_input=task.example_input, config=config, out=out,
-                        callbacks=[printer], accelerator=args.accelerator)
+                        callbacks=[printer], accelerator=args.accelerator, worker=worker)
+    if worker:
+        print(f"worker done: the study holds {len(result.trials)} trials")
+        return 0
     print(f"\nPareto front ({len(result.front)} of {len(result.trials)} trials), "
           f"hypervolume {result.hypervolume:.4f}:")
     print(_front_table(result))
@@ -114,14 +121,22 @@ def _parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run (or resume) a search from a YAML config")
-    run.add_argument("config", help="YAML experiment file, e.g. experiments/mnist1d.yaml")
-    run.add_argument("--out", help="run folder (default: runs/<config name>); reusing it resumes")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key, e.g. --set distill.epochs=3 (repeatable)")
-    run.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu", "auto"),
-                     help="where students train (default: cpu)")
-    run.set_defaults(func=_cmd_run)
+    for name, text in (
+        ("run", "run (or resume) a search from a YAML config, then pick and fine-tune"),
+        ("worker", "join a running search on a shared --storage and run trials (no pick)"),
+    ):
+        run = commands.add_parser(name, help=text, description=text)
+        run.add_argument("config", help="YAML experiment file, e.g. experiments/mnist1d.yaml")
+        run.add_argument("--out", help="run folder (default: runs/<config name>); reusing it "
+                                       "resumes")
+        run.add_argument("--storage", required=name == "worker", metavar="URL",
+                         help="shared study storage: postgresql://..., sqlite:///PATH (one "
+                              "writer) or journal:PATH (default: SQLite in the run folder)")
+        run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config key, e.g. --set distill.epochs=3 (repeatable)")
+        run.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu", "auto"),
+                         help="where students train (default: cpu)")
+        run.set_defaults(func=_cmd_run)
 
     teacher = commands.add_parser("teacher", help="train (or show the cached) teacher of a task")
     teacher.add_argument("name", help="task name: mnist1d, fashion_mnist or digits")

@@ -11,20 +11,33 @@ import types
 from typing import Any
 
 from protege.search._api import search
-from protege.search._config import Config, ConfigError, Constraints, apply_overrides, load_config
+from protege.search._config import (
+    Config,
+    ConfigError,
+    Constraints,
+    PruningConfig,
+    apply_overrides,
+    load_config,
+)
+from protege.search._export import load_student
 from protege.search._pareto import hypervolume, pareto_indices
+from protege.search._pruning import CurveRule, PruningRule
 from protege.search._records import Pick, TeacherProfile, TrialRecord
 from protege.search._strategies import STRATEGIES, make_sampler
-from protege.search._study import SearchResult, TrialCallback, load_student, run_search
+from protege.search._study import SearchResult, TooManyFailures, TrialCallback, run_search
 
 __all__ = [
     "STRATEGIES",
     "Config",
     "ConfigError",
     "Constraints",
+    "CurveRule",
     "Pick",
+    "PruningConfig",
+    "PruningRule",
     "SearchResult",
     "TeacherProfile",
+    "TooManyFailures",
     "TrialCallback",
     "TrialRecord",
     "apply_overrides",

@@ -16,10 +16,13 @@ from typing import Any
 import yaml
 
 from protege.distill import DistillConfig
+from protege.search._strategies import STRATEGIES
 
 __all__ = ["Config", "ConfigError", "Constraints", "apply_overrides", "load_config"]
 
-STRATEGIES = ("tpe", "random", "nsga2")
+OBJECTIVES = ("accuracy", "macs", "params")
+"""Objectives a study can have: accuracy first (maximised), then the costs (minimised)."""
+INITS = ("inherit", "scratch")
 
 
 class ConfigError(ValueError):
@@ -67,18 +70,49 @@ class Constraints:
 
 
 @dataclasses.dataclass(frozen=True)
+class PruningConfig:
+    """protege's own multi-objective pruning rules (Optuna's pruners are single-objective).
+
+    Args:
+        curve: Stop a training trial whose accuracy, even with the largest late gain
+            any finished trial made from the same epoch on, cannot beat the most
+            accurate finished student that costs no more.
+        min_trials: Finished trials needed before the curve rule may fire.
+        margin: Accuracy added to the optimistic estimate before comparing.
+        max_failed_fraction: Stop the study when more than this fraction of the
+            first trials (at least 5) failed: something is wrong with the setup.
+    """
+
+    curve: bool = True
+    min_trials: int = 5
+    margin: float = 0.005
+    max_failed_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(self.min_trials >= 1, "pruning.min_trials", f"must be >= 1, got {self.min_trials}")
+        _check(0.0 <= self.margin < 1.0, "pruning.margin", f"must be in [0, 1), got {self.margin}")
+        _check(0.0 < self.max_failed_fraction <= 1.0, "pruning.max_failed_fraction",
+               f"must be in (0, 1], got {self.max_failed_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """One search experiment, as written in its YAML file.
 
     Args:
         task: Name of a benchmark task (``protege.experiments.load_task``).
         level: Size of the search space (1: width per coupled-channel group).
-        strategy: Search strategy: ``tpe``, ``random`` or ``nsga2``.
+        strategy: Search strategy, a name in ``protege.search.STRATEGIES``.
         n_trials: Total number of trials in the study, resumed ones included.
         seed: Seed of the task split, the teacher, the sampler and every trial.
         timeout: Optional wall-clock bound of the search in seconds.
+        objectives: ``accuracy`` followed by one or two costs (``macs``, ``params``).
+        init: How students start: ``inherit`` the teacher's weights or ``scratch``.
+        storage: Optuna storage URL shared by workers (``sqlite:///...``,
+            ``postgresql://...``) or ``journal:PATH``; default: SQLite in the run folder.
         constraints: Limits the pick must meet.
         distill: Distillation settings of trials and the final fine-tune.
+        pruning: Rules that stop hopeless trials.
     """
 
     task: str = "mnist1d"
@@ -87,8 +121,12 @@ class Config:
     n_trials: int = 20
     seed: int = 0
     timeout: float | None = None
+    objectives: tuple[str, ...] = ("accuracy", "macs")
+    init: str = "inherit"
+    storage: str | None = None
     constraints: Constraints = dataclasses.field(default_factory=Constraints)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+    pruning: PruningConfig = dataclasses.field(default_factory=PruningConfig)
 
     def __post_init__(self) -> None:
         _check(self.level in (1, 2, 3), "level", f"must be 1, 2 or 3, got {self.level}")
@@ -97,10 +135,21 @@ class Config:
         _check(self.n_trials >= 1, "n_trials", f"must be >= 1, got {self.n_trials}")
         _check(self.timeout is None or self.timeout > 0, "timeout",
                f"must be positive, got {self.timeout}")
+        costs = self.objectives[1:]
+        _check(len(self.objectives) in (2, 3) and self.objectives[0] == "accuracy", "objectives",
+               f"must be accuracy followed by one or two costs, got {list(self.objectives)}")
+        unknown = [name for name in costs if name not in OBJECTIVES[1:]]
+        _check(not unknown, "objectives",
+               f"unknown objective {unknown[0] if unknown else ''!r}; known costs: "
+               f"{', '.join(OBJECTIVES[1:])}")
+        _check(len(set(costs)) == len(costs), "objectives", "a cost is listed twice")
+        _check(self.init in INITS, "init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML-able mapping of every key."""
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["objectives"] = list(self.objectives)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
@@ -115,6 +164,9 @@ def _accepts(annotation: Any, value: Any) -> bool:
         return any(_accepts(arg, value) for arg in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
+    if origin is tuple:
+        item = typing.get_args(annotation)[0]
+        return isinstance(value, (list, tuple)) and all(_accepts(item, v) for v in value)
     if annotation is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation is int:
@@ -142,6 +194,8 @@ def _build(cls: type, data: Any, *, prefix: str) -> Any:
         if not _accepts(hint, value):
             raise ConfigError(f"{prefix}{name}: expected {_type_name(hint)}, "
                               f"got {value!r} ({type(value).__name__})")
+        if isinstance(value, list):
+            value = tuple(value)
         kwargs[name] = float(value) if hint is float else value
     try:
         return cls(**kwargs)
@@ -153,6 +207,8 @@ def _build(cls: type, data: Any, *, prefix: str) -> Any:
 
 def _type_name(hint: Any) -> str:
     args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {args[0].__name__}"
     if args:
         return " or ".join("null" if a is type(None) else a.__name__ for a in args)
     return getattr(hint, "__name__", str(hint))

@@ -1,26 +1,35 @@
-"""Pareto front and hypervolume of (accuracy up, cost down) points."""
+"""Pareto front and hypervolume of (accuracy up, costs down) points."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["hypervolume", "pareto_indices"]
+__all__ = ["dominates", "hypervolume", "pareto_indices"]
+
+Point = Sequence[float]
+"""``(accuracy, cost, ...)``: accuracy is maximised, every cost minimised."""
 
 
-def pareto_indices(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the non-dominated ``(accuracy, cost)`` points, by increasing cost.
+def dominates(a: Point, b: Point) -> bool:
+    """Whether ``a`` is at least as good as ``b`` everywhere and better somewhere."""
+    at_least = a[0] >= b[0] and all(x <= y for x, y in zip(a[1:], b[1:], strict=True))
+    better = a[0] > b[0] or any(x < y for x, y in zip(a[1:], b[1:], strict=True))
+    return at_least and better
 
-    A point is dominated when another has accuracy >= and cost <=, one of them
-    strictly. Of exact duplicates, the first is kept.
+
+def pareto_indices(points: Sequence[Point]) -> list[int]:
+    """Indices of the non-dominated points, by increasing first cost.
+
+    Of exact duplicates, the first is kept.
     """
-    order = sorted(range(len(points)), key=lambda i: (points[i][1], -points[i][0], i))
     front: list[int] = []
-    best = float("-inf")
-    for i in order:
-        if points[i][0] > best:
-            front.append(i)
-            best = points[i][0]
-    return front
+    for i, point in enumerate(points):
+        if any(dominates(other, point) for other in points):
+            continue
+        if any(tuple(points[j]) == tuple(point) for j in front):
+            continue
+        front.append(i)
+    return sorted(front, key=lambda i: (tuple(points[i][1:]), -points[i][0], i))
 
 
 def hypervolume(points: Sequence[tuple[float, float]], *, reference: tuple[float, float]) -> float:

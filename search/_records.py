@@ -115,4 +115,5 @@ def record_of(trial: FrozenTrial) -> TrialRecord:
 
 def load_records(study: optuna.Study) -> list[TrialRecord]:
     """Records of every trial in a study, by number."""
-    return [record_of(trial) for trial in study.get_trials(deepcopy=False)]
+    return [record_of(trial) for trial in study.get_trials(deepcopy=False)
+            if not trial.user_attrs.get("skipped")]

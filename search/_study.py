@@ -1,4 +1,4 @@
-"""One search study: profile the teacher, sample students, distil them, pick and export."""
+"""One search study: profile the teacher, run the trials, then pick, fine-tune and save."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,16 @@ from protege.distill import TeacherOutputs, as_tensors, cache_teacher_outputs, e
 from protege.distill import train_student as _train_student
 from protege.estimators import count_macs
 from protege.search._config import Config
+from protege.search._export import save_student, write_json
+from protege.search._objective import SKIPPED_ATTR, Limits, TrialFunction, device_of
 from protege.search._pareto import hypervolume, pareto_indices
+from protege.search._pruning import CurveRule, PruningRule
 from protege.search._records import Pick, TeacherProfile, TrialRecord, load_records
+from protege.search._storage import open_storage
 from protege.search._strategies import make_sampler
-from protege.spaces import WIDTH_OPTIONS, Architecture, SearchSpace, derive
+from protege.spaces import SearchSpace, derive
 
-__all__ = ["SearchResult", "TrialCallback", "load_student", "run_search"]
+__all__ = ["SearchResult", "TrialCallback", "run_search"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +49,11 @@ class SearchResult:
         out: The run folder.
         teacher: The teacher's cost and accuracy.
         trials: Every trial, by number.
-        front: Pareto-optimal completed trials (accuracy up, MACs down), by MACs.
+        front: Pareto-optimal completed trials (accuracy up, costs down), by cost.
         hypervolume: Area the front dominates in (accuracy, MACs / teacher MACs),
             against the reference (accuracy 0, MAC ratio 1).
         pick: The chosen student after its final distillation, or None when no
-            trial completed.
+            trial completed (or this process only ran trials).
         student: The chosen student's module (in eval mode), or None.
     """
 
@@ -61,13 +66,8 @@ class SearchResult:
     student: nn.Module | None = dataclasses.field(default=None, repr=False)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(data, handle, indent=2)
-        handle.write("\n")
-    os.replace(handle.name, path)
+class TooManyFailures(RuntimeError):
+    """Most trials failed: the setup, not the students, is likely at fault."""
 
 
 def _write_records(path: Path, records: Sequence[TrialRecord]) -> None:
@@ -76,90 +76,6 @@ def _write_records(path: Path, records: Sequence[TrialRecord]) -> None:
         for record in records:
             handle.write(json.dumps(record.to_dict()) + "\n")
     os.replace(handle.name, path)
-
-
-class _Objective:
-    """The trial function: materialise, check limits, distil, report."""
-
-    def __init__(self, *, space: SearchSpace, outputs: TeacherOutputs, val: TensorDataset,
-                 example_input: torch.Tensor, config: Config, max_macs: float,
-                 max_params: float, accelerator: str) -> None:
-        self.space = space
-        self.outputs = outputs
-        self.val = val
-        self.example_input = example_input
-        self.config = config
-        self.max_macs = max_macs
-        self.max_params = max_params
-        self.accelerator = accelerator
-
-    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
-        arch = {name: trial.suggest_categorical(name, list(options))
-                for name, options in self.space.choices.items()}
-        trial.set_user_attr("arch", arch)
-        student = self.space.materialize(arch)
-        macs, params = count_macs(student, self.example_input)
-        trial.set_user_attr("macs", macs)
-        trial.set_user_attr("params", params)
-        reason = self._violation(macs, params)
-        if reason is not None:
-            trial.set_user_attr("pruned_reason", reason)
-            raise optuna.TrialPruned(reason)
-        earlier = _completed_with(trial.study, arch, before=trial.number)
-        if earlier is not None:
-            trial.set_user_attr("duplicate_of", earlier.number)
-            for key in ("history", "train_seconds"):
-                trial.set_user_attr(key, earlier.user_attrs.get(key))
-            return earlier.values[0], float(macs)
-        try:
-            result = _train_student(
-                student.to(_device(self.accelerator)), self.outputs, self.val,
-                config=self.config.distill, seed=self.config.seed + trial.number,
-                accelerator=self.accelerator,
-            )
-        except Exception as exc:
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
-            raise
-        trial.set_user_attr("history", list(result.history))
-        trial.set_user_attr("train_seconds", round(result.seconds, 3))
-        return result.val_accuracy, float(macs)
-
-    def _violation(self, macs: int, params: int) -> str | None:
-        if macs > self.max_macs:
-            return (f"macs {macs} > max_macs {self.max_macs:.0f} "
-                    f"(over by {100 * (macs / self.max_macs - 1):.1f}%)")
-        if params > self.max_params:
-            return (f"params {params} > max_params {self.max_params:.0f} "
-                    f"(over by {100 * (params / self.max_params - 1):.1f}%)")
-        return None
-
-
-def _device(accelerator: str) -> torch.device:
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def _completed_with(study: optuna.Study, arch: Architecture, *,
-                    before: int) -> optuna.trial.FrozenTrial | None:
-    for past in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if past.number < before and past.user_attrs.get("arch") == arch:
-            return past
-    return None
-
-
-def _open_study(config: Config, out: Path) -> optuna.Study:
-    storage = f"sqlite:///{(out / 'study.db').resolve()}"
-    study = optuna.create_study(
-        storage=storage, study_name=STUDY_NAME, directions=["maximize", "minimize"],
-        sampler=make_sampler(config.strategy, seed=config.seed, n_trials=config.n_trials),
-        load_if_exists=True,
-    )
-    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        logger.warning("trial %d was running when its process stopped; marking it failed",
-                       stale.number)
-        study.tell(stale.number, state=TrialState.FAIL)
-    return study
 
 
 def _profile(teacher: nn.Module, example_input: torch.Tensor, val: TensorDataset,
@@ -171,34 +87,66 @@ def _profile(teacher: nn.Module, example_input: torch.Tensor, val: TensorDataset
     )
 
 
-def _check_feasible(space: SearchSpace, example_input: torch.Tensor, *, max_macs: float,
-                    max_params: float) -> None:
+def _check_feasible(space: SearchSpace, example_input: torch.Tensor, limits: Limits) -> None:
     macs, params = count_macs(space.materialize(space.smallest()), example_input)
-    if macs > max_macs:
-        raise ValueError(f"no student can meet max_macs={max_macs:.0f}: the smallest student "
-                         f"in the space has {macs} MACs")
-    if params > max_params:
-        raise ValueError(f"no student can meet max_params={max_params:.0f}: the smallest "
-                         f"student in the space has {params} parameters")
-
-
-def _choose(records: Sequence[TrialRecord], teacher: TeacherProfile,
-            config: Config) -> tuple[TrialRecord, bool] | None:
-    """Smallest completed student within the accuracy limit; else the most accurate one."""
-    done = [r for r in records if r.state == "complete" and r.accuracy is not None]
-    if not done:
-        return None
-    floor = teacher.val_accuracy - config.constraints.max_accuracy_drop
-    within = [r for r in done if r.accuracy is not None and r.accuracy >= floor - 1e-12]
-    if within:
-        return min(within, key=lambda r: (r.macs, -(r.accuracy or 0.0), r.number)), True
-    return max(done, key=lambda r: (r.accuracy or 0.0, -(r.macs or 0), -r.number)), False
+    reason = limits.reason({"macs": float(macs), "params": float(params)})
+    if reason is not None:
+        raise ValueError(f"no student can meet the limits: even the smallest student in the "
+                         f"space breaks them ({reason}); loosen max_macs / max_params")
 
 
 def _to_tensor_dataset(data: Dataset | DataLoader | None, what: str) -> TensorDataset | None:
     if data is None:
         return None
     return TensorDataset(*as_tensors(data, what=what))
+
+
+def _active(study: optuna.Study) -> int:
+    """Trials that hold a slot of the budget: all but the failed ones."""
+    return sum(t.state != TrialState.FAIL for t in study.get_trials(deepcopy=False))
+
+
+def _run_trials(study: optuna.Study, objective: TrialFunction, *, config: Config,
+                after_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None]) -> None:
+    """Run trials until the study holds ``n_trials`` finished ones or time is up.
+
+    One trial per ``optimize`` call keeps the budget exact when several workers
+    share the storage; a failed trial's slot is retried.
+    """
+    start = time.monotonic()
+    attempts = failures = 0
+    while _active(study) < config.n_trials:
+        if config.timeout is not None and time.monotonic() - start > config.timeout:
+            logger.info("timeout of %ss reached", config.timeout)
+            break
+        study.optimize(objective, n_trials=1, callbacks=[after_trial], catch=(Exception,),
+                       gc_after_trial=False)
+        last = study.get_trials(deepcopy=False)[-1]
+        if last.user_attrs.get(SKIPPED_ATTR):
+            break
+        attempts += 1
+        failures += last.state == TrialState.FAIL
+        if attempts >= 5 and failures > config.pruning.max_failed_fraction * attempts:
+            raise TooManyFailures(
+                f"{failures} of the last {attempts} trials failed (last: "
+                f"{last.user_attrs.get('error', 'unknown error')}); stopping early. "
+                "See trials.jsonl for every reason.")
+
+
+def open_study(config: Config, out: Path, *, owner: bool) -> optuna.Study:
+    """Create or load the study; the owner marks trials left running by a dead process failed."""
+    study = optuna.create_study(
+        storage=open_storage(config.storage, out), study_name=STUDY_NAME,
+        directions=["maximize"] + ["minimize"] * (len(config.objectives) - 1),
+        sampler=make_sampler(config.strategy, seed=config.seed, n_trials=config.n_trials),
+        load_if_exists=True,
+    )
+    if owner:
+        for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            logger.warning("trial %d was running when its process stopped; marking it failed",
+                           stale.number)
+            study.tell(stale.number, state=TrialState.FAIL)
+    return study
 
 
 def run_search(
@@ -212,36 +160,45 @@ def run_search(
     test: Dataset | DataLoader | None = None,
     callbacks: Sequence[TrialCallback] = (),
     accelerator: str = "cpu",
+    worker: bool = False,
 ) -> SearchResult:
     """Search students of ``teacher`` and return the front and the pick.
 
     The run folder ``out`` receives ``config.yaml``, the Optuna storage
-    ``study.db``, ``trials.jsonl``, ``pareto.json``, ``summary.json`` and
-    ``best/`` (``arch.json``, ``student.pt``). Running again with the same ``out``
-    resumes the study: finished trials are kept and only the missing ones run.
+    ``study.db`` (unless ``config.storage`` names another), ``trials.jsonl``,
+    ``pareto.json``, ``summary.json`` and ``best/`` (``arch.json``,
+    ``student.pt``). Running again with the same ``out`` resumes the study:
+    finished trials are kept and only the missing ones run.
+
+    Args:
+        worker: Join a study that another process owns: run trials until the
+            budget is spent, then return without picking (the owner picks).
     """
     if not isinstance(teacher, nn.Module):
         raise TypeError(f"the teacher must be a torch.nn.Module, got {type(teacher).__name__}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     val_data = _to_tensor_dataset(val, "validation data")
     test_data = _to_tensor_dataset(test, "test data")
     assert val_data is not None
-
-    outputs = cache_teacher_outputs(teacher, train, cache_dir=out / "cache")
     profile = _profile(teacher, example_input, val_data, test_data)
+    space = derive(teacher, example_input, level=config.level)
+    limits = Limits(*config.constraints.resolve(profile.macs, profile.params))
+    _check_feasible(space, example_input, limits)
+    out.mkdir(parents=True, exist_ok=True)
+    if not worker:
+        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    outputs = cache_teacher_outputs(teacher, train, cache_dir=out / "cache")
     logger.info("teacher: %d MACs, %d params, val accuracy %.4f",
                 profile.macs, profile.params, profile.val_accuracy)
-    space = derive(teacher, example_input, level=config.level)
-    max_macs, max_params = config.constraints.resolve(profile.macs, profile.params)
-    _check_feasible(space, example_input, max_macs=max_macs, max_params=max_params)
 
-    study = _open_study(config, out)
+    study = open_study(config, out, owner=not worker)
     study.set_user_attr("teacher", dataclasses.asdict(profile))
-    objective = _Objective(space=space, outputs=outputs, val=val_data, example_input=example_input,
-                           config=config, max_macs=max_macs, max_params=max_params,
-                           accelerator=accelerator)
+    rules: tuple[PruningRule, ...] = ()
+    if config.pruning.curve:
+        rules = (CurveRule(min_trials=config.pruning.min_trials, margin=config.pruning.margin),)
+    objective = TrialFunction(space=space, outputs=outputs, val=val_data,
+                              example_input=example_input, config=config, limits=limits,
+                              rules=rules, accelerator=accelerator, trainer=_train_student)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         records = load_records(study)
@@ -250,27 +207,56 @@ def run_search(
         for callback in callbacks:
             callback(record)
 
-    finished = len(study.get_trials(deepcopy=False,
-                                    states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    remaining = config.n_trials - finished
-    if remaining > 0:
-        logger.info("running %d trials (%d already finished)", remaining, finished)
-        study.optimize(objective, n_trials=remaining, timeout=config.timeout,
-                       callbacks=[after_trial], catch=(Exception,))
+    logger.info("study holds %d of %d trials", _active(study), config.n_trials)
+    _run_trials(study, objective, config=config, after_trial=after_trial)
+    if worker:
+        records = load_records(study)
+        return SearchResult(out, profile, tuple(records), (), 0.0, None)
+    _wait_for_workers(study)
     records = load_records(study)
     _write_records(out / "trials.jsonl", records)
     return _finish(out=out, records=records, profile=profile, space=space, outputs=outputs,
                    val=val_data, test=test_data, config=config, accelerator=accelerator)
 
 
+def _wait_for_workers(study: optuna.Study, *, poll: float = 2.0, limit: float = 600.0) -> None:
+    """Let trials that other workers are still running finish before picking."""
+    deadline = time.monotonic() + limit
+    while running := study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if time.monotonic() > deadline:
+            logger.warning("%d trials still running after %.0fs; picking without them",
+                           len(running), limit)
+            return
+        logger.info("waiting for %d trials of other workers", len(running))
+        time.sleep(poll)
+
+
+def _choose(records: Sequence[TrialRecord], teacher: TeacherProfile,
+            config: Config) -> tuple[TrialRecord, bool] | None:
+    """Smallest completed student within the accuracy limit; else the most accurate one."""
+    done = [r for r in records if r.state == "complete" and r.accuracy is not None]
+    if not done:
+        return None
+    floor = teacher.val_accuracy - config.constraints.max_accuracy_drop
+    within = [r for r in done if (r.accuracy or 0.0) >= floor - 1e-12]
+    if within:
+        return min(within, key=lambda r: (r.macs, -(r.accuracy or 0.0), r.number)), True
+    return max(done, key=lambda r: (r.accuracy or 0.0, -(r.macs or 0), -r.number)), False
+
+
+def _point(record: TrialRecord, config: Config) -> tuple[float, ...]:
+    costs = {"macs": record.macs or 0, "params": record.params or 0}
+    return (record.accuracy or 0.0, *(float(costs[name]) for name in config.objectives[1:]))
+
+
 def _finish(*, out: Path, records: list[TrialRecord], profile: TeacherProfile,
             space: SearchSpace, outputs: TeacherOutputs, val: TensorDataset,
             test: TensorDataset | None, config: Config, accelerator: str) -> SearchResult:
     done = [r for r in records if r.state == "complete" and r.duplicate_of is None]
-    front = [done[i] for i in pareto_indices([(r.accuracy or 0.0, r.macs or 0) for r in done])]
+    front = [done[i] for i in pareto_indices([_point(r, config) for r in done])]
     volume = hypervolume([(r.accuracy or 0.0, (r.macs or 0) / profile.macs) for r in done],
                          reference=(0.0, 1.0))
-    _write_json(out / "pareto.json", [
+    write_json(out / "pareto.json", [
         {"trial": r.number, "arch": r.arch, "accuracy": r.accuracy, "macs": r.macs,
          "params": r.params} for r in front])
     summary: dict[str, Any] = {
@@ -287,12 +273,12 @@ def _finish(*, out: Path, records: list[TrialRecord], profile: TeacherProfile,
     else:
         pick, student = _finetune(chosen[0], meets=chosen[1], space=space, outputs=outputs,
                                   val=val, test=test, config=config, accelerator=accelerator)
-        _save_student(out / "best", student, pick, space)
+        save_student(out / "best", student, pick.arch, space, trial=pick.trial)
         summary["pick"] = dataclasses.asdict(pick) | {
             "macs_ratio": pick.macs / profile.macs,
             "accuracy_drop": profile.val_accuracy - pick.val_accuracy,
         }
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     return SearchResult(out, profile, tuple(records), tuple(front), volume, pick, student)
 
 
@@ -302,7 +288,8 @@ def _finetune(record: TrialRecord, *, meets: bool, space: SearchSpace, outputs: 
     if not meets:
         logger.warning("no student met max_accuracy_drop=%s; picking the most accurate one "
                        "(trial %d)", config.constraints.max_accuracy_drop, record.number)
-    student = space.materialize(record.arch).to(_device(accelerator))
+    student = space.materialize(record.arch, init=config.init, seed=config.seed + record.number)
+    student = student.to(device_of(accelerator))
     epochs = config.distill.finetune_epochs or config.distill.epochs
     logger.info("fine-tuning trial %d for %d epochs", record.number, epochs)
     result = _train_student(student, outputs, val, config=config.distill, epochs=epochs,
@@ -315,40 +302,3 @@ def _finetune(record: TrialRecord, *, meets: bool, space: SearchSpace, outputs: 
         meets_constraints=meets, finetune_seconds=round(result.seconds, 3),
     )
     return pick, student
-
-
-def _save_student(folder: Path, student: nn.Module, pick: Pick, space: SearchSpace) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / "arch.json", {
-        "arch": pick.arch,
-        "level": space.level,
-        "example_input_shape": list(space.example_input.shape),
-        "width_options": list(next(iter(space.choices.values()), ())),
-        "trial": pick.trial,
-    })
-    with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as handle:
-        torch.save(student.state_dict(), handle)
-    os.replace(handle.name, folder / "student.pt")
-
-
-def load_student(teacher: nn.Module, arch_path: str | Path, state_path: str | Path) -> nn.Module:
-    """Rebuild a saved student from its teacher, ``arch.json`` and ``student.pt``.
-
-    Raises:
-        ValueError: If the files are unreadable or do not fit this teacher.
-    """
-    try:
-        spec = json.loads(Path(arch_path).read_text())
-        arch, shape = spec["arch"], spec["example_input_shape"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{arch_path}: not a protege arch.json ({exc})") from exc
-    space = derive(teacher, torch.zeros(*shape), level=int(spec.get("level", 1)),
-                   width_options=spec.get("width_options") or WIDTH_OPTIONS)
-    student = space.materialize(arch)
-    try:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        student.load_state_dict(state)
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{state_path}: weights do not fit the student of {arch_path} "
-                         f"({str(exc).splitlines()[0]})") from exc
-    return student.eval()

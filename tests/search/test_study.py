@@ -99,7 +99,7 @@ def test_resume_keeps_finished_trials(tiny_data, tmp_path, train_calls):
 
 
 def test_impossible_mac_limit_is_a_clear_error_before_any_trial(tiny_data, tmp_path):
-    with pytest.raises(ValueError, match="no student can meet max_macs"):
+    with pytest.raises(ValueError, match="no student can meet the limits"):
         search(tiny_data, tmp_path / "run", config(constraints={"max_macs": 0.001}))
     assert not (tmp_path / "run" / "study.db").exists()
 

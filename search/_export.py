@@ -1,0 +1,70 @@
+"""Saving the pick (architecture JSON + state dict) and rebuilding it from its teacher."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from protege.spaces import WIDTH_OPTIONS, Architecture, SearchSpace, derive
+
+__all__ = ["load_student", "save_student", "write_json"]
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
+    os.replace(handle.name, path)
+
+
+def save_student(folder: Path, student: nn.Module, arch: Architecture, space: SearchSpace,
+                 **extra: Any) -> None:
+    """Write ``arch.json`` (what rebuilds the student) and ``student.pt`` (its state dict)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "arch.json", {
+        "arch": arch,
+        "level": space.level,
+        "example_input_shape": list(space.example_input.shape),
+        "width_options": list(WIDTH_OPTIONS),
+        **extra,
+    })
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as handle:
+        torch.save(student.state_dict(), handle)
+    os.replace(handle.name, folder / "student.pt")
+
+
+def load_student(teacher: nn.Module, arch_path: str | Path, state_path: str | Path) -> nn.Module:
+    """Rebuild a saved student from its teacher, ``arch.json`` and ``student.pt``.
+
+    Weights load with ``weights_only=True``.
+
+    Raises:
+        ValueError: If a file is unreadable or does not fit this teacher.
+    """
+    try:
+        spec = json.loads(Path(arch_path).read_text())
+        arch, shape = spec["arch"], [int(n) for n in spec["example_input_shape"]]
+        level = int(spec.get("level", 1))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{arch_path}: not a protege arch.json ({exc})") from exc
+    space = derive(teacher, torch.zeros(*shape), level=level,
+                   width_options=spec.get("width_options") or WIDTH_OPTIONS)
+    try:
+        student = space.materialize(arch)
+    except ValueError as exc:
+        raise ValueError(f"{arch_path}: architecture does not fit this teacher ({exc})") from exc
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        student.load_state_dict(state)
+    except Exception as exc:  # unpickling and shape errors come in many types
+        raise ValueError(f"{state_path}: weights do not fit the student of {arch_path} "
+                         f"({str(exc).splitlines()[0]})") from exc
+    return student.eval()

@@ -1,0 +1,163 @@
+"""The trial function, shared by every backend: one student from sample to objectives."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+from torch.utils.data import TensorDataset
+
+from protege.distill import TeacherOutputs, TrainResult, train_student
+from protege.estimators import count_macs
+from protege.search._config import Config
+from protege.search._pruning import PruningRule
+from protege.spaces import Architecture, SearchSpace
+
+__all__ = ["SKIPPED_ATTR", "BudgetReached", "Limits", "TrialFunction", "device_of",
+           "suggest_arch"]
+
+SKIPPED_ATTR = "skipped"
+"""Marks a trial that never ran because the budget was spent: not part of the study's record."""
+
+logger = logging.getLogger(__name__)
+
+Trainer = Callable[..., TrainResult]
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Absolute hard limits; ``inf`` where unset."""
+
+    max_macs: float = float("inf")
+    max_params: float = float("inf")
+
+    def violations(self, costs: dict[str, float]) -> list[float]:
+        """Relative excess per limit (<= 0 within it), as samplers' constraints."""
+        return [costs["macs"] / self.max_macs - 1.0, costs["params"] / self.max_params - 1.0]
+
+    def reason(self, costs: dict[str, float]) -> str | None:
+        """Which limit a student breaks and by how much, or None."""
+        for name, limit in (("macs", self.max_macs), ("params", self.max_params)):
+            if costs[name] > limit:
+                return (f"{name} {costs[name]:.0f} > max_{name} {limit:.0f} "
+                        f"(over by {100 * (costs[name] / limit - 1):.1f}%)")
+        return None
+
+
+def suggest_arch(trial: optuna.Trial, space: SearchSpace) -> Architecture:
+    """Ask the sampler for one option per choice, as an index into its option list."""
+    return {name: options[trial.suggest_int(name, 0, len(options) - 1)]
+            for name, options in space.choices.items()}
+
+
+def device_of(accelerator: str) -> torch.device:
+    """The torch device a Lightning accelerator name trains on."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class BudgetReached(Exception):
+    """Another worker took the last slot of ``n_trials`` while this trial started."""
+
+
+class _Stop(Exception):
+    """Raised from the epoch report to stop a trial; carries the rule's reason."""
+
+
+class TrialFunction:
+    """Materialise a sampled student, check the limits, distil it, return the objectives.
+
+    A student over a hard limit is rejected before any training (state PRUNED,
+    ``pruned_reason`` says which limit and by how much). A student already trained
+    in this study is not trained again: its result is reused and marked
+    ``duplicate_of``. Pruning rules may stop training after any epoch.
+    """
+
+    def __init__(self, *, space: SearchSpace, outputs: TeacherOutputs, val: TensorDataset,
+                 example_input: torch.Tensor, config: Config, limits: Limits,
+                 rules: tuple[PruningRule, ...] = (), accelerator: str = "cpu",
+                 trainer: Trainer = train_student) -> None:
+        self.space = space
+        self.outputs = outputs
+        self.val = val
+        self.example_input = example_input
+        self.config = config
+        self.limits = limits
+        self.rules = rules
+        self.accelerator = accelerator
+        self.trainer = trainer
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        before = sum(t.number < trial.number and t.state != TrialState.FAIL
+                     for t in trial.study.get_trials(deepcopy=False))
+        if before >= self.config.n_trials:
+            trial.set_user_attr(SKIPPED_ATTR, True)
+            raise BudgetReached(f"n_trials={self.config.n_trials} reached by other workers")
+        arch = suggest_arch(trial, self.space)
+        trial.set_user_attr("arch", arch)
+        student = self.space.materialize(arch, init=self.config.init,
+                                         seed=self.config.seed + trial.number)
+        macs, params = count_macs(student, self.example_input)
+        costs = {"macs": float(macs), "params": float(params)}
+        trial.set_user_attr("macs", macs)
+        trial.set_user_attr("params", params)
+        for name, violation in zip(("macs", "params"), self.limits.violations(costs),
+                                   strict=True):
+            trial.set_constraint(name, min(violation, 1e6))
+        reason = self.limits.reason(costs)
+        if reason is not None:
+            return self._prune(trial, reason)
+        objectives = [costs[name] for name in self.config.objectives[1:]]
+        earlier = _completed_with(trial.study, arch, before=trial.number)
+        if earlier is not None:
+            trial.set_user_attr("duplicate_of", earlier.number)
+            trial.set_user_attr("history", earlier.user_attrs.get("history"))
+            return (earlier.values[0], *objectives)
+        history: list[float] = []
+
+        def report(epoch: int, accuracy: float) -> None:
+            history.append(accuracy)
+            trial.set_user_attr("history", list(history))
+            for rule in self.rules:
+                why = rule.check(trial.study, epoch=epoch, epochs=self.config.distill.epochs,
+                                 accuracy=accuracy, costs={n: costs[n] for n in
+                                                           self.config.objectives[1:]})
+                if why is not None:
+                    raise _Stop(why)
+
+        start = time.perf_counter()
+        try:
+            result = self.trainer(
+                student.to(device_of(self.accelerator)), self.outputs, self.val,
+                config=self.config.distill, seed=self.config.seed + trial.number,
+                report=report, accelerator=self.accelerator,
+            )
+        except _Stop as stop:
+            trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 3))
+            return self._prune(trial, str(stop))
+        except Exception as exc:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            logger.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+            raise
+        trial.set_user_attr("train_seconds", round(result.seconds, 3))
+        return (result.val_accuracy, *objectives)
+
+    @staticmethod
+    def _prune(trial: optuna.Trial, reason: str) -> Any:
+        trial.set_user_attr("pruned_reason", reason)
+        raise optuna.TrialPruned(reason)
+
+
+def _completed_with(study: optuna.Study, arch: Architecture, *,
+                    before: int) -> optuna.trial.FrozenTrial | None:
+    for past in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if past.number < before and past.user_attrs.get("arch") == arch:
+            return past
+    return None
