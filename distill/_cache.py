@@ -1,9 +1,15 @@
 """The teacher's outputs on the training data, computed once per study and kept on disk.
 
 Every trial of a study trains against the same soft targets, so the teacher runs
-once: its logits are stored next to the study, keyed by a hash of the teacher's
-weights and the training data, and reloaded by every later trial or worker. A
-changed teacher or dataset gives a new key, so a stale cache is never used.
+once: its logits (and, when hints are on, the features of the hint layers) are
+stored next to the study, keyed by a hash of the teacher's weights and the
+training data, and reloaded by every later trial or worker. A changed teacher or
+dataset gives a new key, so a stale cache is never used.
+
+Hint features are cached at full resolution when they fit in ``hint_cache_mb``;
+otherwise every spatial dimension is average-pooled to 4 (then 1) positions, and
+the student's features are pooled alike during training. A run that wants
+full-resolution hints of a large dataset uses ``distill.teacher: online``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from protege._modes import eval_mode
+from protege.distill._config import DistillConfig
+from protege.distill._hints import capture, pool_features, select_hint_layers
 
 __all__ = ["TeacherOutputs", "as_tensors", "cache_teacher_outputs", "fingerprint"]
 
@@ -28,16 +36,30 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class TeacherOutputs:
-    """Training inputs, labels and the teacher's logits, aligned row by row."""
+    """Training inputs, labels and the teacher's logits, aligned row by row.
+
+    Attributes:
+        inputs: Training inputs.
+        targets: Training labels.
+        logits: The teacher's logits on ``inputs``.
+        key: Hash of the teacher's weights and the data.
+        hints: The teacher's hint-layer features by layer name (empty without hints),
+            possibly pooled (see ``hint_pool``).
+        hint_pool: Spatial size every hint feature was pooled to at most; None
+            when they are at full resolution.
+    """
 
     inputs: torch.Tensor
     targets: torch.Tensor
     logits: torch.Tensor
     key: str
+    hints: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict, repr=False)
+    hint_pool: int | None = None
 
-    def dataset(self) -> TensorDataset:
-        """``(x, y, teacher_logits)`` triples for distillation."""
-        return TensorDataset(self.inputs, self.targets, self.logits)
+    def dataset(self, *, with_hints: bool = False) -> TensorDataset:
+        """``(x, y, teacher_logits, *hint features)`` rows for distillation."""
+        extra = tuple(self.hints.values()) if with_hints else ()
+        return TensorDataset(self.inputs, self.targets, self.logits, *extra)
 
 
 def as_tensors(data: Dataset | DataLoader, *, what: str = "dataset") -> tuple[torch.Tensor, ...]:
@@ -77,12 +99,36 @@ def fingerprint(model: nn.Module, *tensors: torch.Tensor) -> str:
 
 
 @torch.no_grad()
-def _teacher_logits(teacher: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+def _teacher_pass(teacher: nn.Module, inputs: torch.Tensor, batch_size: int,
+                  layers: tuple[str, ...], pool: int | None,
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The teacher's logits on ``inputs`` and the (pooled) features of ``layers``."""
     device = next(teacher.parameters(), torch.empty(0)).device
-    with eval_mode(teacher):
-        parts = [teacher(inputs[i:i + batch_size].to(device)).float().cpu()
-                 for i in range(0, len(inputs), batch_size)]
-    return torch.cat(parts)
+    logits: list[torch.Tensor] = []
+    features: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    with eval_mode(teacher), capture(teacher, layers) as store:
+        for i in range(0, len(inputs), batch_size):
+            logits.append(teacher(inputs[i:i + batch_size].to(device)).float().cpu())
+            for name in layers:
+                features[name].append(pool_features(store[name], pool).float().cpu())
+    return torch.cat(logits), {name: torch.cat(parts) for name, parts in features.items()}
+
+
+def _hint_plan(teacher: nn.Module, inputs: torch.Tensor, *, max_layers: int,
+               budget_mb: float) -> tuple[tuple[str, ...], int | None]:
+    """Hint layers, and the pooling that makes their features fit in ``budget_mb``."""
+    example = inputs[:2].to(next(teacher.parameters(), torch.empty(0)).device)
+    layers = select_hint_layers(teacher, example, max_layers=max_layers)
+    with torch.no_grad(), eval_mode(teacher), capture(teacher, layers) as store:
+        teacher(example)
+    for pool in (None, 4, 1):
+        per_sample = sum(pool_features(store[name][:1], pool).numel() for name in layers)
+        if per_sample * 4 * len(inputs) <= budget_mb * 2**20:
+            if pool is not None:
+                logger.info("full hint features exceed %.0f MB; caching them pooled to %d",
+                            budget_mb, pool)
+            return layers, pool
+    return layers, 1
 
 
 def cache_teacher_outputs(
@@ -91,19 +137,41 @@ def cache_teacher_outputs(
     *,
     cache_dir: str | Path,
     batch_size: int = 512,
+    config: DistillConfig | None = None,
+    hint_cache_mb: float = 1024.0,
 ) -> TeacherOutputs:
     """Load the teacher's outputs on ``data`` from ``cache_dir``, or compute and store them.
 
     The file is written atomically, so concurrent workers never read half a file.
+
+    Args:
+        teacher: The trained teacher (run in eval mode, restored afterwards).
+        data: Training data: a dataset or loader of ``(input, label)`` pairs.
+        cache_dir: Folder of the cache files (the run folder's ``cache/``).
+        batch_size: Batch size of the teacher's pass.
+        config: When it asks for hints with a cached teacher, the hint layers'
+            features are cached too (pooled when they exceed ``hint_cache_mb``).
+        hint_cache_mb: Memory allowed for cached hint features.
     """
     inputs, targets = as_tensors(data, what="training data")
     key = fingerprint(teacher, inputs, targets)
-    path = Path(cache_dir) / f"teacher_outputs-{key}.pt"
+    with_hints = config is not None and config.uses_hints and config.teacher == "cached"
+    suffix = ""
+    if config is not None and with_hints:
+        # The hint plan is a function of the teacher, the data and these two settings.
+        suffix = f"-hints{config.hint_layers}-{hint_cache_mb:g}mb"
+    path = Path(cache_dir) / f"teacher_outputs-{key}{suffix}.pt"
     if path.is_file():
-        logits = torch.load(path, weights_only=True)["logits"]
+        saved = torch.load(path, weights_only=True)
         logger.info("teacher outputs loaded from %s", path)
-        return TeacherOutputs(inputs, targets, logits, key)
-    logits = _teacher_logits(teacher, inputs, batch_size)
+        return TeacherOutputs(inputs, targets, saved["logits"], key, dict(saved["hints"]),
+                              saved.get("hint_pool"))
+    layers: tuple[str, ...] = ()
+    pool: int | None = None
+    if config is not None and with_hints:
+        layers, pool = _hint_plan(teacher, inputs, max_layers=config.hint_layers,
+                                  budget_mb=hint_cache_mb)
+    logits, hints = _teacher_pass(teacher, inputs, batch_size, layers, pool)
     if logits.dim() != 2 or len(logits) != len(targets):
         raise ValueError(f"the teacher must return logits of shape (batch, classes); "
                          f"got {tuple(logits.shape)} for {len(targets)} samples")
@@ -112,7 +180,7 @@ def cache_teacher_outputs(
                          f"teacher has {logits.shape[1]} outputs")
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        torch.save({"logits": logits}, handle)
+        torch.save({"logits": logits, "hints": hints, "hint_pool": pool}, handle)
     os.replace(handle.name, path)
     logger.info("teacher outputs on %d samples cached in %s", len(logits), path)
-    return TeacherOutputs(inputs, targets, logits, key)
+    return TeacherOutputs(inputs, targets, logits, key, hints, pool)

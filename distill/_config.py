@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["DistillConfig"]
+from protege.distill._losses import LOSSES
+
+__all__ = ["TEACHER_MODES", "DistillConfig"]
+
+TEACHER_MODES = ("cached", "online")
+"""Where the teacher's outputs come from during training."""
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -24,6 +29,17 @@ class DistillConfig:
         batch_size: Training batch size.
         lr: Peak learning rate of the one-cycle AdamW schedule.
         weight_decay: AdamW weight decay.
+        loss: Logit loss: ``hinton`` (soft targets at ``temperature``, weight ``alpha``),
+            ``dkd`` (decoupled KD: cross-entropy plus ``dkd_alpha`` x target-class and
+            ``dkd_beta`` x non-target terms) or ``ce`` (labels only, no teacher).
+        dkd_alpha: DKD's weight of the target-class term.
+        dkd_beta: DKD's weight of the non-target-class term.
+        hint_weight: Weight of the feature-hint term (0 switches hints off).
+        hint_layers: How many stage outputs to match at most (the deepest are kept).
+        teacher: ``cached``: the teacher's outputs (and hint features) on the training
+            data are computed once per study; ``online``: the teacher runs on every
+            batch (needed with random augmentation, or when hint features do not fit
+            in memory at full resolution and pooled hints are not wanted).
     """
 
     alpha: float = 0.9
@@ -33,6 +49,12 @@ class DistillConfig:
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4
+    loss: str = "hinton"
+    dkd_alpha: float = 1.0
+    dkd_beta: float = 8.0
+    hint_weight: float = 0.0
+    hint_layers: int = 3
+    teacher: str = "cached"
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.alpha <= 1.0, "distill.alpha", f"must be in [0, 1], got {self.alpha}")
@@ -45,3 +67,18 @@ class DistillConfig:
         _check(self.lr > 0, "distill.lr", f"must be positive, got {self.lr}")
         _check(self.weight_decay >= 0, "distill.weight_decay",
                f"must be >= 0, got {self.weight_decay}")
+        _check(self.loss in LOSSES, "distill.loss",
+               f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
+        _check(self.dkd_alpha >= 0, "distill.dkd_alpha", f"must be >= 0, got {self.dkd_alpha}")
+        _check(self.dkd_beta >= 0, "distill.dkd_beta", f"must be >= 0, got {self.dkd_beta}")
+        _check(self.hint_weight >= 0, "distill.hint_weight",
+               f"must be >= 0, got {self.hint_weight}")
+        _check(self.hint_layers >= 1, "distill.hint_layers",
+               f"must be >= 1, got {self.hint_layers}")
+        _check(self.teacher in TEACHER_MODES, "distill.teacher",
+               f"must be one of {', '.join(TEACHER_MODES)}, got {self.teacher!r}")
+
+    @property
+    def uses_hints(self) -> bool:
+        """Whether trials match feature hints."""
+        return self.hint_weight > 0

@@ -1,59 +1,157 @@
-"""The LightningModule that distils a student from cached teacher outputs."""
+"""The LightningModule that distils a student from the teacher's cached or online outputs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from protege._modes import eval_mode
 from protege.distill._config import DistillConfig
-from protege.distill._losses import hinton_loss
+from protege.distill._hints import HintAdapters, capture
+from protege.distill._losses import ce_loss, dkd_loss, hint_loss, hinton_loss
 
-__all__ = ["DistillModule", "EpochReport"]
+__all__ = ["Augment", "DistillModule", "EpochReport"]
 
 EpochReport = Callable[[int, float], None]
 """Called after each epoch with (epoch, validation accuracy); may raise to stop training."""
 
+Augment = Callable[[torch.Tensor], torch.Tensor]
+"""A random transform of a training batch of inputs (needs the teacher online)."""
+
+
+def _probe(model: nn.Module, names: Sequence[str],
+           example: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Per-sample output shapes of the named modules on ``example``."""
+    device = next(model.parameters(), torch.empty(0)).device
+    with torch.no_grad(), eval_mode(model), capture(model, names) as store:
+        model(example.to(device))
+    return {name: tuple(store[name].shape[1:]) for name in names}
+
 
 class DistillModule(pl.LightningModule):
-    """Trains ``student`` on ``(x, y, teacher_logits)`` batches with Hinton's loss.
+    """Trains ``student`` against the teacher with the configured loss and hints.
 
-    Validation batches are ``(x, y)``; validation accuracy of every epoch is logged
-    as ``val_accuracy`` and kept in :attr:`history`.
+    Training batches are ``(x, y, teacher_logits, *teacher_hint_features)`` from the
+    cache, or ``(x, y)`` when ``teacher`` is given: then the teacher runs on every
+    batch (after ``augment``, if any) in eval mode, without gradients. Validation
+    batches are ``(x, y)``; validation accuracy of every epoch is logged as
+    ``val_accuracy`` and kept in :attr:`history`. Loss terms are summed on the
+    device and logged once per epoch as ``train/<term>`` (no per-step sync).
 
     Args:
         student: The network being trained.
-        config: Loss weights, temperature and optimiser settings.
+        config: Loss, weights, temperature and optimiser settings.
         total_steps: Optimiser steps of the whole run (for the one-cycle schedule).
         report: Called with (epoch, validation accuracy) after every validation.
+        teacher: Run online when given; it is never trained and stays in eval mode.
+        hint_layers: Modules whose outputs the student matches (empty: no hints).
+        hint_shapes: Per-sample shape of each cached hint target; probed on the
+            online teacher when None.
+        example_input: A batch both networks accept, to size the hint adapters.
+        augment: Random transform of each training batch of inputs.
     """
 
     def __init__(self, student: nn.Module, *, config: DistillConfig, total_steps: int,
-                 report: EpochReport | None = None) -> None:
+                 report: EpochReport | None = None, teacher: nn.Module | None = None,
+                 hint_layers: Sequence[str] = (),
+                 hint_shapes: dict[str, tuple[int, ...]] | None = None,
+                 example_input: torch.Tensor | None = None,
+                 augment: Augment | None = None) -> None:
         super().__init__()
         self.student = student
         self.config = config
         self.total_steps = max(1, total_steps)
         self.report = report
+        self.augment = augment
+        self.hint_layers = tuple(hint_layers)
+        # A list keeps the teacher out of the module tree: Lightning must neither
+        # train it, nor switch it to training mode, nor checkpoint it.
+        self._teacher: list[nn.Module] = [teacher] if teacher is not None else []
+        self.adapters: HintAdapters | None = None
+        if self.hint_layers:
+            if example_input is None:
+                raise ValueError("hint layers need an example_input to size their adapters")
+            if hint_shapes is None:
+                if teacher is None:
+                    raise ValueError("hint layers need cached hint shapes or an online teacher")
+                hint_shapes = _probe(teacher, self.hint_layers, example_input)
+            student_shapes = _probe(student, self.hint_layers, example_input)
+            self.adapters = HintAdapters(
+                student_channels={name: shape[0] for name, shape in student_shapes.items()},
+                teacher_shapes=hint_shapes)
         self.history: list[float] = []
+        self.train_history: list[dict[str, float]] = []
+        self._sums: dict[str, torch.Tensor] = {}
+        self._samples = 0
         self._correct = 0
         self._seen = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
 
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The online teacher, or None when training from the cache."""
+        return self._teacher[0] if self._teacher else None
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device).eval()
+
+    def _targets(self, x: torch.Tensor, batch: Sequence[torch.Tensor],
+                 ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """The teacher's logits and hint features for this batch (online or cached)."""
+        teacher = self.teacher
+        if teacher is None:
+            logits = batch[2] if len(batch) > 2 else None
+            return logits, dict(zip(self.hint_layers, batch[3:], strict=True))
+        with torch.no_grad(), eval_mode(teacher), capture(teacher, self.hint_layers) as store:
+            logits = teacher(x)
+        return logits, {name: store[name] for name in self.hint_layers}
+
+    def loss_terms(self, batch: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """All named loss terms of one training batch; ``loss`` is minimised."""
+        x, y = batch[0], batch[1]
+        if self.augment is not None:
+            x = self.augment(x)
+        teacher_logits, teacher_features = self._targets(x, batch)
+        with capture(self.student, self.hint_layers) as store:
+            logits = self.student(x)
+        config = self.config
+        if config.loss == "ce" or teacher_logits is None:
+            terms = ce_loss(logits, y)
+        elif config.loss == "dkd":
+            terms = dkd_loss(logits, teacher_logits, y, temperature=config.temperature,
+                             alpha=config.dkd_alpha, beta=config.dkd_beta)
+        else:
+            terms = hinton_loss(logits, teacher_logits, y, temperature=config.temperature,
+                                alpha=config.alpha)
+        if self.adapters is not None:
+            hints = hint_loss(self.adapters(dict(store)), teacher_features)
+            terms["loss"] = terms["loss"] + config.hint_weight * hints
+            terms["hint_loss"] = hints.detach()
+        return terms
+
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        x, y, teacher_logits = batch
-        terms = hinton_loss(self.student(x), teacher_logits, y,
-                            temperature=self.config.temperature, alpha=self.config.alpha)
-        if not torch.isfinite(terms["loss"]):
-            raise FloatingPointError(f"distillation loss is {terms['loss'].item()} at step "
-                                     f"{self.global_step}")
-        self.log_dict({f"train/{name}": value for name, value in terms.items()},
-                      on_step=False, on_epoch=True, batch_size=len(x))
+        terms = self.loss_terms(batch)
+        n = len(batch[1])
+        for name, value in terms.items():
+            total = value.detach() * n
+            self._sums[name] = self._sums[name] + total if name in self._sums else total
+        self._samples += n
         return terms["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        means = {name: float(total) / max(1, self._samples) for name, total in self._sums.items()}
+        self._sums, self._samples = {}, 0
+        if not all(torch.isfinite(torch.tensor(v)) for v in means.values()):
+            raise FloatingPointError(f"distillation loss is not finite in epoch "
+                                     f"{self.current_epoch}: {means}")
+        self.train_history.append(means)
+        self.log_dict({f"train/{name}": value for name, value in means.items()})
 
     def on_validation_epoch_start(self) -> None:
         self._correct = 0
@@ -72,10 +170,14 @@ class DistillModule(pl.LightningModule):
             self.report(self.current_epoch, accuracy)
 
     def configure_optimizers(self):  # type: ignore[no-untyped-def]
-        optimizer = torch.optim.AdamW(self.student.parameters(), lr=self.config.lr,
+        params = list(self.student.parameters())
+        if self.adapters is not None:
+            params += list(self.adapters.parameters())
+        optimizer = torch.optim.AdamW(params, lr=self.config.lr,
                                       weight_decay=self.config.weight_decay)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=self.config.lr, total_steps=self.total_steps, pct_start=0.2,
         )
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+

@@ -21,7 +21,8 @@ from torch.utils.data import (
 from protege._modes import eval_mode
 from protege.distill._cache import TeacherOutputs
 from protege.distill._config import DistillConfig
-from protege.distill._module import DistillModule, EpochReport
+from protege.distill._hints import select_hint_layers
+from protege.distill._module import Augment, DistillModule, EpochReport
 
 __all__ = ["TrainResult", "evaluate", "train_student"]
 
@@ -53,6 +54,40 @@ def _batches(dataset: TensorDataset, batch_size: int, *, shuffle: bool, seed: in
                       batch_size=None)
 
 
+def _plan(student: nn.Module, train: TeacherOutputs, *, config: DistillConfig,
+          teacher: nn.Module | None, augment: Augment | None,
+          ) -> tuple[nn.Module | None, tuple[str, ...]]:
+    """Whether the teacher runs online (it is returned then) and which hint layers to use."""
+    needs_teacher = config.loss != "ce" or config.uses_hints
+    online = needs_teacher and (config.teacher == "online" or augment is not None)
+    if config.uses_hints and not online and not train.hints:
+        if teacher is None:
+            raise ValueError("distill.hint_weight > 0 with a cached teacher needs hint features "
+                             "in the cache: call cache_teacher_outputs(..., config=config)")
+        logger.warning("the cache holds no hint features; running the teacher online")
+        online = True
+    if online and teacher is None:
+        why = "random augmentation" if augment is not None else "distill.teacher=online"
+        raise ValueError(f"{why} runs the teacher on every batch: pass train_student(teacher=...)")
+    if not config.uses_hints:
+        layers: tuple[str, ...] = ()
+    elif online:
+        assert teacher is not None
+        example = train.inputs[:2].to(next(teacher.parameters(), torch.empty(0)).device)
+        layers = select_hint_layers(teacher, example, max_layers=config.hint_layers)
+    else:
+        layers = tuple(train.hints)
+    present = set(dict(student.named_modules()))
+    missing = [name for name in layers if name not in present]
+    if missing:
+        logger.warning("hint layers %s are not in the student; matching the others", missing)
+        layers = tuple(name for name in layers if name in present)
+    if config.uses_hints and not layers:
+        raise ValueError("distill.hint_weight > 0 but no hint layer is shared by teacher "
+                         "and student")
+    return (teacher if online else None), layers
+
+
 def train_student(
     student: nn.Module,
     train: TeacherOutputs,
@@ -63,25 +98,50 @@ def train_student(
     seed: int = 0,
     report: EpochReport | None = None,
     accelerator: str = "cpu",
+    teacher: nn.Module | None = None,
+    augment: Augment | None = None,
 ) -> TrainResult:
-    """Distil ``student`` from the cached teacher outputs for a short budget.
+    """Distil ``student`` from the teacher for a short budget.
+
+    With ``distill.teacher: cached`` (the default) the student trains against
+    ``train``'s cached logits and hint features and ``teacher`` is not needed; with
+    ``online``, or whenever ``augment`` is given (a fixed cache would be wrong for
+    randomly augmented inputs), the teacher runs on every batch.
 
     Args:
         student: Trained in place.
-        train: The teacher's cached outputs on the training data.
+        train: The training data and the teacher's cached outputs on it.
         val: ``(x, y)`` validation data, evaluated after every epoch.
         config: Loss and optimiser settings.
         epochs: Budget; ``config.epochs`` when None.
         seed: Seeds the data order and the global RNG (dropout), for repeatable trials.
         report: Called after every epoch with (epoch, validation accuracy).
         accelerator: Lightning accelerator (``cpu``, ``gpu``, ``auto``).
+        teacher: The teacher, for the online mode (or hints missing from the cache).
+        augment: Random transform of each training batch of inputs.
+
+    Raises:
+        ValueError: If the online mode is needed but no teacher is given, or hints
+            are asked for but teacher and student share no hint layer.
     """
     epochs = config.epochs if epochs is None else epochs
     torch.manual_seed(seed)
-    train_loader = _batches(train.dataset(), config.batch_size, shuffle=True, seed=seed)
+    online, layers = _plan(student, train, config=config, teacher=teacher, augment=augment)
+    if online is not None:
+        dataset = TensorDataset(train.inputs, train.targets)
+        shapes = None
+    elif layers:
+        dataset = TensorDataset(train.inputs, train.targets, train.logits,
+                                *(train.hints[name] for name in layers))
+        shapes = {name: tuple(train.hints[name].shape[1:]) for name in layers}
+    else:
+        dataset = train.dataset()
+        shapes = None
+    train_loader = _batches(dataset, config.batch_size, shuffle=True, seed=seed)
     val_loader = _batches(val, 1024, shuffle=False, seed=seed)
     module = DistillModule(student, config=config, total_steps=epochs * len(train_loader),
-                           report=report)
+                           report=report, teacher=online, hint_layers=layers, hint_shapes=shapes,
+                           example_input=train.inputs[:2], augment=augment)
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator=accelerator,

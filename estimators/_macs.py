@@ -3,18 +3,65 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import thop
 import torch
+from thop.vision.basic_hooks import count_normalization
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from protege._modes import eval_mode
 
-__all__ = ["count_macs", "count_macs_torch", "count_params"]
+__all__ = ["THOP_RULES", "count_macs", "count_macs_torch", "count_params"]
 
 logger = logging.getLogger(__name__)
+
+
+def _zero(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+    module.total_ops += torch.zeros(1, dtype=torch.float64)  # type: ignore[operator]
+
+
+def _torch_counted(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+    """A leaf thop has no rule for: count its own forward with PyTorch's counter."""
+    with FlopCounterMode(display=False) as counter:
+        module(*inputs)
+    flops = torch.tensor([counter.get_total_flops() // 2], dtype=torch.float64)
+    module.total_ops += flops  # type: ignore[operator]
+
+
+_ZERO_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.AlphaDropout, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid,
+    nn.Sigmoid, nn.Tanh, nn.Mish, nn.ELU, nn.SELU, nn.Softplus, nn.Hardtanh,
+    nn.ConstantPad1d, nn.ConstantPad2d, nn.ZeroPad1d, nn.ChannelShuffle,
+)
+
+THOP_RULES: dict[type[nn.Module], Callable[..., None]] = {
+    **{kind: _zero for kind in _ZERO_TYPES},
+    nn.GroupNorm: count_normalization,
+}
+"""Rules protege adds to thop's: elementwise activations, reshapes and padding count as
+zero (thop's convention for ReLU), GroupNorm like BatchNorm. A leaf module of any other
+type thop has no rule for (attention, custom layers) is counted by running it under
+``torch.utils.flop_counter`` instead of thop's silent zero."""
+
+
+_THOP_HOOKS = importlib.import_module("thop.profile").register_hooks  # the module, not the function
+
+
+def _rules_for(model: nn.Module) -> dict[type[nn.Module], Callable[..., None]]:
+    rules = dict(THOP_RULES)
+    for module in model.modules():
+        kind = type(module)
+        if next(iter(module.children()), None) is None and kind not in rules \
+                and kind not in _THOP_HOOKS:
+            logger.debug("thop has no rule for %s; using the torch counter", kind.__name__)
+            rules[kind] = _torch_counted
+    return rules
 
 
 def _one_sample(example_input: torch.Tensor) -> torch.Tensor:
@@ -45,7 +92,8 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]
     """
     probe = copy.deepcopy(model).eval()
     with torch.no_grad():
-        macs, _ = thop.profile(probe, inputs=(_one_sample(example_input),), verbose=False)
+        macs, _ = thop.profile(probe, inputs=(_one_sample(example_input),),
+                                custom_ops=_rules_for(probe), verbose=False)
     return int(round(float(macs))), count_params(model)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 import torch
 import yaml
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -135,9 +136,10 @@ def _run_trials(study: optuna.Study, objective: TrialFunction, *, config: Config
 
 def open_study(config: Config, out: Path, *, owner: bool) -> optuna.Study:
     """Create or load the study; the owner marks trials left running by a dead process failed."""
+    costs = len(config.objectives) - 1
     study = optuna.create_study(
         storage=open_storage(config.storage, out), study_name=STUDY_NAME,
-        directions=["maximize"] + ["minimize"] * (len(config.objectives) - 1),
+        directions=[StudyDirection.MAXIMIZE] + [StudyDirection.MINIMIZE] * costs,
         sampler=make_sampler(config.strategy, seed=config.seed, n_trials=config.n_trials),
         load_if_exists=True,
     )

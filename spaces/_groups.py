@@ -10,9 +10,12 @@ student then replays those records on a copy of the teacher, with no tracing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +25,8 @@ from torch import nn
 
 from protege._modes import eval_mode
 
-__all__ = ["ChannelGroup", "PruneOp", "find_channel_groups"]
+__all__ = ["ChannelGroup", "DeriveTimeout", "GraphError", "PruneOp", "find_channel_groups",
+           "time_limit"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,46 @@ _VIRTUAL_TYPES = frozenset(
     if hasattr(tp.ops.OPTYPE, name)
 )
 _ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+class DeriveTimeout(BaseException):
+    """Raised inside a time-limited section when its time is up.
+
+    A ``BaseException`` so that Torch-Pruning's own ``except Exception`` cannot swallow it.
+    """
+
+
+class GraphError(RuntimeError):
+    """Torch-Pruning failed; ``groups`` holds the groups found before it did."""
+
+    def __init__(self, message: str, groups: list[ChannelGroup]) -> None:
+        super().__init__(message)
+        self.groups = groups
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`DeriveTimeout` in the block after ``seconds`` (main thread, Unix only).
+
+    Elsewhere, or with ``seconds=None``, the block runs without a limit.
+    """
+    usable = (seconds is not None and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+    assert seconds is not None
+
+    def expire(signum: int, frame: object) -> None:
+        raise DeriveTimeout(f"no answer within {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +163,7 @@ def find_channel_groups(
     example_input: torch.Tensor,
     *,
     ignored: Iterable[nn.Module] = (),
+    time_limit_s: float | None = None,
 ) -> list[ChannelGroup]:
     """Trace ``model`` once and return its groups of coupled output channels.
 
@@ -130,26 +175,42 @@ def find_channel_groups(
         model: The teacher. Not modified.
         example_input: A batch the model accepts.
         ignored: Layers whose output channels must not change.
+        time_limit_s: Seconds Torch-Pruning may take; None for no limit.
+
+    Raises:
+        GraphError: If Torch-Pruning fails or runs out of time; it carries the
+            groups found before that, each of which is safe to use on its own.
 
     Returns:
         The groups, in the module order of their root layers.
     """
+    module_names = {module: name for name, module in model.named_modules()}
+    param_names = {param: name for name, param in model.named_parameters()}
+    groups: list[ChannelGroup] = []
     with eval_mode(model):
-        graph = tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_input, verbose=False
-        )
-        module_names = {module: name for name, module in model.named_modules()}
-        param_names = {param: name for name, param in model.named_parameters()}
-        frozen = list(ignored) + _output_layers(graph)
-        importance = tp.importance.GroupMagnitudeImportance(p=2)
-        groups: list[ChannelGroup] = []
-        for group in graph.get_all_groups(ignored_layers=frozen, root_module_types=_ROOT_TYPES):
-            reason = _blocking_reason(group, module_names)
-            root = module_names[group[0].dep.target.module]
-            if reason is not None:
-                logger.info("channels of %s stay fixed: %s", root, reason)
-                continue
-            groups.append(_record(group, root, module_names, param_names, importance))
+        try:
+            with time_limit(time_limit_s):
+                graph = tp.DependencyGraph().build_dependency(
+                    model, example_inputs=example_input, verbose=False
+                )
+                frozen = list(ignored) + _output_layers(graph)
+                importance = tp.importance.GroupMagnitudeImportance(p=2)
+                for group in graph.get_all_groups(ignored_layers=frozen,
+                                                  root_module_types=_ROOT_TYPES):
+                    root = module_names.get(group[0].dep.target.module, "?")
+                    try:
+                        reason = _blocking_reason(group, module_names)
+                        if reason is None:
+                            groups.append(
+                                _record(group, root, module_names, param_names, importance))
+                    except Exception as exc:  # Torch-Pruning's own errors on one group
+                        reason = f"{type(exc).__name__}: {exc}"
+                    if reason is not None:
+                        logger.info("channels of %s stay fixed: %s", root, reason)
+        except (Exception, DeriveTimeout) as exc:
+            raise GraphError(f"Torch-Pruning could not analyse the graph "
+                             f"({type(exc).__name__}: {exc}); {len(groups)} groups were found "
+                             "before it stopped", groups) from exc
     order = {name: i for i, name in enumerate(module_names.values())}
     return sorted(groups, key=lambda g: order[g.root])
 

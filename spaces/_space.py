@@ -3,81 +3,134 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from protege.spaces._groups import ChannelGroup, PruneOp, find_channel_groups
+from protege.spaces._blocks import ResidualBlock, Shortcut
+from protege.spaces._groups import ChannelGroup, PruneOp
+from protege.spaces._lowrank import factorize, rank_of
 
-__all__ = ["Architecture", "SearchSpace", "derive"]
+__all__ = ["Architecture", "SearchSpace", "SpaceParts"]
 
 logger = logging.getLogger(__name__)
 
 Architecture = dict[str, Any]
 """A student: a plain JSON-able mapping from choice name to the chosen value."""
 
-WIDTH_OPTIONS: tuple[float, ...] = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
-"""Width multipliers offered per group of coupled channels, coarse enough to search."""
 
-LEVELS = (1,)
-"""Space levels available so far: 1 = width per coupled-channel group."""
+@dataclasses.dataclass(frozen=True)
+class SpaceParts:
+    """What a space is made of, by choice name; :func:`derive` assembles it.
+
+    Attributes:
+        groups: Coupled-channel group behind each ``width.*`` choice.
+        blocks: Residual block behind each ``depth.*`` choice.
+        ranks: Layer behind each ``rank.*`` choice.
+        stages: Depth choices of each stage that must keep one block.
+    """
+
+    groups: dict[str, ChannelGroup]
+    blocks: dict[str, ResidualBlock]
+    ranks: dict[str, str]
+    stages: tuple[tuple[str, ...], ...]
 
 
 class SearchSpace:
     """Students of one teacher: named choices, and a student built from an architecture.
 
-    Build one with :func:`derive`. Choice names are stable and readable
-    (``width.<root layer>``); an architecture maps each name to one of its options.
+    Build one with :func:`derive`. Choice names are stable and readable:
+    ``width.<root layer>`` (a multiplier per group of coupled channels),
+    ``depth.<block>`` (True keeps a residual block, False leaves its shortcut) and
+    ``rank.<layer>`` (a rank ratio, 1.0 = the layer as it is). An architecture maps
+    each name to one of its options.
     """
 
     def __init__(
         self,
+        *,
         teacher: nn.Module,
         example_input: torch.Tensor,
-        groups: Sequence[ChannelGroup],
-        *,
         level: int,
-        width_options: Sequence[float] = WIDTH_OPTIONS,
+        parts: SpaceParts,
+        choices: Mapping[str, Sequence[Any]],
     ) -> None:
         self._teacher = teacher
         self.example_input = example_input
         self.level = level
-        self._groups = {f"width.{group.root}": group for group in groups}
-        options = tuple(sorted(float(w) for w in width_options))
-        if not options or options[0] <= 0 or options[-1] != 1.0:
-            raise ValueError(f"width options must be in (0, 1] and include 1.0, got {options}")
-        self.choices: dict[str, tuple[Any, ...]] = {name: options for name in self._groups}
+        self._parts = parts
+        self.choices: dict[str, tuple[Any, ...]] = {name: tuple(v) for name, v in choices.items()}
+        self._bounds: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         return f"SearchSpace(level={self.level}, choices={len(self.choices)}, size={self.size})"
 
     @property
     def size(self) -> int:
-        """Number of distinct architectures."""
+        """Number of distinct architectures (stage rules not subtracted)."""
         return math.prod(len(options) for options in self.choices.values())
 
     @property
     def groups(self) -> dict[str, ChannelGroup]:
         """The coupled-channel group behind each width choice."""
-        return dict(self._groups)
+        return dict(self._parts.groups)
+
+    @property
+    def blocks(self) -> dict[str, ResidualBlock]:
+        """The residual block behind each depth choice."""
+        return dict(self._parts.blocks)
+
+    @property
+    def stages(self) -> tuple[tuple[str, ...], ...]:
+        """Depth choices of each stage that must keep at least one block."""
+        return self._parts.stages
+
+    def kinds(self) -> dict[str, int]:
+        """Number of choices of each kind (``width``, ``depth``, ``rank``)."""
+        counts = {"width": 0, "depth": 0, "rank": 0}
+        for name in self.choices:
+            kind = name.partition(".")[0]
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
 
     def largest(self) -> Architecture:
-        """The teacher's own architecture."""
+        """The teacher's own architecture (when the options include it)."""
         return {name: max(options) for name, options in self.choices.items()}
 
     def smallest(self) -> Architecture:
-        """The smallest student the space offers."""
-        return {name: min(options) for name, options in self.choices.items()}
+        """The smallest student: least of every option, the cheapest block of a stage kept."""
+        return self._keep_one({name: min(options) for name, options in self.choices.items()})
 
     def sample(self, rng: np.random.Generator) -> Architecture:
-        """A uniformly random architecture."""
-        return {name: options[int(rng.integers(len(options)))]
+        """A uniformly random architecture among those the stage rule allows."""
+        arch = {name: options[int(rng.integers(len(options)))]
                 for name, options in self.choices.items()}
+        for stage in self._parts.stages:
+            while not any(arch[name] for name in stage):
+                for name in stage:
+                    options = self.choices[name]
+                    arch[name] = options[int(rng.integers(len(options)))]
+        return arch
+
+    def repair(self, arch: Mapping[str, Any]) -> Architecture:
+        """``arch`` with the stage rule applied: a stage that drops every block keeps its
+        cheapest one. This is the architecture :meth:`materialize` actually builds."""
+        return self._keep_one(self.validate(arch))
+
+    def _keep_one(self, arch: Architecture) -> Architecture:
+        arch = dict(arch)
+        blocks = self._parts.blocks
+        for stage in self._parts.stages:
+            if not any(arch[name] for name in stage):
+                keepable = [name for name in stage if True in self.choices[name]]
+                arch[min(keepable, key=lambda name: blocks[name].params)] = True
+        return arch
 
     def validate(self, arch: Mapping[str, Any]) -> Architecture:
         """Check that ``arch`` names every choice once with an offered value."""
@@ -91,20 +144,32 @@ class SearchSpace:
                     f"unknown choices {unknown}" if unknown else "") if part)
             )
         for name, value in arch.items():
-            if value not in self.choices[name]:
-                raise ValueError(f"{name}={value!r} is not an option; options: "
-                                 f"{list(self.choices[name])}")
+            options = self.choices[name]
+            # 1 == True in Python: a depth choice must get a bool, a width one a number.
+            if value not in options or (name.startswith("depth.") != isinstance(value, bool)):
+                raise ValueError(f"{name}={value!r} is not an option; options: {list(options)}")
         return {name: arch[name] for name in self.choices}
 
     def encode(self, arch: Mapping[str, Any]) -> np.ndarray:
-        """A fixed-length float vector of the architecture, in choice order."""
+        """A fixed-length float vector of the architecture, in choice order (bools as 0/1)."""
         arch = self.validate(arch)
         return np.asarray([float(arch[name]) for name in self.choices], dtype=np.float32)
 
     def channels(self, arch: Mapping[str, Any]) -> dict[str, int]:
         """Channels each group keeps under ``arch``."""
         arch = self.validate(arch)
-        return {name: _kept(group.channels, arch[name]) for name, group in self._groups.items()}
+        return {name: _kept(group.channels, arch[name])
+                for name, group in self._parts.groups.items()}
+
+    def macs_bounds(self) -> tuple[int, int]:
+        """MACs per sample of the smallest and of the largest student (computed once)."""
+        if self._bounds is None:
+            from protege.estimators import count_macs
+
+            low, _ = count_macs(self.materialize(self.smallest()), self.example_input)
+            high, _ = count_macs(self.materialize(self.largest()), self.example_input)
+            self._bounds = (low, high)
+        return self._bounds
 
     def materialize(
         self,
@@ -115,10 +180,15 @@ class SearchSpace:
     ) -> nn.Module:
         """Build the student ``arch`` describes.
 
+        Widths are cut first (the most important channels stay), then chosen layers
+        are factorised from the SVD of their cut weights, then dropped blocks are
+        replaced by their shortcut. Choices inside a dropped block have no effect.
+
         Args:
             arch: One value per choice.
             init: ``"inherit"`` keeps the teacher's weights of the most important
-                channels; ``"scratch"`` re-initialises every layer.
+                channels and the truncated SVD factors; ``"scratch"`` re-initialises
+                every layer.
             seed: Seed of the scratch initialisation.
 
         Returns:
@@ -127,13 +197,31 @@ class SearchSpace:
         """
         if init not in ("inherit", "scratch"):
             raise ValueError(f"init must be 'inherit' or 'scratch', got {init!r}")
-        kept = self.channels(arch)
+        arch = self.repair(arch)
         student = copy.deepcopy(self._teacher)
+        self._cut_widths(student, arch)
+        dropped = sorted(self._parts.blocks[name].name for name in self._parts.blocks
+                         if not arch[name])
+        for name, layer in self._parts.ranks.items():
+            if arch[name] < 1.0 and not _inside(layer, dropped):
+                module = student.get_submodule(layer)
+                rank = rank_of(module, float(arch[name]))
+                if rank is not None:
+                    _replace(student, layer, factorize(module, rank))
+        for name, block in self._parts.blocks.items():
+            if not arch[name] and not _inside(block.name, dropped, strict=True):
+                _replace(student, block.name, Shortcut(block.post))
+        if init == "scratch":
+            _reinitialise(student, seed)
+        return student.eval()
+
+    def _cut_widths(self, student: nn.Module, arch: Architecture) -> None:
         removals: dict[tuple[str, int, int, int], tuple[PruneOp, np.ndarray]] = {}
-        for name, group in self._groups.items():
-            if kept[name] == group.channels:
+        for name, group in self._parts.groups.items():
+            keep = _kept(group.channels, arch[name])
+            if keep == group.channels:
                 continue
-            removed = group.removed(kept[name])
+            removed = group.removed(keep)
             for op in group.ops:
                 idxs = op.idxs[np.isin(op.roots, removed)]
                 if op.key in removals:
@@ -141,9 +229,31 @@ class SearchSpace:
                 removals[op.key] = (op, idxs)
         for op, idxs in removals.values():
             _apply(student, op, sorted(int(i) for i in idxs))
-        if init == "scratch":
-            _reinitialise(student, seed)
-        return student.eval()
+
+    def without(self, names: Sequence[str]) -> SearchSpace:
+        """The same space with the named choices frozen at the teacher's value."""
+        gone = set(names)
+        parts = SpaceParts(
+            groups={k: v for k, v in self._parts.groups.items() if k not in gone},
+            blocks={k: v for k, v in self._parts.blocks.items() if k not in gone},
+            ranks={k: v for k, v in self._parts.ranks.items() if k not in gone},
+            stages=tuple(kept for kept in (tuple(n for n in stage if n not in gone)
+                                           for stage in self._parts.stages) if kept),
+        )
+        return SearchSpace(teacher=self._teacher, example_input=self.example_input,
+                           level=self.level, parts=parts,
+                           choices={k: v for k, v in self.choices.items() if k not in gone})
+
+
+def _inside(name: str, dropped: Sequence[str], *, strict: bool = False) -> bool:
+    """Whether module ``name`` is (strictly) inside one of the ``dropped`` modules."""
+    return any(name.startswith(d + ".") or (not strict and name == d) for d in dropped)
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
 
 
 def _kept(channels: int, multiplier: float) -> int:
@@ -171,51 +281,3 @@ def _reinitialise(model: nn.Module, seed: int) -> None:
             reset = getattr(module, "reset_parameters", None)
             if callable(reset):
                 reset()
-
-
-def derive(
-    model: nn.Module,
-    example_input: torch.Tensor,
-    *,
-    level: int = 1,
-    ignored: Iterable[str] = (),
-    width_options: Sequence[float] = WIDTH_OPTIONS,
-) -> SearchSpace:
-    """Derive the search space of students from the teacher's graph.
-
-    The teacher is traced once. Level 1 offers one width multiplier per group of
-    coupled channels; the classifier's outputs and the input's channels never
-    change.
-
-    Args:
-        model: The trained teacher. It is not modified.
-        example_input: A batch the teacher accepts (one sample is enough).
-        level: Size of the space; see :data:`LEVELS`.
-        ignored: Names of layers whose output channels must stay as they are.
-        width_options: Multipliers offered per group (must include 1.0).
-
-    Raises:
-        ValueError: For an unknown level, a layer name that is not in the model,
-            or a teacher whose graph yields no group that can be thinned.
-    """
-    if level not in LEVELS:
-        raise ValueError(f"space level {level} is not available yet; available: {list(LEVELS)} "
-                         "(depth and low-rank choices come with levels 2 and 3)")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"the teacher must be a torch.nn.Module, got {type(model).__name__}")
-    modules = dict(model.named_modules())
-    ignored = list(ignored)
-    for name in ignored:
-        if name not in modules:
-            raise ValueError(f"ignored layer {name!r} is not in the model")
-    template = copy.deepcopy(model).eval()
-    for param in template.parameters():
-        param.requires_grad_(True)
-    groups = find_channel_groups(
-        template, example_input,
-        ignored=[dict(template.named_modules())[n] for n in ignored],
-    )
-    if not groups:
-        raise ValueError("found no group of channels that can be thinned in the teacher's graph")
-    logger.info("derived %d width choices from %d layers", len(groups), len(modules))
-    return SearchSpace(template, example_input, groups, level=level, width_options=width_options)

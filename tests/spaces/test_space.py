@@ -95,8 +95,8 @@ def test_bad_architectures_name_the_problem(space):
 
 
 def test_derive_rejects_bad_input(tiny_net):
-    with pytest.raises(ValueError, match="level 3 is not available"):
-        derive(tiny_net, X[:1], level=3)
+    with pytest.raises(ValueError, match="level 4 is not available"):
+        derive(tiny_net, X[:1], level=4)
     with pytest.raises(TypeError, match="must be a torch.nn.Module"):
         derive(lambda x: x, X[:1])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="'nope' is not in the model"):
