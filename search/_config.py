@@ -96,6 +96,32 @@ class PruningConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RayConfig:
+    """Settings of the Ray Tune backend.
+
+    Args:
+        address: Ray cluster to join (``auto`` for the one this machine belongs
+            to); None starts a local Ray.
+        cpus_per_trial: CPUs Ray reserves for each trial (also its torch threads).
+        max_concurrent: Trials running at once; None lets Ray fill the CPUs.
+        scheduler: ``asha`` stops trials early by accuracy; ``fifo`` never does.
+    """
+
+    address: str | None = None
+    cpus_per_trial: float = 1.0
+    max_concurrent: int | None = None
+    scheduler: str = "asha"
+
+    def __post_init__(self) -> None:
+        _check(self.cpus_per_trial > 0, "ray.cpus_per_trial",
+               f"must be positive, got {self.cpus_per_trial}")
+        _check(self.max_concurrent is None or self.max_concurrent >= 1, "ray.max_concurrent",
+               f"must be >= 1, got {self.max_concurrent}")
+        _check(self.scheduler in ("asha", "fifo"), "ray.scheduler",
+               f"must be asha or fifo, got {self.scheduler!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """One search experiment, as written in its YAML file.
 
@@ -112,7 +138,9 @@ class Config:
             ``postgresql://...``) or ``journal:PATH``; default: SQLite in the run folder.
         constraints: Limits the pick must meet.
         distill: Distillation settings of trials and the final fine-tune.
-        pruning: Rules that stop hopeless trials.
+        pruning: Rules that stop hopeless trials (in-process and worker backends).
+        backend: ``optuna`` (in-process, or workers on a shared storage) or ``ray``.
+        ray: Settings of the Ray Tune backend.
     """
 
     task: str = "mnist1d"
@@ -127,6 +155,8 @@ class Config:
     constraints: Constraints = dataclasses.field(default_factory=Constraints)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     pruning: PruningConfig = dataclasses.field(default_factory=PruningConfig)
+    backend: str = "optuna"
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
         _check(self.level in (1, 2, 3), "level", f"must be 1, 2 or 3, got {self.level}")
@@ -143,6 +173,8 @@ class Config:
                f"unknown objective {unknown[0] if unknown else ''!r}; known costs: "
                f"{', '.join(OBJECTIVES[1:])}")
         _check(len(set(costs)) == len(costs), "objectives", "a cost is listed twice")
+        _check(self.backend in ("optuna", "ray"), "backend",
+               f"must be optuna or ray, got {self.backend!r}")
         _check(self.init in INITS, "init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from protege.search._config import Config
 from protege.search._pruning import PruningRule
 from protege.spaces import Architecture, SearchSpace
 
-__all__ = ["SKIPPED_ATTR", "BudgetReached", "Limits", "TrialFunction", "device_of",
-           "suggest_arch"]
+__all__ = ["SKIPPED_ATTR", "BudgetReached", "Limits", "StudentEvaluator", "TrialFunction",
+           "device_of", "suggest_arch"]
 
 SKIPPED_ATTR = "skipped"
 """Marks a trial that never ran because the budget was spent: not part of the study's record."""
@@ -71,8 +71,43 @@ class _Stop(Exception):
     """Raised from the epoch report to stop a trial; carries the rule's reason."""
 
 
+@dataclasses.dataclass(frozen=True)
+class StudentEvaluator:
+    """What every backend does with one architecture: build, cost, check, distil.
+
+    Holds no backend state, so Ray can ship it to its workers once.
+    """
+
+    space: SearchSpace
+    outputs: TeacherOutputs
+    val: TensorDataset
+    example_input: torch.Tensor
+    config: Config
+    limits: Limits
+    accelerator: str = "cpu"
+    trainer: Trainer = train_student
+
+    def build(self, arch: Architecture, number: int) -> tuple[torch.nn.Module, dict[str, float]]:
+        """The student and its costs (``macs``, ``params``)."""
+        student = self.space.materialize(arch, init=self.config.init,
+                                         seed=self.config.seed + number)
+        macs, params = count_macs(student, self.example_input)
+        return student, {"macs": float(macs), "params": float(params)}
+
+    def objectives(self, accuracy: float, costs: dict[str, float]) -> tuple[float, ...]:
+        return (accuracy, *(costs[name] for name in self.config.objectives[1:]))
+
+    def train(self, student: torch.nn.Module, number: int,
+              report: Callable[[int, float], None]) -> TrainResult:
+        return self.trainer(
+            student.to(device_of(self.accelerator)), self.outputs, self.val,
+            config=self.config.distill, seed=self.config.seed + number, report=report,
+            accelerator=self.accelerator,
+        )
+
+
 class TrialFunction:
-    """Materialise a sampled student, check the limits, distil it, return the objectives.
+    """The Optuna trial: sample, check the limits, distil, return the objectives.
 
     A student over a hard limit is rejected before any training (state PRUNED,
     ``pruned_reason`` says which limit and by how much). A student already trained
@@ -80,19 +115,11 @@ class TrialFunction:
     ``duplicate_of``. Pruning rules may stop training after any epoch.
     """
 
-    def __init__(self, *, space: SearchSpace, outputs: TeacherOutputs, val: TensorDataset,
-                 example_input: torch.Tensor, config: Config, limits: Limits,
-                 rules: tuple[PruningRule, ...] = (), accelerator: str = "cpu",
-                 trainer: Trainer = train_student) -> None:
-        self.space = space
-        self.outputs = outputs
-        self.val = val
-        self.example_input = example_input
-        self.config = config
-        self.limits = limits
+    def __init__(self, evaluator: StudentEvaluator, *,
+                 rules: tuple[PruningRule, ...] = ()) -> None:
+        self.evaluator = evaluator
+        self.config = evaluator.config
         self.rules = rules
-        self.accelerator = accelerator
-        self.trainer = trainer
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         before = sum(t.number < trial.number and t.state != TrialState.FAIL
@@ -100,45 +127,38 @@ class TrialFunction:
         if before >= self.config.n_trials:
             trial.set_user_attr(SKIPPED_ATTR, True)
             raise BudgetReached(f"n_trials={self.config.n_trials} reached by other workers")
-        arch = suggest_arch(trial, self.space)
+        evaluator = self.evaluator
+        arch = suggest_arch(trial, evaluator.space)
         trial.set_user_attr("arch", arch)
-        student = self.space.materialize(arch, init=self.config.init,
-                                         seed=self.config.seed + trial.number)
-        macs, params = count_macs(student, self.example_input)
-        costs = {"macs": float(macs), "params": float(params)}
-        trial.set_user_attr("macs", macs)
-        trial.set_user_attr("params", params)
-        for name, violation in zip(("macs", "params"), self.limits.violations(costs),
+        student, costs = evaluator.build(arch, trial.number)
+        trial.set_user_attr("macs", int(costs["macs"]))
+        trial.set_user_attr("params", int(costs["params"]))
+        for name, violation in zip(("macs", "params"), evaluator.limits.violations(costs),
                                    strict=True):
             trial.set_constraint(name, min(violation, 1e6))
-        reason = self.limits.reason(costs)
+        reason = evaluator.limits.reason(costs)
         if reason is not None:
             return self._prune(trial, reason)
-        objectives = [costs[name] for name in self.config.objectives[1:]]
         earlier = _completed_with(trial.study, arch, before=trial.number)
         if earlier is not None:
             trial.set_user_attr("duplicate_of", earlier.number)
             trial.set_user_attr("history", earlier.user_attrs.get("history"))
-            return (earlier.values[0], *objectives)
+            return evaluator.objectives(earlier.values[0], costs)
         history: list[float] = []
+        rule_costs = {name: costs[name] for name in self.config.objectives[1:]}
 
         def report(epoch: int, accuracy: float) -> None:
             history.append(accuracy)
             trial.set_user_attr("history", list(history))
             for rule in self.rules:
                 why = rule.check(trial.study, epoch=epoch, epochs=self.config.distill.epochs,
-                                 accuracy=accuracy, costs={n: costs[n] for n in
-                                                           self.config.objectives[1:]})
+                                 accuracy=accuracy, costs=rule_costs)
                 if why is not None:
                     raise _Stop(why)
 
         start = time.perf_counter()
         try:
-            result = self.trainer(
-                student.to(device_of(self.accelerator)), self.outputs, self.val,
-                config=self.config.distill, seed=self.config.seed + trial.number,
-                report=report, accelerator=self.accelerator,
-            )
+            result = evaluator.train(student, trial.number, report)
         except _Stop as stop:
             trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 3))
             return self._prune(trial, str(stop))
@@ -147,7 +167,7 @@ class TrialFunction:
             logger.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
             raise
         trial.set_user_attr("train_seconds", round(result.seconds, 3))
-        return (result.val_accuracy, *objectives)
+        return evaluator.objectives(result.val_accuracy, costs)
 
     @staticmethod
     def _prune(trial: optuna.Trial, reason: str) -> Any:

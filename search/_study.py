@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -25,7 +26,13 @@ from protege.distill import train_student as _train_student
 from protege.estimators import count_macs
 from protege.search._config import Config
 from protege.search._export import save_student, write_json
-from protege.search._objective import SKIPPED_ATTR, Limits, TrialFunction, device_of
+from protege.search._objective import (
+    SKIPPED_ATTR,
+    Limits,
+    StudentEvaluator,
+    TrialFunction,
+    device_of,
+)
 from protege.search._pareto import hypervolume, pareto_indices
 from protege.search._pruning import CurveRule, PruningRule
 from protege.search._records import Pick, TeacherProfile, TrialRecord, load_records
@@ -193,14 +200,31 @@ def run_search(
     logger.info("teacher: %d MACs, %d params, val accuracy %.4f",
                 profile.macs, profile.params, profile.val_accuracy)
 
+    evaluator = StudentEvaluator(space=space, outputs=outputs, val=val_data,
+                                 example_input=example_input, config=config, limits=limits,
+                                 accelerator=accelerator, trainer=_train_student)
+    finish = functools.partial(_finish, out=out, profile=profile, space=space, outputs=outputs,
+                               val=val_data, test=test_data, config=config,
+                               accelerator=accelerator)
+    if config.backend == "ray":
+        if worker:
+            raise ValueError("backend: ray schedules its own workers; use `protege run` "
+                             "with ray.address instead of `protege worker`")
+        from protege.search._ray import run_ray
+
+        records = run_ray(evaluator, config=config, out=out)
+        _write_records(out / "trials.jsonl", records)
+        for record in records:
+            for callback in callbacks:
+                callback(record)
+        return finish(records=records)
+
     study = open_study(config, out, owner=not worker)
     study.set_user_attr("teacher", dataclasses.asdict(profile))
     rules: tuple[PruningRule, ...] = ()
     if config.pruning.curve:
         rules = (CurveRule(min_trials=config.pruning.min_trials, margin=config.pruning.margin),)
-    objective = TrialFunction(space=space, outputs=outputs, val=val_data,
-                              example_input=example_input, config=config, limits=limits,
-                              rules=rules, accelerator=accelerator, trainer=_train_student)
+    objective = TrialFunction(evaluator, rules=rules)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         records = load_records(study)
@@ -217,8 +241,7 @@ def run_search(
     _wait_for_workers(study)
     records = load_records(study)
     _write_records(out / "trials.jsonl", records)
-    return _finish(out=out, records=records, profile=profile, space=space, outputs=outputs,
-                   val=val_data, test=test_data, config=config, accelerator=accelerator)
+    return finish(records=records)
 
 
 def _wait_for_workers(study: optuna.Study, *, poll: float = 2.0, limit: float = 600.0) -> None:
