@@ -99,7 +99,7 @@ class DistillModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.teacher is not None:
-            self.teacher.to(self.device).eval()
+            self.teacher.to(self.device)
 
     def _targets(self, x: torch.Tensor, batch: Sequence[torch.Tensor],
                  ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:

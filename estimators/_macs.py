@@ -28,7 +28,7 @@ def _zero(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Ten
 def _torch_counted(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
     """A leaf thop has no rule for: count its own forward with PyTorch's counter."""
     with FlopCounterMode(display=False) as counter:
-        module(*inputs)
+        module.forward(*inputs)  # not module(...): that would re-enter thop's hook
     flops = torch.tensor([counter.get_total_flops() // 2], dtype=torch.float64)
     module.total_ops += flops  # type: ignore[operator]
 

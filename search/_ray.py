@@ -132,7 +132,7 @@ def run_ray(evaluator: StudentEvaluator, *, config: Config, out: Path) -> list[T
                                       verbose=0),
         )
     grid = tuner.fit()
-    results: list[Any] = sorted(grid, key=_creation_order)
+    results: list[Any] = sorted((grid[i] for i in range(len(grid))), key=_creation_order)
     return [_record(i, result, epochs) for i, result in enumerate(results)]
 
 
