@@ -70,16 +70,17 @@ def _trainable(params: dict[str, Any], evaluator: StudentEvaluator) -> None:
 def _record(number: int, result: Any, epochs: int) -> TrialRecord:
     metrics = result.metrics or {}
     arch = metrics.get("arch") or {}
-    common = {"number": number, "arch": arch, "macs": _int(metrics.get("macs")),
-              "params": _int(metrics.get("params")),
-              "history": tuple(metrics.get("history") or ()),
-              "train_seconds": metrics.get("train_seconds")}
+    history = tuple(metrics.get("history") or ())
+    common: dict[str, Any] = {"number": number, "arch": arch, "history": history,
+                              "macs": _int(metrics.get("macs")),
+                              "params": _int(metrics.get("params")),
+                              "train_seconds": metrics.get("train_seconds")}
     if result.error is not None:
         lines = str(result.error).strip().splitlines() or [type(result.error).__name__]
         return TrialRecord(state="failed", error=lines[-1].strip(), **common)
     if metrics.get("rejected"):
         return TrialRecord(state="pruned", pruned_reason=metrics["rejected"], **common)
-    done = len(common["history"])
+    done = len(history)
     if done < epochs:
         return TrialRecord(state="pruned", accuracy=None, **common,
                            pruned_reason=f"asha: stopped after epoch {done}/{epochs}")
