@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import optuna
@@ -43,7 +44,9 @@ def open_storage(url: str | None, out: Path) -> optuna.storages.BaseStorage:
     else:
         kwargs.update(heartbeat_interval=30, grace_period=120)
     try:
-        return optuna.storages.RDBStorage(url, **kwargs)  # type: ignore[arg-type]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, **kwargs)  # type: ignore[arg-type]
     except Exception as exc:  # SQLAlchemy raises many kinds; all mean "cannot use it"
         raise ValueError(f"cannot open storage {url}: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0]}") from exc
