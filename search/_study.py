@@ -36,6 +36,7 @@ from protege.search._objective import (
 from protege.search._pareto import hypervolume, pareto_indices
 from protege.search._pruning import CurveRule, PruningRule
 from protege.search._records import Pick, TeacherProfile, TrialRecord, load_records
+from protege.search._report import write_report
 from protege.search._storage import open_storage
 from protege.search._strategies import make_sampler
 from protege.spaces import SearchSpace, derive
@@ -304,6 +305,8 @@ def _finish(*, out: Path, records: list[TrialRecord], profile: TeacherProfile,
             "accuracy_drop": profile.val_accuracy - pick.val_accuracy,
         }
     write_json(out / "summary.json", summary)
+    write_report(out, records=records, front=front, teacher=profile, config=config, pick=pick,
+                 hypervolume=volume)
     return SearchResult(out, profile, tuple(records), tuple(front), volume, pick, student)
 
 

@@ -47,7 +47,7 @@ def test_run_writes_the_run_folder(tiny_data, tmp_path):
     result = search(tiny_data, tmp_path / "run", config(), callbacks=[seen.append])
     run = tmp_path / "run"
     for name in ("config.yaml", "study.db", "trials.jsonl", "pareto.json", "summary.json",
-                 "best/arch.json", "best/student.pt"):
+                 "best/arch.json", "best/student.pt", "report.md", "front.png"):
         assert (run / name).is_file(), name
     lines = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()]
     assert [r["number"] for r in lines] == [0, 1, 2, 3] == [r.number for r in seen]
