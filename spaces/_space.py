@@ -119,8 +119,12 @@ class SearchSpace:
         return arch
 
     def repair(self, arch: Mapping[str, Any]) -> Architecture:
-        """``arch`` with the stage rule applied: a stage that drops every block keeps its
-        cheapest one. This is the architecture :meth:`materialize` actually builds."""
+        """The canonical form of ``arch``: the architecture :meth:`materialize` builds.
+
+        A stage that drops every block keeps its cheapest one; a width or rank choice
+        that only touches layers inside dropped blocks is set to its largest option
+        (it changes nothing), so equal students have equal architectures.
+        """
         return self._keep_one(self.validate(arch))
 
     def _keep_one(self, arch: Architecture) -> Architecture:
@@ -130,6 +134,14 @@ class SearchSpace:
             if not any(arch[name] for name in stage):
                 keepable = [name for name in stage if True in self.choices[name]]
                 arch[min(keepable, key=lambda name: blocks[name].params)] = True
+        dropped = [block.name for name, block in blocks.items() if not arch[name]]
+        if dropped:
+            for name, group in self._parts.groups.items():
+                if all(_inside(op.target, dropped, strict=True) for op in group.ops):
+                    arch[name] = max(self.choices[name])
+            for name, layer in self._parts.ranks.items():
+                if _inside(layer, dropped, strict=True):
+                    arch[name] = max(self.choices[name])
         return arch
 
     def validate(self, arch: Mapping[str, Any]) -> Architecture:
