@@ -18,7 +18,8 @@ import yaml
 from protege.distill import DistillConfig
 from protege.search._strategies import STRATEGIES
 
-__all__ = ["Config", "ConfigError", "Constraints", "apply_overrides", "load_config"]
+__all__ = ["Config", "ConfigError", "Constraints", "PruningConfig", "RayConfig", "SpaceConfig",
+           "apply_overrides", "load_config"]
 
 OBJECTIVES = ("accuracy", "macs", "params")
 """Objectives a study can have: accuracy first (maximised), then the costs (minimised)."""
@@ -96,6 +97,32 @@ class PruningConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SpaceConfig:
+    """How the search space is derived from the teacher (see ``protege.spaces.derive``).
+
+    Args:
+        options: Option lists that replace the defaults, keyed by choice name or
+            glob pattern, e.g. ``{"width.*": [0.5, 0.75, 1.0], "rank.fc": [1.0]}``.
+        allow_empty_stages: Let depth choices drop every block of a stage.
+        ignored: Layers whose output channels must not change.
+    """
+
+    options: dict[str, Any] | None = None
+    allow_empty_stages: bool = False
+    ignored: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for key, values in (self.options or {}).items():
+            _check(isinstance(values, (list, tuple)) and len(values) > 0, f"space.options.{key}",
+                   f"must be a non-empty list of options, got {values!r}")
+
+    def derive_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``derive`` for this config."""
+        return {"options": self.options, "allow_empty_stages": self.allow_empty_stages,
+                "ignored": self.ignored}
+
+
+@dataclasses.dataclass(frozen=True)
 class RayConfig:
     """Settings of the Ray Tune backend.
 
@@ -136,6 +163,7 @@ class Config:
         init: How students start: ``inherit`` the teacher's weights or ``scratch``.
         storage: Optuna storage URL shared by workers (``sqlite:///...``,
             ``postgresql://...``) or ``journal:PATH``; default: SQLite in the run folder.
+        space: How the search space is derived (option overrides, stages).
         constraints: Limits the pick must meet.
         distill: Distillation settings of trials and the final fine-tune.
         pruning: Rules that stop hopeless trials (in-process and worker backends).
@@ -152,6 +180,7 @@ class Config:
     objectives: tuple[str, ...] = ("accuracy", "macs")
     init: str = "inherit"
     storage: str | None = None
+    space: SpaceConfig = dataclasses.field(default_factory=SpaceConfig)
     constraints: Constraints = dataclasses.field(default_factory=Constraints)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     pruning: PruningConfig = dataclasses.field(default_factory=PruningConfig)
@@ -181,6 +210,7 @@ class Config:
         """A plain, YAML-able mapping of every key."""
         data = dataclasses.asdict(self)
         data["objectives"] = list(self.objectives)
+        data["space"]["ignored"] = list(self.space.ignored)
         return data
 
     @classmethod
@@ -196,6 +226,8 @@ def _accepts(annotation: Any, value: Any) -> bool:
         return any(_accepts(arg, value) for arg in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
+    if origin is dict:
+        return isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
     if origin is tuple:
         item = typing.get_args(annotation)[0]
         return isinstance(value, (list, tuple)) and all(_accepts(item, v) for v in value)
@@ -239,6 +271,8 @@ def _build(cls: type, data: Any, *, prefix: str) -> Any:
 
 def _type_name(hint: Any) -> str:
     args = typing.get_args(hint)
+    if typing.get_origin(hint) is dict:
+        return "a mapping"
     if typing.get_origin(hint) is tuple:
         return f"a list of {args[0].__name__}"
     if args:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from protege.spaces import WIDTH_OPTIONS, Architecture, SearchSpace, derive
+from protege.spaces import Architecture, SearchSpace, derive
 
 __all__ = ["load_student", "save_student", "write_json"]
 
@@ -26,14 +26,21 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def save_student(folder: Path, student: nn.Module, arch: Architecture, space: SearchSpace,
-                 **extra: Any) -> None:
-    """Write ``arch.json`` (what rebuilds the student) and ``student.pt`` (its state dict)."""
+                 *, derive_kwargs: dict[str, Any] | None = None, **extra: Any) -> None:
+    """Write ``arch.json`` (what rebuilds the student) and ``student.pt`` (its state dict).
+
+    ``arch.json`` keeps every option list of the space, so the same space (and so
+    the same student) is derived again from the teacher whatever the defaults are then.
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    kwargs = dict(derive_kwargs or {})
     write_json(folder / "arch.json", {
         "arch": arch,
         "level": space.level,
         "example_input_shape": list(space.example_input.shape),
-        "width_options": list(WIDTH_OPTIONS),
+        "options": {name: list(options) for name, options in space.choices.items()},
+        "allow_empty_stages": bool(kwargs.get("allow_empty_stages", False)),
+        "ignored": list(kwargs.get("ignored") or ()),
         **extra,
     })
     with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as handle:
@@ -53,10 +60,15 @@ def load_student(teacher: nn.Module, arch_path: str | Path, state_path: str | Pa
         spec = json.loads(Path(arch_path).read_text())
         arch, shape = spec["arch"], [int(n) for n in spec["example_input_shape"]]
         level = int(spec.get("level", 1))
+        options = spec.get("options")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{arch_path}: not a protege arch.json ({exc})") from exc
-    space = derive(teacher, torch.zeros(*shape), level=level,
-                   width_options=spec.get("width_options") or WIDTH_OPTIONS)
+    try:
+        space = derive(teacher, torch.zeros(*shape), level=level, options=options,
+                       allow_empty_stages=bool(spec.get("allow_empty_stages", False)),
+                       ignored=spec.get("ignored") or ())
+    except ValueError as exc:
+        raise ValueError(f"{arch_path}: architecture does not fit this teacher ({exc})") from exc
     try:
         student = space.materialize(arch)
     except ValueError as exc:

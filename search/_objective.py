@@ -51,9 +51,13 @@ class Limits:
 
 
 def suggest_arch(trial: optuna.Trial, space: SearchSpace) -> Architecture:
-    """Ask the sampler for one option per choice, as an index into its option list."""
-    return {name: options[trial.suggest_int(name, 0, len(options) - 1)]
-            for name, options in space.choices.items()}
+    """Ask the sampler for one option per choice, as an index into its option list.
+
+    Returns the canonical architecture (``space.repair``): the student that is
+    actually built, so equal students share one record.
+    """
+    return space.repair({name: options[trial.suggest_int(name, 0, len(options) - 1)]
+                         for name, options in space.choices.items()})
 
 
 def device_of(accelerator: str) -> torch.device:

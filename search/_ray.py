@@ -45,8 +45,8 @@ def _trainable(params: dict[str, Any], evaluator: StudentEvaluator) -> None:
     from ray import tune
 
     torch.set_num_threads(max(1, int(evaluator.config.ray.cpus_per_trial)))
-    arch = {name: options[int(params[name])]
-            for name, options in evaluator.space.choices.items()}
+    arch = evaluator.space.repair({name: options[int(params[name])]
+                                   for name, options in evaluator.space.choices.items()})
     # Ray's trial ids are random: seed from the architecture so reruns repeat.
     number = zlib.crc32(json.dumps(arch, sort_keys=True).encode()) % 1_000_003
     student, costs = evaluator.build(arch, number)

@@ -191,7 +191,7 @@ def run_search(
     test_data = _to_tensor_dataset(test, "test data")
     assert val_data is not None
     profile = _profile(teacher, example_input, val_data, test_data)
-    space = derive(teacher, example_input, level=config.level)
+    space = derive(teacher, example_input, level=config.level, **config.space.derive_kwargs())
     limits = Limits(*config.constraints.resolve(profile.macs, profile.params))
     _check_feasible(space, example_input, limits)
     out.mkdir(parents=True, exist_ok=True)
@@ -299,7 +299,8 @@ def _finish(*, out: Path, records: list[TrialRecord], profile: TeacherProfile,
     else:
         pick, student = _finetune(chosen[0], meets=chosen[1], space=space, outputs=outputs,
                                   val=val, test=test, config=config, accelerator=accelerator)
-        save_student(out / "best", student, pick.arch, space, trial=pick.trial)
+        save_student(out / "best", student, pick.arch, space,
+                     derive_kwargs=config.space.derive_kwargs(), trial=pick.trial)
         summary["pick"] = dataclasses.asdict(pick) | {
             "macs_ratio": pick.macs / profile.macs,
             "accuracy_drop": profile.val_accuracy - pick.val_accuracy,

@@ -119,3 +119,18 @@ def test_non_module_teacher_is_rejected(tiny_data, tmp_path):
     with pytest.raises(TypeError, match="must be a torch.nn.Module"):
         run_search(object(), train=tiny_data["train"], val=tiny_data["val"],  # type: ignore
                    example_input=torch.randn(1, 1, 8, 8), config=config(), out=tmp_path)
+
+
+@pytest.mark.parametrize("level", [2, 3])
+def test_deeper_levels_search_and_rebuild(tiny_data, tmp_path, level):
+    cfg = config(n_trials=3, level=level, constraints={"max_accuracy_drop": 0.5},
+                 space={"options": {"width.*": [0.5, 1.0]}})
+    result = search(tiny_data, tmp_path / "run", cfg)
+    kinds = {name.split(".")[0] for name in result.trials[0].arch}
+    assert kinds >= ({"width", "depth", "rank"} if level == 3 else {"width", "depth"})
+    assert all(value in (0.5, 1.0) for name, value in result.trials[0].arch.items()
+               if name.startswith("width."))
+    student = protege.load_student(make_tiny_net(), tmp_path / "run/best/arch.json",
+                                   tmp_path / "run/best/student.pt")
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(student(x), result.student(x), rtol=0, atol=0)
