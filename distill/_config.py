@@ -25,6 +25,8 @@ class DistillConfig:
     ``experiments/results/distill.md``): a peak learning rate of 1e-2 was best or
     tied for inherited and scratch students at every budget tried; inherited
     students reach their accuracy in 3 to 5 epochs, scratch students need about 8.
+    Hinton KD with ``alpha=0.5, temperature=2`` beat ``0.9, 4`` (the classic
+    setting) on both; DKD's ``beta=1`` beat the paper's 8 (made for 100 classes).
 
     Args:
         alpha: Weight of the soft-target (KD) term; ``1 - alpha`` weighs the hard labels.
@@ -47,8 +49,8 @@ class DistillConfig:
             in memory at full resolution and pooled hints are not wanted).
     """
 
-    alpha: float = 0.9
-    temperature: float = 4.0
+    alpha: float = 0.5
+    temperature: float = 2.0
     epochs: int = 5
     finetune_epochs: int = 20
     batch_size: int = 128
@@ -56,7 +58,7 @@ class DistillConfig:
     weight_decay: float = 1e-4
     loss: str = "hinton"
     dkd_alpha: float = 1.0
-    dkd_beta: float = 8.0
+    dkd_beta: float = 1.0
     hint_weight: float = 0.0
     hint_layers: int = 3
     teacher: str = "cached"
