@@ -21,7 +21,7 @@ from protege.search._strategies import STRATEGIES
 __all__ = ["Config", "ConfigError", "Constraints", "PruningConfig", "RayConfig", "SpaceConfig",
            "apply_overrides", "load_config"]
 
-OBJECTIVES = ("accuracy", "macs", "params")
+OBJECTIVES = ("accuracy", "macs", "params", "latency")
 """Objectives a study can have: accuracy first (maximised), then the costs (minimised)."""
 INITS = ("inherit", "scratch")
 
@@ -46,16 +46,19 @@ class Constraints:
             Students above it are rejected before any training.
         max_params: Largest parameter count; a value <= 1 is a fraction of the
             teacher's. Students above it are rejected before any training.
+        max_latency_ms: Largest predicted latency (milliseconds, batch 1, this
+            machine's CPU). Students above it are rejected before any training.
     """
 
     max_accuracy_drop: float = 0.01
     max_macs: float | None = None
     max_params: float | None = None
+    max_latency_ms: float | None = None
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.max_accuracy_drop < 1.0, "constraints.max_accuracy_drop",
                f"must be in [0, 1) (a fraction: 0.01 is one point), got {self.max_accuracy_drop}")
-        for key in ("max_macs", "max_params"):
+        for key in ("max_macs", "max_params", "max_latency_ms"):
             value = getattr(self, key)
             _check(value is None or value > 0, f"constraints.{key}",
                    f"must be positive (<= 1: fraction of the teacher's), got {value}")
@@ -80,6 +83,11 @@ class PruningConfig:
             accurate finished student that costs no more.
         min_trials: Finished trials needed before the curve rule may fire.
         margin: Accuracy added to the optimistic estimate before comparing.
+        predictor: Before training, skip a student that the accuracy predictor
+            (fitted on the finished trials) says is dominated by the front with
+            probability above ``predictor_threshold``.
+        predictor_min_trials: Finished trials needed before the predictor may fire.
+        predictor_threshold: Probability of being dominated that skips a student.
         max_failed_fraction: Stop the study when more than this fraction of the
             first trials (at least 5) failed: something is wrong with the setup.
     """
@@ -87,11 +95,18 @@ class PruningConfig:
     curve: bool = True
     min_trials: int = 5
     margin: float = 0.005
+    predictor: bool = True
+    predictor_min_trials: int = 20
+    predictor_threshold: float = 0.95
     max_failed_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         _check(self.min_trials >= 1, "pruning.min_trials", f"must be >= 1, got {self.min_trials}")
         _check(0.0 <= self.margin < 1.0, "pruning.margin", f"must be in [0, 1), got {self.margin}")
+        _check(self.predictor_min_trials >= 2, "pruning.predictor_min_trials",
+               f"must be >= 2, got {self.predictor_min_trials}")
+        _check(0.5 <= self.predictor_threshold <= 1.0, "pruning.predictor_threshold",
+               f"must be in [0.5, 1], got {self.predictor_threshold}")
         _check(0.0 < self.max_failed_fraction <= 1.0, "pruning.max_failed_fraction",
                f"must be in (0, 1], got {self.max_failed_fraction}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,17 +37,24 @@ class Limits:
 
     max_macs: float = float("inf")
     max_params: float = float("inf")
+    max_latency_ms: float = float("inf")
 
-    def violations(self, costs: dict[str, float]) -> list[float]:
+    def _pairs(self, costs: dict[str, float]) -> list[tuple[str, float, float]]:
+        limits = {"macs": self.max_macs, "params": self.max_params,
+                  "latency": self.max_latency_ms}
+        return [(name, costs[name], limit) for name, limit in limits.items() if name in costs]
+
+    def violations(self, costs: dict[str, float]) -> dict[str, float]:
         """Relative excess per limit (<= 0 within it), as samplers' constraints."""
-        return [costs["macs"] / self.max_macs - 1.0, costs["params"] / self.max_params - 1.0]
+        return {name: value / limit - 1.0 for name, value, limit in self._pairs(costs)}
 
     def reason(self, costs: dict[str, float]) -> str | None:
         """Which limit a student breaks and by how much, or None."""
-        for name, limit in (("macs", self.max_macs), ("params", self.max_params)):
-            if costs[name] > limit:
-                return (f"{name} {costs[name]:.0f} > max_{name} {limit:.0f} "
-                        f"(over by {100 * (costs[name] / limit - 1):.1f}%)")
+        for name, value, limit in self._pairs(costs):
+            if value > limit:
+                unit = "_ms" if name == "latency" else ""
+                return (f"{name} {value:.4g} > max_{name}{unit} {limit:.4g} "
+                        f"(over by {100 * (value / limit - 1):.1f}%)")
         return None
 
 
@@ -65,6 +73,16 @@ def device_of(accelerator: str) -> torch.device:
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def student_costs(student: torch.nn.Module, example_input: torch.Tensor,
+                  latency: Any = None) -> dict[str, float]:
+    """``macs``, ``params`` and, given a latency predictor, the predicted ``latency`` (ms)."""
+    macs, params = count_macs(student, example_input)
+    costs = {"macs": float(macs), "params": float(params)}
+    if latency is not None:
+        costs["latency"] = float(latency.predict_model(student))
+    return costs
 
 
 class BudgetReached(Exception):
@@ -90,13 +108,18 @@ class StudentEvaluator:
     limits: Limits
     accelerator: str = "cpu"
     trainer: Trainer = train_student
+    latency: Any = None
 
     def build(self, arch: Architecture, number: int) -> tuple[torch.nn.Module, dict[str, float]]:
-        """The student and its costs (``macs``, ``params``)."""
+        """The student and its costs: ``macs``, ``params``, and the predicted ``latency``
+        (ms) when a latency predictor is in use."""
         student = self.space.materialize(arch, init=self.config.init,
                                          seed=self.config.seed + number)
-        macs, params = count_macs(student, self.example_input)
-        return student, {"macs": float(macs), "params": float(params)}
+        return student, student_costs(student, self.example_input, self.latency)
+
+    def features(self, arch: Architecture, costs: dict[str, float]) -> list[float]:
+        """What the accuracy predictor learns from: the encoded architecture and log-MACs."""
+        return [*map(float, self.space.encode(arch)), math.log(max(costs["macs"], 1.0))]
 
     def objectives(self, accuracy: float, costs: dict[str, float]) -> tuple[float, ...]:
         return (accuracy, *(costs[name] for name in self.config.objectives[1:]))
@@ -137,8 +160,11 @@ class TrialFunction:
         student, costs = evaluator.build(arch, trial.number)
         trial.set_user_attr("macs", int(costs["macs"]))
         trial.set_user_attr("params", int(costs["params"]))
-        for name, violation in zip(("macs", "params"), evaluator.limits.violations(costs),
-                                   strict=True):
+        if "latency" in costs:
+            trial.set_user_attr("latency", round(costs["latency"], 5))
+        features = evaluator.features(arch, costs)
+        trial.set_user_attr("features", features)
+        for name, violation in evaluator.limits.violations(costs).items():
             trial.set_constraint(name, min(violation, 1e6))
         reason = evaluator.limits.reason(costs)
         if reason is not None:
@@ -148,15 +174,20 @@ class TrialFunction:
             trial.set_user_attr("duplicate_of", earlier.number)
             trial.set_user_attr("history", earlier.user_attrs.get("history"))
             return evaluator.objectives(earlier.values[0], costs)
-        history: list[float] = []
         rule_costs = {name: costs[name] for name in self.config.objectives[1:]}
+        for rule in self.rules:
+            why = rule.before_training(trial.study, features=features, costs=rule_costs)
+            if why is not None:
+                return self._prune(trial, why)
+        history: list[float] = []
 
         def report(epoch: int, accuracy: float) -> None:
             history.append(accuracy)
             trial.set_user_attr("history", list(history))
             for rule in self.rules:
-                why = rule.check(trial.study, epoch=epoch, epochs=self.config.distill.epochs,
-                                 accuracy=accuracy, costs=rule_costs)
+                why = rule.after_epoch(trial.study, epoch=epoch,
+                                       epochs=self.config.distill.epochs, accuracy=accuracy,
+                                       costs=rule_costs)
                 if why is not None:
                     raise _Stop(why)
 

@@ -7,21 +7,37 @@ firing is recorded in the trial's ``pruned_reason`` with the numbers behind it.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-__all__ = ["CurveRule", "PruningRule"]
+__all__ = ["CurveRule", "PredictorRule", "PruningRule"]
 
 
-class PruningRule(abc.ABC):
-    """Decides whether a training trial should stop after an epoch."""
+class PruningRule(abc.ABC):  # noqa: B024 (hooks are optional, like Lightning callbacks)
+    """Decides whether a trial should be skipped before training or stopped during it.
 
-    @abc.abstractmethod
-    def check(self, study: optuna.Study, *, epoch: int, epochs: int, accuracy: float,
-              costs: Mapping[str, float]) -> str | None:
-        """The reason to stop the trial now, or None to let it go on."""
+    Both hooks return the reason to stop, or None; a rule overrides the ones it needs.
+    """
+
+    def before_training(self, study: optuna.Study, *, features: Sequence[float],
+                        costs: Mapping[str, float]) -> str | None:
+        """Called once the student's costs are known, before any training."""
+        return None
+
+    def after_epoch(self, study: optuna.Study, *, epoch: int, epochs: int, accuracy: float,
+                    costs: Mapping[str, float]) -> str | None:
+        """Called after each training epoch with the validation accuracy."""
+        return None
+
+
+def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Completed trials that were trained (not copies of an earlier identical student)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("duplicate_of") is None]
 
 
 class CurveRule(PruningRule):
@@ -42,13 +58,12 @@ class CurveRule(PruningRule):
         self.min_trials = min_trials
         self.margin = margin
 
-    def check(self, study: optuna.Study, *, epoch: int, epochs: int, accuracy: float,
-              costs: Mapping[str, float]) -> str | None:
+    def after_epoch(self, study: optuna.Study, *, epoch: int, epochs: int, accuracy: float,
+                    costs: Mapping[str, float]) -> str | None:
         if epoch >= epochs - 1:
             return None  # the last epoch is paid for already
-        finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                    if t.user_attrs.get("duplicate_of") is None
-                    and len(t.user_attrs.get("history") or ()) == epochs]
+        finished = [t for t in _finished(study)
+                    if len(t.user_attrs.get("history") or ()) == epochs]
         if len(finished) < self.min_trials:
             return None
         late_gain = max(t.user_attrs["history"][-1] - t.user_attrs["history"][epoch]
@@ -65,3 +80,45 @@ class CurveRule(PruningRule):
         return (f"curve: after epoch {epoch + 1}/{epochs} accuracy {accuracy:.4f} + largest late "
                 f"gain {late_gain:.4f} + margin {self.margin} = {optimistic:.4f} < "
                 f"{best.values[0]:.4f} of trial {best.number}, which costs no more")
+
+
+class PredictorRule(PruningRule):
+    """Skips, before any training, a student predicted to be dominated by the front.
+
+    An accuracy predictor (a seeded forest over the encoded architecture and
+    log-MACs, from ``protege.estimators``) is fitted on the finished trials; the
+    student is skipped when the probability that a finished student that costs no
+    more is at least as accurate exceeds ``threshold``.
+
+    Args:
+        min_trials: Finished trials needed before the rule fires.
+        threshold: Probability of being dominated that skips a student.
+        seed: Seed of the predictor.
+    """
+
+    def __init__(self, *, min_trials: int = 20, threshold: float = 0.95, seed: int = 0) -> None:
+        self.min_trials = min_trials
+        self.threshold = threshold
+        self.seed = seed
+
+    def before_training(self, study: optuna.Study, *, features: Sequence[float],
+                        costs: Mapping[str, float]) -> str | None:
+        from protege.estimators import AccuracyPredictor, prob_dominated
+
+        finished = [t for t in _finished(study) if t.user_attrs.get("features") is not None]
+        if len(finished) < self.min_trials:
+            return None
+        x = np.asarray([t.user_attrs["features"] for t in finished], dtype=np.float64)
+        y = np.asarray([t.values[0] for t in finished], dtype=np.float64)
+        predictor = AccuracyPredictor(kind="forest", seed=self.seed).fit(x, y)
+        mean, std = predictor.predict(np.asarray([features], dtype=np.float64))
+        names = list(costs)
+        front = [(t.values[0], tuple(float(t.user_attrs.get(n, math.inf)) for n in names))
+                 for t in finished]
+        cost = tuple(float(costs[n]) for n in names)
+        probability = prob_dominated(float(mean[0]), float(std[0]), cost, front)
+        if probability <= self.threshold:
+            return None
+        return (f"predictor: accuracy {float(mean[0]):.4f} ± {float(std[0]):.4f} predicted from "
+                f"{len(finished)} trials; dominated by a finished student that costs no more "
+                f"with probability {probability:.3f} > {self.threshold}")

@@ -50,7 +50,7 @@ def _trainable(params: dict[str, Any], evaluator: StudentEvaluator) -> None:
     # Ray's trial ids are random: seed from the architecture so reruns repeat.
     number = zlib.crc32(json.dumps(arch, sort_keys=True).encode()) % 1_000_003
     student, costs = evaluator.build(arch, number)
-    base = {"macs": costs["macs"], "params": costs["params"], "arch": arch}
+    base = {**costs, "arch": arch}
     reason = evaluator.limits.reason(costs)
     if reason is not None:
         # The searcher needs values: a rejected student is the worst possible accuracy.
@@ -74,6 +74,7 @@ def _record(number: int, result: Any, epochs: int) -> TrialRecord:
     common: dict[str, Any] = {"number": number, "arch": arch, "history": history,
                               "macs": _int(metrics.get("macs")),
                               "params": _int(metrics.get("params")),
+                              "latency_ms": metrics.get("latency"),
                               "train_seconds": metrics.get("train_seconds")}
     if result.error is not None:
         lines = str(result.error).strip().splitlines() or [type(result.error).__name__]

@@ -27,6 +27,7 @@ class TeacherProfile:
     params: int
     val_accuracy: float
     test_accuracy: float | None = None
+    latency_ms: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,7 @@ class TrialRecord:
         accuracy: Validation accuracy after the brief distillation.
         macs: MACs per sample.
         params: Parameter count.
+        latency_ms: Predicted latency (ms), when latency is an objective or a limit.
         train_seconds: Wall time of the distillation.
         pruned_reason: Which limit or rule rejected the student, with the numbers.
         history: Validation accuracy after each epoch.
@@ -54,6 +56,7 @@ class TrialRecord:
     accuracy: float | None = None
     macs: int | None = None
     params: int | None = None
+    latency_ms: float | None = None
     train_seconds: float | None = None
     pruned_reason: str | None = None
     history: tuple[float, ...] = ()
@@ -105,6 +108,7 @@ def record_of(trial: FrozenTrial) -> TrialRecord:
         accuracy=accuracy,
         macs=attrs.get("macs"),
         params=attrs.get("params"),
+        latency_ms=attrs.get("latency"),
         train_seconds=attrs.get("train_seconds"),
         pruned_reason=attrs.get("pruned_reason"),
         history=tuple(attrs.get("history", ())),

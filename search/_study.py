@@ -23,7 +23,12 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from protege.distill import TeacherOutputs, as_tensors, cache_teacher_outputs, evaluate
 from protege.distill import train_student as _train_student
-from protege.estimators import count_macs
+from protege.estimators import (
+    LatencyPredictor,
+    count_macs,
+    measure_latency,
+    measure_latency_stats,
+)
 from protege.search._config import Config
 from protege.search._export import save_student, write_json
 from protege.search._objective import (
@@ -32,9 +37,10 @@ from protege.search._objective import (
     StudentEvaluator,
     TrialFunction,
     device_of,
+    student_costs,
 )
 from protege.search._pareto import hypervolume, pareto_indices
-from protege.search._pruning import CurveRule, PruningRule
+from protege.search._pruning import CurveRule, PredictorRule, PruningRule
 from protege.search._records import Pick, TeacherProfile, TrialRecord, load_records
 from protege.search._report import write_report
 from protege.search._storage import open_storage
@@ -96,12 +102,13 @@ def _profile(teacher: nn.Module, example_input: torch.Tensor, val: TensorDataset
     )
 
 
-def _check_feasible(space: SearchSpace, example_input: torch.Tensor, limits: Limits) -> None:
-    macs, params = count_macs(space.materialize(space.smallest()), example_input)
-    reason = limits.reason({"macs": float(macs), "params": float(params)})
+def _check_feasible(space: SearchSpace, example_input: torch.Tensor, limits: Limits,
+                    latency: LatencyPredictor | None) -> None:
+    smallest = space.materialize(space.repair(space.smallest()))
+    reason = limits.reason(student_costs(smallest, example_input, latency))
     if reason is not None:
         raise ValueError(f"no student can meet the limits: even the smallest student in the "
-                         f"space breaks them ({reason}); loosen max_macs / max_params")
+                         f"space breaks them ({reason}); loosen the limit")
 
 
 def _to_tensor_dataset(data: Dataset | DataLoader | None, what: str) -> TensorDataset | None:
@@ -192,18 +199,24 @@ def run_search(
     assert val_data is not None
     profile = _profile(teacher, example_input, val_data, test_data)
     space = derive(teacher, example_input, level=config.level, **config.space.derive_kwargs())
-    limits = Limits(*config.constraints.resolve(profile.macs, profile.params))
-    _check_feasible(space, example_input, limits)
+    limits = Limits(*config.constraints.resolve(profile.macs, profile.params),
+                    max_latency_ms=config.constraints.max_latency_ms or float("inf"))
+    latency = None
+    if "latency" in config.objectives or config.constraints.max_latency_ms is not None:
+        latency = LatencyPredictor.for_space(space, example_input, seed=config.seed)
+        profile = dataclasses.replace(profile, latency_ms=measure_latency(teacher, example_input))
+    _check_feasible(space, example_input, limits, latency)
     out.mkdir(parents=True, exist_ok=True)
     if not worker:
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     outputs = cache_teacher_outputs(teacher, train, cache_dir=out / "cache")
+    evaluator = StudentEvaluator(space=space, outputs=outputs, val=val_data,
+                                 example_input=example_input, config=config, limits=limits,
+                                 accelerator=accelerator, trainer=_train_student,
+                                 latency=latency)
     logger.info("teacher: %d MACs, %d params, val accuracy %.4f",
                 profile.macs, profile.params, profile.val_accuracy)
 
-    evaluator = StudentEvaluator(space=space, outputs=outputs, val=val_data,
-                                 example_input=example_input, config=config, limits=limits,
-                                 accelerator=accelerator, trainer=_train_student)
     finish = functools.partial(_finish, out=out, profile=profile, space=space, outputs=outputs,
                                val=val_data, test=test_data, config=config,
                                accelerator=accelerator)
@@ -222,10 +235,15 @@ def run_search(
 
     study = open_study(config, out, owner=not worker)
     study.set_user_attr("teacher", dataclasses.asdict(profile))
-    rules: tuple[PruningRule, ...] = ()
+    rules: list[PruningRule] = []
+    if config.pruning.predictor:
+        rules.append(PredictorRule(min_trials=config.pruning.predictor_min_trials,
+                                   threshold=config.pruning.predictor_threshold,
+                                   seed=config.seed))
     if config.pruning.curve:
-        rules = (CurveRule(min_trials=config.pruning.min_trials, margin=config.pruning.margin),)
-    objective = TrialFunction(evaluator, rules=rules)
+        rules.append(CurveRule(min_trials=config.pruning.min_trials,
+                               margin=config.pruning.margin))
+    objective = TrialFunction(evaluator, rules=tuple(rules))
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         records = load_records(study)
@@ -271,8 +289,22 @@ def _choose(records: Sequence[TrialRecord], teacher: TeacherProfile,
 
 
 def _point(record: TrialRecord, config: Config) -> tuple[float, ...]:
-    costs = {"macs": record.macs or 0, "params": record.params or 0}
+    costs = {"macs": record.macs or 0, "params": record.params or 0,
+             "latency": record.latency_ms or 0.0}
     return (record.accuracy or 0.0, *(float(costs[name]) for name in config.objectives[1:]))
+
+
+def _front_member(record: TrialRecord, space: SearchSpace, config: Config) -> dict[str, Any]:
+    member: dict[str, Any] = {"trial": record.number, "arch": record.arch,
+                              "accuracy": record.accuracy, "macs": record.macs,
+                              "params": record.params}
+    if record.latency_ms is not None:
+        # Predicted and measured side by side, so the predictor can be judged on the front.
+        stats = measure_latency_stats(space.materialize(record.arch), space.example_input)
+        member.update(latency_ms_predicted=record.latency_ms,
+                      latency_ms_measured=round(stats.median_ms, 5),
+                      latency_spread=round(stats.spread, 4))
+    return member
 
 
 def _finish(*, out: Path, records: list[TrialRecord], profile: TeacherProfile,
@@ -282,9 +314,7 @@ def _finish(*, out: Path, records: list[TrialRecord], profile: TeacherProfile,
     front = [done[i] for i in pareto_indices([_point(r, config) for r in done])]
     volume = hypervolume([(r.accuracy or 0.0, (r.macs or 0) / profile.macs) for r in done],
                          reference=(0.0, 1.0))
-    write_json(out / "pareto.json", [
-        {"trial": r.number, "arch": r.arch, "accuracy": r.accuracy, "macs": r.macs,
-         "params": r.params} for r in front])
+    write_json(out / "pareto.json", [_front_member(r, space, config) for r in front])
     summary: dict[str, Any] = {
         "teacher": dataclasses.asdict(profile),
         "trials": {state: sum(r.state == state for r in records)

@@ -27,20 +27,20 @@ def study() -> optuna.Study:
 
 def test_stops_a_student_that_cannot_catch_a_cheaper_one(study):
     rule = CurveRule(min_trials=3, margin=0.005)
-    reason = rule.check(study, epoch=1, epochs=4, accuracy=0.85, costs={"macs": 250.0})
+    reason = rule.after_epoch(study, epoch=1, epochs=4, accuracy=0.85, costs={"macs": 250.0})
     # 0.85 + largest late gain from epoch 2 (0.96 - 0.93 = 0.03; 0.91 - 0.86 = 0.05) + margin
     assert reason is not None and "0.9050 < 0.9600 of trial 2" in reason
 
 
 def test_lets_promising_or_cheapest_students_go_on(study):
     rule = CurveRule(min_trials=3, margin=0.005)
-    assert rule.check(study, epoch=1, epochs=4, accuracy=0.92, costs={"macs": 250.0}) is None
+    assert rule.after_epoch(study, epoch=1, epochs=4, accuracy=0.92, costs={"macs": 250.0}) is None
     # Nothing finished costs as little: this student cannot be dominated yet.
-    assert rule.check(study, epoch=1, epochs=4, accuracy=0.5, costs={"macs": 50.0}) is None
+    assert rule.after_epoch(study, epoch=1, epochs=4, accuracy=0.5, costs={"macs": 50.0}) is None
     # The last epoch is already paid for.
-    assert rule.check(study, epoch=3, epochs=4, accuracy=0.5, costs={"macs": 250.0}) is None
+    assert rule.after_epoch(study, epoch=3, epochs=4, accuracy=0.5, costs={"macs": 250.0}) is None
 
 
 def test_waits_for_enough_finished_trials(study):
     rule = CurveRule(min_trials=4)
-    assert rule.check(study, epoch=1, epochs=4, accuracy=0.5, costs={"macs": 250.0}) is None
+    assert rule.after_epoch(study, epoch=1, epochs=4, accuracy=0.5, costs={"macs": 250.0}) is None
