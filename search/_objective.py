@@ -109,6 +109,7 @@ class StudentEvaluator:
     accelerator: str = "cpu"
     trainer: Trainer = train_student
     latency: Any = None
+    teacher: torch.nn.Module | None = None
 
     def build(self, arch: Architecture, number: int) -> tuple[torch.nn.Module, dict[str, float]]:
         """The student and its costs: ``macs``, ``params``, and the predicted ``latency``
@@ -129,7 +130,7 @@ class StudentEvaluator:
         return self.trainer(
             student.to(device_of(self.accelerator)), self.outputs, self.val,
             config=self.config.distill, seed=self.config.seed + number, report=report,
-            accelerator=self.accelerator,
+            accelerator=self.accelerator, teacher=self.teacher,
         )
 
 

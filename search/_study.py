@@ -209,17 +209,18 @@ def run_search(
     out.mkdir(parents=True, exist_ok=True)
     if not worker:
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    outputs = cache_teacher_outputs(teacher, train, cache_dir=out / "cache")
+    outputs = cache_teacher_outputs(teacher, train, cache_dir=out / "cache",
+                                    config=config.distill)
     evaluator = StudentEvaluator(space=space, outputs=outputs, val=val_data,
                                  example_input=example_input, config=config, limits=limits,
                                  accelerator=accelerator, trainer=_train_student,
-                                 latency=latency)
+                                 latency=latency, teacher=teacher)
     logger.info("teacher: %d MACs, %d params, val accuracy %.4f",
                 profile.macs, profile.params, profile.val_accuracy)
 
     finish = functools.partial(_finish, out=out, profile=profile, space=space, outputs=outputs,
                                val=val_data, test=test_data, config=config,
-                               accelerator=accelerator)
+                               accelerator=accelerator, teacher=teacher)
     if config.backend == "ray":
         if worker:
             raise ValueError("backend: ray schedules its own workers; use `protege run` "
@@ -309,7 +310,8 @@ def _front_member(record: TrialRecord, space: SearchSpace, config: Config) -> di
 
 def _finish(*, out: Path, records: list[TrialRecord], profile: TeacherProfile,
             space: SearchSpace, outputs: TeacherOutputs, val: TensorDataset,
-            test: TensorDataset | None, config: Config, accelerator: str) -> SearchResult:
+            test: TensorDataset | None, config: Config, accelerator: str,
+            teacher: nn.Module) -> SearchResult:
     done = [r for r in records if r.state == "complete" and r.duplicate_of is None]
     front = [done[i] for i in pareto_indices([_point(r, config) for r in done])]
     volume = hypervolume([(r.accuracy or 0.0, (r.macs or 0) / profile.macs) for r in done],
@@ -328,7 +330,8 @@ def _finish(*, out: Path, records: list[TrialRecord], profile: TeacherProfile,
         logger.warning("no trial completed: nothing to pick")
     else:
         pick, student = _finetune(chosen[0], meets=chosen[1], space=space, outputs=outputs,
-                                  val=val, test=test, config=config, accelerator=accelerator)
+                                  val=val, test=test, config=config, accelerator=accelerator,
+                                  teacher=teacher)
         save_student(out / "best", student, pick.arch, space,
                      derive_kwargs=config.space.derive_kwargs(), trial=pick.trial)
         summary["pick"] = dataclasses.asdict(pick) | {
@@ -343,7 +346,7 @@ def _finish(*, out: Path, records: list[TrialRecord], profile: TeacherProfile,
 
 def _finetune(record: TrialRecord, *, meets: bool, space: SearchSpace, outputs: TeacherOutputs,
               val: TensorDataset, test: TensorDataset | None, config: Config,
-              accelerator: str) -> tuple[Pick, nn.Module]:
+              accelerator: str, teacher: nn.Module) -> tuple[Pick, nn.Module]:
     if not meets:
         logger.warning("no student met max_accuracy_drop=%s; picking the most accurate one "
                        "(trial %d)", config.constraints.max_accuracy_drop, record.number)
@@ -352,7 +355,7 @@ def _finetune(record: TrialRecord, *, meets: bool, space: SearchSpace, outputs: 
     epochs = config.distill.finetune_epochs or config.distill.epochs
     logger.info("fine-tuning trial %d for %d epochs", record.number, epochs)
     result = _train_student(student, outputs, val, config=config.distill, epochs=epochs,
-                            seed=config.seed, accelerator=accelerator)
+                            seed=config.seed, accelerator=accelerator, teacher=teacher)
     student = student.cpu().eval()
     pick = Pick(
         trial=record.number, arch=record.arch, macs=record.macs or 0, params=record.params or 0,
