@@ -4,53 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from tiny_nets import TinyNet, make_tiny_net
 from torch.utils.data import TensorDataset
-
-
-class TinyBlock(nn.Module):
-    """``relu(x + f(x))`` with BatchNorm: couples its input and output channels."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
-
-
-class TinyNet(nn.Module):
-    """Residual stages, a depthwise-separable pair and a flatten into a linear head, on 8x8."""
-
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.block1 = TinyBlock(8)
-        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-        self.block2 = TinyBlock(16)
-        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
-        self.pw = nn.Conv2d(16, 12, 1)
-        self.fc1 = nn.Linear(12 * 4 * 4, 20)
-        self.fc = nn.Linear(20, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.block2(self.down(self.block1(self.stem(x))))
-        x = self.pw(self.dw(x))
-        return self.fc(torch.relu(self.fc1(x.flatten(1))))
-
-
-def make_tiny_net(seed: int = 0) -> TinyNet:
-    """A TinyNet with non-trivial BatchNorm statistics, in eval mode."""
-    torch.manual_seed(seed)
-    net = TinyNet()
-    for module in net.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-    return net.eval()
 
 
 @pytest.fixture

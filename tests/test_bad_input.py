@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import make_tiny_net
+from tiny_nets import make_tiny_net
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_net
+from tiny_nets import make_tiny_net
 
 from protege.search import Config, TooManyFailures, run_search
 from protege.search import _study as study_module
@@ -64,7 +64,7 @@ def test_a_study_where_most_trials_fail_stops_early(tiny_data, tmp_path, monkeyp
 SCRIPT = """
 import sys, time, torch
 sys.path.insert(0, {tests!r})
-from conftest import make_tiny_net
+from tiny_nets import make_tiny_net
 from torch.utils.data import TensorDataset
 from protege.search import Config, run_search
 from protege.search import _study as study_module

@@ -5,7 +5,7 @@ import json
 import optuna
 import pytest
 import torch
-from conftest import make_tiny_net
+from tiny_nets import make_tiny_net
 
 import protege
 from protege.distill import DistillConfig
