@@ -24,6 +24,8 @@ __all__ = ["Config", "ConfigError", "Constraints", "PruningConfig", "RayConfig",
 OBJECTIVES = ("accuracy", "macs", "params", "latency")
 """Objectives a study can have: accuracy first (maximised), then the costs (minimised)."""
 INITS = ("inherit", "scratch")
+LEVEL_TRIALS = {1: 30, 2: 50, 3: 80}
+"""Trials a study runs when ``n_trials`` is 0, by space level."""
 
 
 class ConfigError(ValueError):
@@ -171,7 +173,8 @@ class Config:
         task: Name of a benchmark task (``protege.experiments.load_task``).
         level: Size of the search space (1: width per coupled-channel group).
         strategy: Search strategy, a name in ``protege.search.STRATEGIES``.
-        n_trials: Total number of trials in the study, resumed ones included.
+        n_trials: Total number of trials in the study, resumed ones included; 0 takes
+            the level's preset (:data:`LEVEL_TRIALS`): larger spaces get more trials.
         seed: Seed of the task split, the teacher, the sampler and every trial.
         timeout: Optional wall-clock bound of the search in seconds.
         objectives: ``accuracy`` followed by one or two costs (``macs``, ``params``).
@@ -189,7 +192,7 @@ class Config:
     task: str = "mnist1d"
     level: int = 1
     strategy: str = "tpe"
-    n_trials: int = 20
+    n_trials: int = 0
     seed: int = 0
     timeout: float | None = None
     objectives: tuple[str, ...] = ("accuracy", "macs")
@@ -206,7 +209,10 @@ class Config:
         _check(self.level in (1, 2, 3), "level", f"must be 1, 2 or 3, got {self.level}")
         _check(self.strategy in STRATEGIES, "strategy",
                f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
-        _check(self.n_trials >= 1, "n_trials", f"must be >= 1, got {self.n_trials}")
+        _check(self.n_trials >= 0, "n_trials",
+               f"must be >= 1 (or 0 for the level's preset), got {self.n_trials}")
+        if self.n_trials == 0 and self.level in LEVEL_TRIALS:
+            object.__setattr__(self, "n_trials", LEVEL_TRIALS[self.level])
         _check(self.timeout is None or self.timeout > 0, "timeout",
                f"must be positive, got {self.timeout}")
         costs = self.objectives[1:]

@@ -37,7 +37,7 @@ distill: {alpha: 0.5, temperature: 2, epochs: 3}
         ("distill: {alpah: 0.5}", "unknown key 'distill.alpah'"),
         ("constraints: {max_mac: 0.5}", "unknown key 'constraints.max_mac'"),
         ("n_trials: many", "n_trials: expected int"),
-        ("n_trials: 0", "n_trials: must be >= 1"),
+        ("n_trials: -2", "n_trials: must be >= 1"),
         ("strategy: bogus", "unknown strategy 'bogus'"),
         ("level: 4", "level: must be 1, 2 or 3"),
         ("distill: {alpha: 1.5}", "distill.alpha: must be in"),
@@ -68,3 +68,9 @@ def test_overrides(tmp_path):
 def test_limits_resolve_fractions_and_absolutes():
     assert Constraints(max_macs=0.25).resolve(1000, 50) == (250.0, float("inf"))
     assert Constraints(max_macs=300, max_params=0.5).resolve(1000, 50) == (300.0, 25.0)
+
+
+def test_level_presets_the_trial_budget():
+    assert Config(level=1).n_trials == 30 and Config(level=3).n_trials == 80
+    assert Config(level=3, n_trials=7).n_trials == 7
+    assert Config.from_dict(Config(level=2).to_dict()).n_trials == 50
