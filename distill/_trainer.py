@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
 import warnings
+from collections.abc import Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -27,6 +29,23 @@ from protege.distill._module import Augment, DistillModule, EpochReport
 __all__ = ["TrainResult", "evaluate", "train_student"]
 
 logger = logging.getLogger(__name__)
+
+_LIGHTNING_INFO = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero")
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Hold back Lightning's per-fit banners (devices, tips, "fit stopped"): a search runs
+    hundreds of fits. Its warnings still show."""
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_INFO]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
@@ -142,19 +161,19 @@ def train_student(
     module = DistillModule(student, config=config, total_steps=epochs * len(train_loader),
                            report=report, teacher=online, hint_layers=layers, hint_shapes=shapes,
                            example_input=train.inputs[:2], augment=augment)
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator=accelerator,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
     student.train()
     start = time.perf_counter()
-    with warnings.catch_warnings():
+    with _quiet_lightning(), warnings.catch_warnings():
+        trainer = pl.Trainer(
+            max_epochs=epochs,
+            accelerator=accelerator,
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*batch_size.*could not be inferred.*")
         warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
