@@ -17,14 +17,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from protege._io import atomic_write
 from protege._modes import eval_mode
 from protege.distill._config import DistillConfig
 from protege.distill._hints import capture, pool_features, select_hint_layers
@@ -178,9 +177,7 @@ def cache_teacher_outputs(
     if int(targets.max()) >= logits.shape[1] or int(targets.min()) < 0:
         raise ValueError(f"labels range over [{int(targets.min())}, {int(targets.max())}] but the "
                          f"teacher has {logits.shape[1]} outputs")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+    with atomic_write(path, binary=True) as handle:
         torch.save({"logits": logits, "hints": hints, "hint_pool": pool}, handle)
-    os.replace(handle.name, path)
     logger.info("teacher outputs on %d samples cached in %s", len(logits), path)
     return TeacherOutputs(inputs, targets, logits, key, hints, pool)

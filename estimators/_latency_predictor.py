@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
+from protege._io import atomic_write
 from protege._modes import eval_mode
 from protege.estimators._timing import (
     TimingConfig,
@@ -84,10 +84,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
+    with atomic_write(path) as handle:
         json.dump(data, handle, indent=0, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def _merge_json(path: Path, new: Mapping[str, Any]) -> dict[str, Any]:

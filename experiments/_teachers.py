@@ -15,8 +15,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from protege._io import atomic_write
 from protege.distill import evaluate
 
 __all__ = [
@@ -407,15 +406,8 @@ def teacher_cache_path(name: str, *, seed: int, cache_dir: Path) -> Path:
 
 
 def _save_atomically(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, binary=True) as handle:
+        torch.save(payload, handle)
 
 
 def _load_cached(name: str, path: Path) -> tuple[nn.Module, dict[str, Any]] | None:

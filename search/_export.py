@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from protege._io import atomic_write
 from protege.spaces import Architecture, SearchSpace, derive
 
 __all__ = ["load_student", "save_student", "write_json"]
@@ -18,11 +17,9 @@ __all__ = ["load_student", "save_student", "write_json"]
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+    with atomic_write(path) as handle:
         json.dump(data, handle, indent=2)
         handle.write("\n")
-    os.replace(handle.name, path)
 
 
 def save_student(folder: Path, student: nn.Module, arch: Architecture, space: SearchSpace,
@@ -43,9 +40,8 @@ def save_student(folder: Path, student: nn.Module, arch: Architecture, space: Se
         "ignored": list(kwargs.get("ignored") or ()),
         **extra,
     })
-    with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as handle:
+    with atomic_write(folder / "student.pt", binary=True) as handle:
         torch.save(student.state_dict(), handle)
-    os.replace(handle.name, folder / "student.pt")
 
 
 def load_student(teacher: nn.Module, arch_path: str | Path, state_path: str | Path) -> nn.Module:

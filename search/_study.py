@@ -6,8 +6,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +19,7 @@ from optuna.trial import TrialState
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from protege._io import atomic_write
 from protege.distill import TeacherOutputs, as_tensors, cache_teacher_outputs, evaluate
 from protege.distill import train_student as _train_student
 from protege.estimators import (
@@ -86,11 +85,9 @@ class TooManyFailures(RuntimeError):
 
 
 def _write_records(path: Path, records: Sequence[TrialRecord]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+    with atomic_write(path) as handle:
         for record in records:
             handle.write(json.dumps(record.to_dict()) + "\n")
-    os.replace(handle.name, path)
 
 
 def _profile(teacher: nn.Module, example_input: torch.Tensor, val: TensorDataset,
