@@ -17,9 +17,7 @@ def get_logger(name: str = _ROOT) -> logging.Logger:
 def set_verbosity(level: int | str) -> None:
     """Set the level of protege's loggers, e.g. ``logging.INFO`` or ``"WARNING"``.
 
-    Lightning's per-fit banners ("GPU available: ...") are lowered to WARNING with
-    it, since every trial starts a fit.
+    Lightning's per-fit banners are held back where the fits happen
+    (``protege.distill.train_student``), so no other library's logger is touched here.
     """
     logging.getLogger(_ROOT).setLevel(level)
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)

@@ -229,15 +229,17 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML-able mapping of every key."""
-        data = dataclasses.asdict(self)
-        data["objectives"] = list(self.objectives)
-        data["space"]["ignored"] = list(self.space.ignored)
-        return data
+        return dataclasses.asdict(self, dict_factory=_plain_dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
         """Build a config from a mapping, naming any unknown key or bad value."""
         return _build(cls, data, prefix="")
+
+
+def _plain_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``asdict`` factory: tuples become lists, so the mapping dumps as plain YAML."""
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in items}
 
 
 def _accepts(annotation: Any, value: Any) -> bool:
