@@ -3,8 +3,9 @@
 Ray Tune calls a function trainable per trial, with Optuna as its searcher (the
 same seeded sampler as the in-process backend, on the same run-folder storage)
 and ASHA as its scheduler. Results come back as protege's own trial records, so
-the run folder looks the same whichever backend ran. Ray costs about 1.8 s per
-trial here: it pays off on a cluster, not for second-long trials on one machine.
+the run folder looks the same whichever backend ran. Ray adds a per-trial cost
+(about 1.8 s per trivial trial in the design notes' measurement; not benchmarked
+here): it pays off on a cluster, not for second-long trials on one machine.
 """
 
 from __future__ import annotations
