@@ -1,4 +1,5 @@
-"""The ``protege`` command line: ``protege run CONFIG``, ``protege teacher NAME``."""
+"""The ``protege`` command line: ``protege run CONFIG``, ``protege teacher NAME``,
+``protege compare CONFIG``."""
 
 from __future__ import annotations
 
@@ -111,6 +112,40 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import shlex
+
+    from protege.experiments import load_compare_config, run_compare, write_compare_report
+
+    overrides = list(args.set) + ([f"workers={args.workers}"] if args.workers else [])
+    config = load_compare_config(args.config, overrides)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    words = ["protege", "compare", args.config, *(["--out", args.out] if args.out else []),
+             *(w for item in args.set for w in ("--set", item)),
+             *(["--workers", str(args.workers)] if args.workers else [])]
+    jobs = len(config.arms) * len(config.seeds)
+    start = time.perf_counter()
+    seen = 0
+
+    def progress(record) -> None:  # type: ignore[no-untyped-def]
+        nonlocal seen
+        seen += 1
+        pick = record.pick or {}
+        ratio = pick.get("macs_ratio")
+        test = pick.get("test_accuracy")
+        print(f"[{seen}/{jobs}, {time.perf_counter() - start:6.0f}s] {record.arm} seed "
+              f"{record.seed}: pick {1 / ratio if ratio else float('nan'):.2f}x fewer MACs, "
+              f"test {100 * (test or float('nan')):.2f} %, hypervolume "
+              f"{record.hypervolume:.4f}, {record.students_trained} students", flush=True)
+
+    records = run_compare(config, out=out, progress=progress)
+    paths = write_compare_report(records, config=config, command=shlex.join(words),
+                                 results_dir=args.results, note=args.note or "")
+    print(paths["md"].read_text().split("\nPaired tests")[0])
+    print(f"report: {paths['md']}  ({time.perf_counter() - start:.0f}s)")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="protege",
@@ -142,6 +177,21 @@ def _parser() -> argparse.ArgumentParser:
     teacher.add_argument("name", help="task name: mnist1d, fashion_mnist or digits")
     teacher.add_argument("--seed", type=int, default=0)
     teacher.set_defaults(func=_cmd_teacher)
+
+    text = "compare strategies and baselines (arms x seeds) at equal budgets; resumable"
+    compare = commands.add_parser("compare", help=text, description=text)
+    compare.add_argument("config",
+                         help="YAML comparison file, e.g. experiments/compare_mnist1d.yaml")
+    compare.add_argument("--out", help="compare folder (default: runs/<config name>); reusing it "
+                                       "reuses every finished arm and seed")
+    compare.add_argument("--results", default="experiments/results",
+                         help="where the table, JSON and plots go (default: experiments/results)")
+    compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a key, e.g. --set budget.trials=20 (repeatable)")
+    compare.add_argument("--workers", type=int, default=0,
+                         help="arm-seed runs in parallel processes (default: the config's)")
+    compare.add_argument("--note", help="a sentence the report carries above its table")
+    compare.set_defaults(func=_cmd_compare)
     return parser
 
 
