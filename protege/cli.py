@@ -204,11 +204,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from protege.search import TooManyFailures
+
     try:
         return int(args.func(args))
     except (ValueError, FileNotFoundError) as exc:
         print(f"protege: error: {exc}", file=sys.stderr)
         return 2
+    except TooManyFailures as exc:
+        print(f"protege: stopped: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("protege: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
