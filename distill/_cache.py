@@ -55,6 +55,20 @@ class TeacherOutputs:
     hints: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict, repr=False)
     hint_pool: int | None = None
 
+    def subset(self, samples: int, *, seed: int = 0) -> TeacherOutputs:
+        """The same outputs restricted to ``samples`` rows drawn without replacement
+        by a generator seeded with ``seed`` (the same rows every call); all rows when
+        there are no more than ``samples``."""
+        if samples >= len(self.targets):
+            return self
+        rows = torch.randperm(len(self.targets),
+                              generator=torch.Generator().manual_seed(seed))[:samples]
+        rows = rows.sort().values
+        return TeacherOutputs(self.inputs[rows], self.targets[rows], self.logits[rows],
+                              f"{self.key}-rows{samples}s{seed}",
+                              {name: value[rows] for name, value in self.hints.items()},
+                              self.hint_pool)
+
     def dataset(self, *, with_hints: bool = False) -> TensorDataset:
         """``(x, y, teacher_logits, *hint features)`` rows for distillation."""
         extra = tuple(self.hints.values()) if with_hints else ()

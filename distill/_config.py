@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from protege.distill._losses import LOSSES
 
@@ -28,10 +29,23 @@ class DistillConfig:
     Hinton KD with ``alpha=0.5, temperature=2`` beat ``0.9, 4`` (the classic
     setting) on both; DKD's ``beta=1`` beat the paper's 8 (made for 100 classes).
 
+    A trial's budget is ``epochs`` passes over its training data, or ``max_steps``
+    optimiser steps when that is set; ``max_seconds`` caps either (training stops
+    at the first step past it, then validates once more). ``samples`` trains every
+    trial on the same seeded subset of the training data. The learning rate follows
+    one cycle over the budget; under a seconds budget it advances by whichever of
+    steps or wall time is further along, so it has annealed when time runs out.
+    The final fine-tune (:meth:`for_finetune`) drops the three trial budgets.
+
     Args:
         alpha: Weight of the soft-target (KD) term; ``1 - alpha`` weighs the hard labels.
         temperature: Softmax temperature of the soft targets.
         epochs: Epochs of the brief training every trial gets.
+        max_steps: Optimiser steps of a trial instead of ``epochs`` (the last epoch
+            may be partial; validation still follows every epoch and the last step).
+        max_seconds: Wall-clock cap of a trial's training and validation, in seconds.
+        samples: Train each trial on a fixed seeded subset of this many training
+            samples (all of them when there are fewer).
         finetune_epochs: Epochs of the final distillation of the pick.
         batch_size: Training batch size.
         lr: Peak learning rate of the one-cycle AdamW schedule.
@@ -52,6 +66,9 @@ class DistillConfig:
     alpha: float = 0.5
     temperature: float = 2.0
     epochs: int = 5
+    max_steps: int | None = None
+    max_seconds: float | None = None
+    samples: int | None = None
     finetune_epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-2
@@ -68,6 +85,12 @@ class DistillConfig:
         _check(self.temperature > 0, "distill.temperature",
                f"must be positive, got {self.temperature}")
         _check(self.epochs >= 1, "distill.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.max_steps is None or self.max_steps >= 1, "distill.max_steps",
+               f"must be >= 1 (or null for the epochs budget), got {self.max_steps}")
+        _check(self.max_seconds is None or self.max_seconds > 0, "distill.max_seconds",
+               f"must be positive (or null for no time limit), got {self.max_seconds}")
+        _check(self.samples is None or self.samples >= 1, "distill.samples",
+               f"must be >= 1 (or null for all training samples), got {self.samples}")
         _check(self.finetune_epochs >= 0, "distill.finetune_epochs",
                f"must be >= 0, got {self.finetune_epochs}")
         _check(self.batch_size >= 1, "distill.batch_size", f"must be >= 1, got {self.batch_size}")
@@ -89,3 +112,21 @@ class DistillConfig:
     def uses_hints(self) -> bool:
         """Whether trials match feature hints."""
         return self.hint_weight > 0
+
+    def trial_samples(self, available: int) -> int:
+        """Training samples a trial uses out of ``available``."""
+        return available if self.samples is None else min(self.samples, available)
+
+    def trial_epochs(self, available: int) -> int:
+        """Validations a trial reports (one per epoch, the last perhaps partial) when it
+        trains on ``available`` samples and no seconds budget cuts it short."""
+        if self.max_steps is None:
+            return self.epochs
+        batches = math.ceil(self.trial_samples(available) / self.batch_size)
+        return math.ceil(self.max_steps / batches)
+
+    def for_finetune(self) -> DistillConfig:
+        """The settings of the final fine-tune: ``finetune_epochs`` (or ``epochs`` when
+        0) on all the training data, without the step, seconds or samples budgets."""
+        return dataclasses.replace(self, epochs=self.finetune_epochs or self.epochs,
+                                   max_steps=None, max_seconds=None, samples=None)

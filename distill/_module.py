@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import pytorch_lightning as pl
@@ -14,6 +15,8 @@ from protege.distill._hints import HintAdapters, capture
 from protege.distill._losses import ce_loss, dkd_loss, hint_loss, hinton_loss
 
 __all__ = ["Augment", "DistillModule", "EpochReport"]
+
+_Clock = Callable[[], float]
 
 EpochReport = Callable[[int, float], None]
 """Called after each epoch with (epoch, validation accuracy); may raise to stop training."""
@@ -41,10 +44,15 @@ class DistillModule(pl.LightningModule):
     ``val_accuracy`` and kept in :attr:`history`. Loss terms are summed on the
     device and logged once per epoch as ``train/<term>`` (no per-step sync).
 
+    Training stops after ``total_steps`` optimiser steps, or at the first step
+    past ``config.max_seconds`` (counted from the start of training); Lightning
+    then validates once more, so the last accuracy is always reported.
+
     Args:
         student: The network being trained.
-        config: Loss, weights, temperature and optimiser settings.
-        total_steps: Optimiser steps of the whole run (for the one-cycle schedule).
+        config: Loss, weights, temperature, optimiser settings and the seconds budget.
+        total_steps: Optimiser steps of the whole run: the one-cycle schedule's length
+            and the step budget.
         report: Called with (epoch, validation accuracy) after every validation.
         teacher: Run online when given; it is never trained and stays in eval mode.
         hint_layers: Modules whose outputs the student matches (empty: no hints).
@@ -88,6 +96,21 @@ class DistillModule(pl.LightningModule):
         self._samples = 0
         self._correct = 0
         self._seen = 0
+        self.steps = 0
+        self._start: float | None = None
+
+    def elapsed(self) -> float:
+        """Seconds since training started (0 before it does)."""
+        return 0.0 if self._start is None else time.perf_counter() - self._start
+
+    def on_train_start(self) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
+        self.steps += 1
+        limit = self.config.max_seconds
+        if self.steps >= self.total_steps or (limit is not None and self.elapsed() >= limit):
+            self.trainer.should_stop = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
@@ -175,9 +198,27 @@ class DistillModule(pl.LightningModule):
             params += list(self.adapters.parameters())
         optimizer = torch.optim.AdamW(params, lr=self.config.lr,
                                       weight_decay=self.config.weight_decay)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.config.lr, total_steps=self.total_steps, pct_start=0.2,
-        )
+        limit = self.config.max_seconds
+        clock = None if limit is None else (lambda: self.elapsed() / limit)
+        schedule = _OneCycle(optimizer, max_lr=self.config.lr, total_steps=self.total_steps,
+                             pct_start=0.2, clock=clock)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+
+class _OneCycle(torch.optim.lr_scheduler.OneCycleLR):
+    """One-cycle schedule that may run ahead of the step count: with a ``clock``
+    (fraction of the time budget spent) it is at whichever of steps or time is
+    further along, so a seconds budget ends with the rate annealed."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, max_lr: float, total_steps: int,
+                 pct_start: float, clock: _Clock | None = None) -> None:
+        self.clock = clock
+        super().__init__(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start)
+
+    def step(self, epoch: int | None = None) -> None:  # type: ignore[override]
+        if self.clock is not None:
+            self.last_epoch = max(self.last_epoch, int(self.clock() * self.total_steps) - 1)
+        # Step ``total_steps - 1`` is the cycle's end (its lowest rate); never past it.
+        self.last_epoch = min(self.last_epoch, self.total_steps - 2)
+        super().step()

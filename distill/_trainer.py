@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 import warnings
 from collections.abc import Iterator
@@ -47,6 +48,7 @@ def _quiet_lightning() -> Iterator[None]:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
+
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
     """What a distillation run gives back.
@@ -55,11 +57,15 @@ class TrainResult:
         val_accuracy: Validation accuracy after the last epoch.
         history: Validation accuracy after each epoch.
         seconds: Wall time of the training, validation included.
+        steps: Optimiser steps taken.
+        samples: Training samples the student was trained on.
     """
 
     val_accuracy: float
     history: tuple[float, ...]
     seconds: float
+    steps: int = 0
+    samples: int = 0
 
 
 def _batches(dataset: TensorDataset, batch_size: int, *, shuffle: bool, seed: int) -> DataLoader:
@@ -122,6 +128,11 @@ def train_student(
 ) -> TrainResult:
     """Distil ``student`` from the teacher for a short budget.
 
+    The budget is ``epochs`` (or ``config.max_steps`` steps), capped by
+    ``config.max_seconds``, on ``config.samples`` training samples (a subset drawn
+    with seed 0, the same for every trial); validation follows every epoch and the
+    last step. Use ``config.for_finetune()`` for a run on all data without them.
+
     With ``distill.teacher: cached`` (the default) the student trains against
     ``train``'s cached logits and hint features and ``teacher`` is not needed; with
     ``online``, or whenever ``augment`` is given (a fixed cache would be wrong for
@@ -132,7 +143,8 @@ def train_student(
         train: The training data and the teacher's cached outputs on it.
         val: ``(x, y)`` validation data, evaluated after every epoch.
         config: Loss and optimiser settings.
-        epochs: Budget; ``config.epochs`` when None.
+        epochs: Epoch budget; ``config.epochs`` when None (``config.max_steps``, when
+            set, takes precedence).
         seed: Seeds the data order and the global RNG (dropout), for repeatable trials.
         report: Called after every epoch with (epoch, validation accuracy).
         accelerator: Lightning accelerator (``cpu``, ``gpu``, ``auto``).
@@ -145,6 +157,8 @@ def train_student(
     """
     epochs = config.epochs if epochs is None else epochs
     torch.manual_seed(seed)
+    if config.samples is not None:
+        train = train.subset(config.samples, seed=0)
     online, layers = _plan(student, train, config=config, teacher=teacher, augment=augment)
     if online is not None:
         dataset = TensorDataset(train.inputs, train.targets)
@@ -158,14 +172,16 @@ def train_student(
         shapes = None
     train_loader = _batches(dataset, config.batch_size, shuffle=True, seed=seed)
     val_loader = _batches(val, 1024, shuffle=False, seed=seed)
-    module = DistillModule(student, config=config, total_steps=epochs * len(train_loader),
+    batches = len(train_loader)
+    total_steps = epochs * batches if config.max_steps is None else config.max_steps
+    module = DistillModule(student, config=config, total_steps=total_steps,
                            report=report, teacher=online, hint_layers=layers, hint_shapes=shapes,
                            example_input=train.inputs[:2], augment=augment)
     student.train()
     start = time.perf_counter()
     with _quiet_lightning(), warnings.catch_warnings():
         trainer = pl.Trainer(
-            max_epochs=epochs,
+            max_epochs=math.ceil(total_steps / batches),
             accelerator=accelerator,
             devices=1,
             logger=False,
@@ -182,7 +198,8 @@ def train_student(
     student.eval()
     if not module.history:
         raise RuntimeError("training stopped before the first validation")
-    return TrainResult(module.history[-1], tuple(module.history), seconds)
+    return TrainResult(module.history[-1], tuple(module.history), seconds,
+                       steps=module.steps, samples=len(dataset))
 
 
 @torch.no_grad()

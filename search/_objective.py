@@ -181,13 +181,14 @@ class TrialFunction:
             if why is not None:
                 return self._prune(trial, why)
         history: list[float] = []
+        epochs = self.config.distill.trial_epochs(len(evaluator.outputs.targets))
 
         def report(epoch: int, accuracy: float) -> None:
             history.append(accuracy)
             trial.set_user_attr("history", list(history))
             for rule in self.rules:
                 why = rule.after_epoch(trial.study, epoch=epoch,
-                                       epochs=self.config.distill.epochs, accuracy=accuracy,
+                                       epochs=epochs, accuracy=accuracy,
                                        costs=rule_costs)
                 if why is not None:
                     raise _Stop(why)

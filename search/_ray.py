@@ -113,7 +113,7 @@ def run_ray(evaluator: StudentEvaluator, *, config: Config, out: Path) -> list[T
         sampler=make_sampler(config.strategy, seed=config.seed, n_trials=config.n_trials),
         storage=open_storage(config.storage, out), study_name="protege-ray", seed=config.seed,
     )
-    epochs = config.distill.epochs
+    epochs = config.distill.trial_epochs(len(evaluator.outputs.targets))
     scheduler = (ASHAScheduler(metric="accuracy", mode="max", max_t=epochs, grace_period=1)
                  if config.ray.scheduler == "asha" else FIFOScheduler())
     trainable = tune.with_resources(tune.with_parameters(_trainable, evaluator=evaluator),

@@ -349,9 +349,9 @@ def _finetune(record: TrialRecord, *, meets: bool, space: SearchSpace, outputs: 
                        "(trial %d)", config.constraints.max_accuracy_drop, record.number)
     student = space.materialize(record.arch, init=config.init, seed=config.seed + record.number)
     student = student.to(device_of(accelerator))
-    epochs = config.distill.finetune_epochs or config.distill.epochs
-    logger.info("fine-tuning trial %d for %d epochs", record.number, epochs)
-    result = _train_student(student, outputs, val, config=config.distill, epochs=epochs,
+    final = config.distill.for_finetune()  # all data, no trial step/seconds budget
+    logger.info("fine-tuning trial %d for %d epochs", record.number, final.epochs)
+    result = _train_student(student, outputs, val, config=final,
                             seed=config.seed, accelerator=accelerator, teacher=teacher)
     student = student.cpu().eval()
     pick = Pick(
