@@ -1,0 +1,504 @@
+"""Strategy comparison: arms x seeds on one teacher, at equal training budgets.
+
+An *arm* is a protege search with its settings (``kind: search``, any key of a
+``protege run`` config changed through ``set``) or a baseline (``kind:
+torch_pruning``: Torch-Pruning's magnitude pruning of the teacher at a sweep of
+uniform ratios, each fine-tuned with KD; ``kind: uniform``: the teacher's width
+scaled uniformly, trained from scratch). Every arm of a seed sees the same teacher,
+the same data and the same budget.
+
+Budget (``budget.kind: compute``, the default): training sample-passes (epochs x
+training samples), fine-tunes included. ``budget.trials`` trials of the base
+config's ``distill.epochs`` plus one fine-tune of ``distill.finetune_epochs`` set
+the total ``B``. A search arm runs trials until what they trained (pruned trials
+count the epochs they ran; rejected and duplicate students cost nothing) leaves
+less than one trial's worth of ``B`` minus its fine-tune, then picks and fine-tunes.
+A sweep of ``k`` students shares ``B`` out as equal epoch counts (the remainder
+spread one epoch at a time). With ``budget.kind: time`` every search arm gets
+``budget.seconds`` of trials (then its fine-tune) and a sweep trains its students
+in order until ``budget.seconds`` are spent.
+
+Protocol, the same for every arm: an arm's *front* holds every student it trained,
+at the validation accuracy it ended with (a search trial after its brief
+distillation, the pick after its fine-tune, a sweep student after its share of the
+budget), against its MACs / teacher MACs. The *pick* is the smallest student within
+``constraints.max_accuracy_drop`` of the teacher's validation accuracy (else the
+most accurate), fine-tuned; only the pick is measured on the test set.
+``best_macs_ratio_within_1pt`` is the pick's MAC ratio when its test accuracy is
+within one point of the teacher's, else None.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from protege._io import atomic_write
+from protege.search import (
+    Config,
+    ConfigError,
+    TrialRecord,
+    apply_overrides,
+    hypervolume,
+    pareto_indices,
+    run_search,
+)
+
+__all__ = [
+    "ARM_KINDS",
+    "Arm",
+    "ArmRecord",
+    "Budget",
+    "CompareConfig",
+    "CompareTask",
+    "Student",
+    "finish_record",
+    "load_compare_config",
+    "prepare_task",
+    "run_arm",
+    "run_compare",
+    "teacher_facts",
+    "total_budget",
+    "trial_passes",
+]
+
+logger = logging.getLogger(__name__)
+
+ARM_KINDS = ("search", "torch_pruning", "uniform")
+"""What an arm can be: a protege search, or one of the two baselines."""
+WITHIN = 0.01
+"""One point of accuracy: the headline's tolerance on the test set."""
+_MAX_ROUNDS = 20
+_MAX_STALLED = 3
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What every arm of a seed may spend.
+
+    Args:
+        kind: ``compute`` (training sample-passes) or ``time`` (seconds of training).
+        trials: Compute budget in trials of the base config: ``(trials x
+            distill.epochs + distill.finetune_epochs) x training samples``.
+        seconds: Time budget of each arm (``kind: time``).
+    """
+
+    kind: str = "compute"
+    trials: int = 40
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("compute", "time"), "budget.kind",
+               f"must be compute or time, got {self.kind!r}")
+        _check(self.trials >= 1, "budget.trials", f"must be >= 1, got {self.trials}")
+        _check(self.kind != "time" or (self.seconds or 0) > 0, "budget.seconds",
+               "must be positive with budget.kind: time")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One contender.
+
+    Args:
+        name: Label in tables and folder name.
+        kind: One of :data:`ARM_KINDS`.
+        set: ``KEY=VALUE`` changes to the base search config for this arm (for a
+            baseline, its ``distill.*`` and ``constraints.*`` keys apply).
+        ratios: Sweep of a baseline: Torch-Pruning's pruning ratios, or the uniform
+            width multipliers; empty derives one (see ``protege.experiments._baselines``).
+    """
+
+    name: str
+    kind: str = "search"
+    set: tuple[str, ...] = ()
+    ratios: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ARM_KINDS, f"arms.{self.name}.kind",
+               f"must be one of {', '.join(ARM_KINDS)}, got {self.kind!r}")
+        _check(all(0 < r < 1 if self.kind == "torch_pruning" else 0 < r <= 1
+                   for r in self.ratios), f"arms.{self.name}.ratios",
+               f"must lie in (0, 1), got {list(self.ratios)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """A comparison, as written in its YAML file.
+
+    Args:
+        task: Benchmark task name (``protege.experiments.load_task``).
+        arms: The contenders; the first is the reference of the paired tests.
+        seeds: One run of every arm per seed (sampler, trial and fine-tune seeds).
+        budget: What each arm of a seed may spend.
+        search: Base ``protege run`` config of every arm (``task`` and ``seed`` are
+            set by the comparison).
+        teacher_seed: Seed of the one teacher every arm and seed distils.
+        train_subset: Use only this many training samples (a fixed subset, the same
+            for every arm); None uses all.
+        workers: Arm-seed runs in parallel processes.
+        threads: Torch threads of each worker.
+        report: Base name of the result files (default ``compare_<task>``).
+    """
+
+    task: str
+    arms: tuple[Arm, ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    budget: Budget = dataclasses.field(default_factory=Budget)
+    search: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    teacher_seed: int = 0
+    train_subset: int | None = None
+    workers: int = 1
+    threads: int = 1
+    report: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(len(self.arms) >= 1, "arms", "name at least one arm")
+        names = [arm.name for arm in self.arms]
+        _check(len(set(names)) == len(names), "arms", "an arm name is used twice")
+        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds",
+               f"must be distinct seeds, got {list(self.seeds)}")
+        _check(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
+        _check(self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
+        _check(self.train_subset is None or self.train_subset >= 1, "train_subset",
+               f"must be >= 1, got {self.train_subset}")
+        for arm in self.arms:
+            distill = self.arm_config(arm, self.seeds[0]).distill  # every arm's config is valid
+            partial = [key for key in ("samples", "max_steps", "max_seconds")
+                       if getattr(distill, key, None) is not None]
+            _check(not partial, f"arms.{arm.name}",
+                   f"distill.{partial[0] if partial else ''} is not counted by the comparison's "
+                   "budget; use train_subset to train every arm on fewer samples")
+
+    @property
+    def report_name(self) -> str:
+        return self.report or f"compare_{self.task}"
+
+    def arm_config(self, arm: Arm, seed: int) -> Config:
+        """The protege config an arm runs with (baselines use its distill and constraints)."""
+        data = apply_overrides(dict(self.search) | {"task": self.task, "seed": seed},
+                               list(arm.set))
+        return Config.from_dict(data)
+
+    def base_config(self, seed: int) -> Config:
+        return Config.from_dict(dict(self.search) | {"task": self.task, "seed": seed})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["arms"] = {a.name: {"kind": a.kind, "set": list(a.set), "ratios": list(a.ratios)}
+                        for a in self.arms}
+        data["seeds"] = list(self.seeds)
+        data["search"] = dict(self.search)
+        return data
+
+
+_TOP_KEYS = {f.name for f in dataclasses.fields(CompareConfig)}
+
+
+def load_compare_config(source: str | Path | Mapping[str, Any],
+                        overrides: Sequence[str] = ()) -> CompareConfig:
+    """Read a comparison config (YAML path or mapping), apply ``KEY=VALUE`` overrides."""
+    if isinstance(source, Mapping):
+        data = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+    data = apply_overrides(data, list(overrides))
+    unknown = sorted(set(data) - _TOP_KEYS)
+    _check(not unknown, unknown[0] if unknown else "", f"unknown key; known: "
+           f"{', '.join(sorted(_TOP_KEYS))}")
+    _check("task" in data, "task", "name the benchmark task")
+    arms_raw = data.get("arms") or {}
+    _check(isinstance(arms_raw, Mapping), "arms", "must map arm names to their settings")
+    arms = []
+    for name, spec in arms_raw.items():
+        spec = dict(spec or {})
+        bad = sorted(set(spec) - {"kind", "set", "ratios"})
+        _check(not bad, f"arms.{name}", f"unknown key {bad[0] if bad else ''!r}; known: "
+               "kind, set, ratios")
+        arms.append(Arm(name=str(name), kind=spec.get("kind", "search"),
+                        set=tuple(str(s) for s in spec.get("set") or ()),
+                        ratios=tuple(float(r) for r in spec.get("ratios") or ())))
+    budget = data.get("budget") or {}
+    _check(isinstance(budget, Mapping) and set(budget) <= {"kind", "trials", "seconds"},
+           "budget", "expected a mapping of kind, trials, seconds")
+    return CompareConfig(
+        task=str(data["task"]), arms=tuple(arms),
+        seeds=tuple(int(s) for s in data.get("seeds", (0, 1, 2))),
+        budget=Budget(**budget), search=dict(data.get("search") or {}),
+        teacher_seed=int(data.get("teacher_seed", 0)),
+        train_subset=data.get("train_subset"), workers=int(data.get("workers", 1)),
+        threads=int(data.get("threads", 1)), report=data.get("report"),
+    )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CompareTask:
+    """The teacher and data every arm shares."""
+
+    name: str
+    teacher: nn.Module
+    train: TensorDataset
+    val: TensorDataset
+    test: TensorDataset
+    example_input: torch.Tensor
+
+
+def total_budget(config: CompareConfig, train_samples: int) -> int:
+    """The compute budget ``B`` in sample-passes (``kind: compute``)."""
+    base = config.base_config(config.seeds[0]).distill
+    epochs = config.budget.trials * base.epochs + (base.finetune_epochs or base.epochs)
+    return epochs * train_samples
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmRecord:
+    """One arm on one seed (``compare_<task>.json`` holds one per arm and seed)."""
+
+    arm: str
+    kind: str
+    seed: int
+    hypervolume: float
+    best_macs_ratio_within_1pt: float | None
+    best_test_accuracy_within_1pt: float | None
+    train_seconds: float
+    wall_seconds: float
+    sample_passes: int
+    budget: int | None
+    students_trained: int
+    teacher: dict[str, Any]
+    pick: dict[str, Any] | None
+    front: list[dict[str, Any]]
+    curve: list[dict[str, float]]
+    """HV after each trained student: ``students``, ``seconds``, ``passes``, ``hypervolume``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArmRecord:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class Student:
+    """A student an arm trained: what the front, the curve and the pick are made of."""
+
+    accuracy: float
+    macs: int
+    seconds: float
+    passes: int
+    source: str
+
+
+def teacher_facts(task: CompareTask) -> dict[str, Any]:
+    """MACs, parameters, val and test accuracy, classes and chance accuracy of the teacher."""
+    from protege.distill import evaluate
+    from protege.estimators import count_macs
+
+    macs, params = count_macs(task.teacher, task.example_input)
+    with torch.no_grad():
+        classes = int(task.teacher.eval()(task.example_input).shape[-1])
+    return {"macs": macs, "params": params, "val_accuracy": evaluate(task.teacher, task.val),
+            "test_accuracy": evaluate(task.teacher, task.test), "classes": classes,
+            "chance": 1.0 / classes}
+
+
+def _curve(students: Sequence[Student], teacher: Mapping[str, Any]) -> list[dict[str, float]]:
+    teacher_macs, reference = teacher["macs"], (teacher["chance"], 1.0)
+    points: list[tuple[float, float]] = []
+    curve, seconds, passes = [], 0.0, 0
+    for i, s in enumerate(students, start=1):
+        points.append((s.accuracy, s.macs / teacher_macs))
+        seconds += s.seconds
+        passes += s.passes
+        curve.append({"students": i, "seconds": round(seconds, 3), "passes": passes,
+                      "hypervolume": hypervolume(points, reference=reference)})
+    return curve
+
+
+def _front(students: Sequence[Student], teacher_macs: int) -> list[dict[str, Any]]:
+    points = [(s.accuracy, s.macs / teacher_macs) for s in students]
+    return [{"accuracy": students[i].accuracy, "macs_ratio": points[i][1],
+             "macs": students[i].macs, "source": students[i].source}
+            for i in pareto_indices(points)]
+
+
+def finish_record(*, arm: Arm, seed: int, students: Sequence[Student], pick: dict[str, Any] | None,
+                  teacher: dict[str, Any], budget: int | None, wall: float) -> ArmRecord:
+    """Assemble an arm's record from the students it trained and its (tested) pick."""
+    macs = int(teacher["macs"])
+    within = (pick is not None and pick.get("test_accuracy") is not None
+              and pick["test_accuracy"] >= teacher["test_accuracy"] - WITHIN - 1e-12)
+    curve = _curve(students, teacher)
+    return ArmRecord(
+        arm=arm.name, kind=arm.kind, seed=seed,
+        hypervolume=curve[-1]["hypervolume"] if curve else 0.0,
+        best_macs_ratio_within_1pt=pick["macs_ratio"] if within and pick else None,
+        best_test_accuracy_within_1pt=pick["test_accuracy"] if within and pick else None,
+        train_seconds=round(sum(s.seconds for s in students), 3), wall_seconds=round(wall, 3),
+        sample_passes=sum(s.passes for s in students), budget=budget,
+        students_trained=len(students), teacher=teacher, pick=pick,
+        front=_front(students, macs), curve=curve,
+    )
+
+
+def trial_passes(trials: Sequence[TrialRecord], samples: int) -> int:
+    """Sample-passes the trials trained: epochs they ran, duplicates and rejections free."""
+    return sum(len(t.history) for t in trials if t.duplicate_of is None) * samples
+
+
+def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, total: int | None,
+                out: Path) -> tuple[list[Student], dict[str, Any] | None, dict[str, Any]]:
+    samples = len(task.train)
+    kwargs: dict[str, Any] = dict(train=task.train, val=task.val, test=task.test,
+                                  example_input=task.example_input, out=out)
+    finetune = (config.distill.finetune_epochs or config.distill.epochs) * samples
+    if budget.kind == "time":
+        config = dataclasses.replace(config, timeout=budget.seconds, n_trials=100_000)
+    else:
+        assert total is not None
+        per_trial, for_trials = config.distill.epochs * samples, total - finetune
+        n = max(1, for_trials // per_trial)
+        used, stalled = -1, 0
+        for _ in range(_MAX_ROUNDS):  # top up until the trials spent their share of B
+            part = run_search(task.teacher, config=dataclasses.replace(config, n_trials=n),
+                              worker=True, **kwargs)
+            before, used = used, trial_passes(part.trials, samples)
+            extra = (for_trials - used) // per_trial
+            # Rounds of only duplicates or rejections train nothing: a small space may be spent.
+            stalled = stalled + 1 if used == before else 0
+            if extra <= 0 or stalled >= _MAX_STALLED:
+                break
+            n = len(part.trials) + extra
+        config = dataclasses.replace(config, n_trials=n)
+    result = run_search(task.teacher, config=config, **kwargs)
+    teacher = teacher_facts(task)
+    # Every student that trained, at the accuracy it ended with (a stopped one: its last epoch).
+    students = [Student(t.accuracy if t.accuracy is not None else t.history[-1], t.macs or 0,
+                        t.train_seconds or 0.0, len(t.history) * samples, f"trial {t.number}")
+                for t in sorted(result.trials, key=lambda t: t.number)
+                if t.duplicate_of is None and t.history]
+    pick = None
+    if result.pick is not None:
+        p = result.pick
+        students.append(Student(p.val_accuracy, p.macs, p.finetune_seconds, finetune,
+                                f"pick (trial {p.trial}, fine-tuned)"))
+        pick = {"source": f"trial {p.trial}", "macs": p.macs,
+                "macs_ratio": p.macs / teacher["macs"],
+                "val_accuracy": p.val_accuracy, "test_accuracy": p.test_accuracy,
+                "meets_val_limit": p.meets_constraints, "arch": p.arch}
+    return students, pick, teacher
+
+
+def run_arm(task: CompareTask, config: CompareConfig, arm: Arm, seed: int, *,
+            out: str | Path) -> ArmRecord:
+    """Run one arm on one seed into ``out`` (resumable: a finished one is read back)."""
+    out = Path(out)
+    done = out / "record.json"
+    if done.is_file():
+        return ArmRecord.from_dict(json.loads(done.read_text()))
+    start = time.perf_counter()
+    arm_config = config.arm_config(arm, seed)
+    total = total_budget(config, len(task.train)) if config.budget.kind == "compute" else None
+    if arm.kind == "search":
+        students, pick, teacher = _search_arm(task, arm, arm_config, budget=config.budget,
+                                              total=total, out=out / "run")
+    else:
+        from protege.experiments._baselines import run_baseline
+
+        students, pick, teacher = run_baseline(task, arm, arm_config, budget=config.budget,
+                                               total=total, out=out)
+    record = finish_record(arm=arm, seed=seed, students=students, pick=pick, teacher=teacher,
+                           budget=total, wall=time.perf_counter() - start)
+    with atomic_write(done) as handle:
+        json.dump(record.to_dict(), handle, indent=1)
+    return record
+
+
+def prepare_task(config: CompareConfig) -> CompareTask:
+    """Load the benchmark task and its teacher (cached), cut to ``train_subset``."""
+    from protege.experiments._tasks import load_task
+
+    task = load_task(config.task, seed=config.teacher_seed)
+    train = task.train
+    if config.train_subset is not None and config.train_subset < len(train):
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+        keep = order[:config.train_subset].sort().values
+        train = TensorDataset(*(t[keep] for t in train.tensors))
+    return CompareTask(task.name, task.teacher, train, task.val, task.test, task.example_input)
+
+
+def _job(config_data: dict[str, Any], arm_name: str, seed: int, out: str) -> dict[str, Any]:
+    """One arm-seed run in a worker process (spawned: it loads the cached teacher itself)."""
+    config = load_compare_config(config_data)
+    torch.set_num_threads(config.threads)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    arm = next(a for a in config.arms if a.name == arm_name)
+    return run_arm(prepare_task(config), config, arm, seed, out=out).to_dict()
+
+
+def _raw(config: CompareConfig) -> dict[str, Any]:
+    data = config.to_dict()
+    data["budget"] = dataclasses.asdict(config.budget)
+    return data
+
+
+def run_compare(config: CompareConfig, *, out: str | Path, task: CompareTask | None = None,
+                progress: Callable[[ArmRecord], None] | None = None) -> list[ArmRecord]:
+    """Run every arm on every seed (finished ones are reused) and return their records.
+
+    Args:
+        out: Compare folder: ``<arm>/seed<k>/`` holds each run (a search arm's run
+            folder is ``run/``), ``record.json`` marks it done.
+        task: The teacher and data; default: ``config.task`` loaded with its cached
+            teacher (needed with ``workers > 1``: each worker loads it itself).
+        progress: Called with each record as its run finishes.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.yaml").write_text(yaml.safe_dump(_raw(config), sort_keys=False))
+    jobs = [(arm, seed) for seed in config.seeds for arm in config.arms]
+    records: dict[tuple[str, int], ArmRecord] = {}
+
+    def folder(arm: Arm, seed: int) -> Path:
+        return out / arm.name / f"seed{seed}"
+
+    if config.workers > 1 and task is None:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(config.workers, mp_context=context) as pool:
+            futures = {pool.submit(_job, _raw(config), arm.name, seed, str(folder(arm, seed))):
+                       (arm.name, seed) for arm, seed in jobs}
+            for future in concurrent.futures.as_completed(futures):
+                record = ArmRecord.from_dict(future.result())
+                records[futures[future]] = record
+                if progress is not None:
+                    progress(record)
+    else:
+        shared = task or prepare_task(config)
+        for arm, seed in jobs:
+            record = run_arm(shared, config, arm, seed, out=folder(arm, seed))
+            records[arm.name, seed] = record
+            if progress is not None:
+                progress(record)
+    return [records[arm.name, seed] for arm, seed in jobs]

@@ -1,0 +1,254 @@
+"""Report of a comparison: markdown table, JSON records, hypervolume and front plots, tests."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from protege._io import atomic_write
+
+__all__ = ["hv_bands", "paired_test", "write_compare_report"]
+
+BOOTSTRAP = 10_000
+
+
+def paired_test(a: Sequence[float], b: Sequence[float], *, seed: int = 0) -> dict[str, Any]:
+    """Paired comparison of ``a - b`` over seeds: mean, bootstrap 95 % CI, Wilcoxon p.
+
+    The Wilcoxon signed-rank test is exact for few seeds; with ``n`` seeds its
+    two-sided p-value cannot go below ``2 / 2**n`` (0.25 for 3 seeds), so it can
+    only show a difference with 6 or more seeds. None where all differences are 0.
+    """
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    n = len(diff)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, n, size=(BOOTSTRAP, n))].mean(axis=1) if n else np.zeros(1)
+    p: float | None = None
+    if n and np.any(diff != 0):
+        from scipy.stats import wilcoxon
+
+        p = float(wilcoxon(diff, method="exact" if n <= 25 else "auto").pvalue)
+    return {"n": n, "mean_diff": float(diff.mean()) if n else math.nan,
+            "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+            "wilcoxon_p": p}
+
+
+def hv_bands(curves: Sequence[Sequence[dict[str, float]]], x: str,
+             points: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean hypervolume over seeds against ``x`` (a step curve per seed) with a 95 % t-interval."""
+    from scipy.stats import t as student_t
+
+    top = max((c[-1][x] for c in curves if c), default=1.0)
+    grid = np.linspace(0.0, top, points)
+    rows = []
+    for curve in curves:
+        xs = np.asarray([p[x] for p in curve])
+        hv = np.asarray([p["hypervolume"] for p in curve])
+        idx = np.searchsorted(xs, grid, side="right") - 1
+        rows.append(np.where(idx >= 0, hv[np.clip(idx, 0, None)], 0.0))
+    values = np.asarray(rows)
+    mean = values.mean(axis=0)
+    n = len(values)
+    half = (student_t.ppf(0.975, n - 1) * values.std(axis=0, ddof=1) / math.sqrt(n)
+            if n > 1 else np.zeros_like(mean))
+    return grid, mean, half
+
+
+def _by_arm(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    arms: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        arms.setdefault(record["arm"], []).append(record)
+    for rows in arms.values():
+        rows.sort(key=lambda r: r["seed"])
+    return arms
+
+
+def _reduction(record: dict[str, Any]) -> float:
+    pick = record["pick"]
+    return 1.0 / pick["macs_ratio"] if pick else math.nan
+
+
+def _test_acc(record: dict[str, Any]) -> float:
+    pick = record["pick"]
+    return pick["test_accuracy"] if pick and pick["test_accuracy"] is not None else math.nan
+
+
+def _ms(values: Sequence[float], fmt: str = "{:.3f}") -> str:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return "—"
+    if len(vals) == 1:
+        return fmt.format(vals[0])
+    return f"{fmt.format(float(np.mean(vals)))} ± {fmt.format(float(np.std(vals, ddof=1)))}"
+
+
+def _plots(arms: dict[str, list[dict[str, Any]]], *, teacher: dict[str, Any], stem: Path,
+           title: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, (arm, rows) in enumerate(arms.items()):
+        for ax, x in zip(axes, ("students", "seconds"), strict=True):
+            grid, mean, half = hv_bands([r["curve"] for r in rows], x)
+            ax.plot(grid, mean, color=colors(i), label=f"{arm} (n={len(rows)})")
+            ax.fill_between(grid, mean - half, mean + half, color=colors(i), alpha=0.15)
+    axes[0].set_xlabel("students trained")
+    axes[1].set_xlabel("training seconds (sum over students)")
+    for ax in axes:
+        ax.set_ylabel("hypervolume (val acc x MACs ratio)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{title}: hypervolume, mean and 95 % interval over seeds", fontsize=10)
+    fig.tight_layout()
+    hv_path = stem.with_name(stem.name + "_hv.png")
+    fig.savefig(hv_path, dpi=80)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, (arm, rows) in enumerate(arms.items()):
+        for j, record in enumerate(rows):
+            front = sorted(record["front"], key=lambda p: p["macs_ratio"])
+            ax.step([p["macs_ratio"] for p in front], [100 * p["accuracy"] for p in front],
+                    where="post", color=colors(i), alpha=0.8, marker="o", markersize=3,
+                    label=arm if j == 0 else None)
+    ax.axhline(100 * teacher["val_accuracy"], color="k", lw=0.8, ls="--", label="teacher (val)")
+    ax.axhline(100 * (teacher["val_accuracy"] - 0.01), color="k", lw=0.6, ls=":",
+               label="teacher - 1 pt")
+    ax.set_xscale("log")
+    ax.set_xlabel("MACs / teacher MACs (log)")
+    ax.set_ylabel("validation accuracy (%)")
+    lows = [100 * p["accuracy"] for rows in arms.values() for r in rows for p in r["front"]]
+    ax.set_ylim(max(min(lows, default=0), 100 * teacher["val_accuracy"] - 15),
+                100 * teacher["val_accuracy"] + 1)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{title}: fronts of every arm and seed", fontsize=10)
+    fig.tight_layout()
+    front_path = stem.with_name(stem.name + "_fronts.png")
+    fig.savefig(front_path, dpi=80)
+    plt.close(fig)
+    return [hv_path.name, front_path.name]
+
+
+def write_compare_report(records: Sequence[Any], *, config: Any, command: str,
+                         results_dir: str | Path, note: str = "") -> dict[str, Path]:
+    """Write ``<report>.json``, ``<report>.md`` and two PNGs under ``results_dir``."""
+    rows = [r if isinstance(r, dict) else r.to_dict() for r in records]
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stem = results_dir / config.report_name
+    arms = _by_arm(rows)
+    teacher = rows[0]["teacher"]
+    reference = config.arms[0].name
+    tests: dict[str, dict[str, Any]] = {}
+    for arm, arm_rows in arms.items():
+        if arm == reference:
+            continue
+        ref = {r["seed"]: r for r in arms[reference]}
+        paired = [(ref[r["seed"]], r) for r in arm_rows if r["seed"] in ref]
+        tests[arm] = {
+            "hypervolume": paired_test([a["hypervolume"] for a, _ in paired],
+                                       [b["hypervolume"] for _, b in paired]),
+            "log2_mac_reduction": paired_test([math.log2(_reduction(a)) for a, _ in paired],
+                                              [math.log2(_reduction(b)) for _, b in paired]),
+            "test_accuracy": paired_test([_test_acc(a) for a, _ in paired],
+                                         [_test_acc(b) for _, b in paired]),
+        }
+    payload = {"command": command, "config": config.to_dict(), "teacher": teacher,
+               "reference_arm": reference, "paired_tests": tests, "records": rows}
+    with atomic_write(stem.with_suffix(".json")) as handle:
+        json.dump(payload, handle, indent=1)
+    pngs = _plots(arms, teacher=teacher, stem=stem, title=config.task)
+    lines = _markdown(arms, teacher=teacher, config=config, command=command, tests=tests,
+                      reference=reference, pngs=pngs, note=note)
+    with atomic_write(stem.with_suffix(".md")) as handle:
+        handle.write("\n".join(lines) + "\n")
+    return {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"),
+            "hv_png": results_dir / pngs[0], "fronts_png": results_dir / pngs[1]}
+
+
+def _markdown(arms: dict[str, list[dict[str, Any]]], *, teacher: dict[str, Any], config: Any,
+              command: str, tests: dict[str, Any], reference: str, pngs: list[str],
+              note: str) -> list[str]:
+    budget = config.budget
+    first = next(iter(arms.values()))[0]
+    if budget.kind == "compute":
+        spent = (f"compute: {first['budget']} training sample-passes per arm and seed "
+                 f"({budget.trials} trials of the base config plus one fine-tune)")
+    else:
+        spent = f"time: {budget.seconds:g} s of training per arm and seed"
+    lines = [
+        f"# Strategy comparison: {config.task}", "",
+        "```", command, "```", "",
+        f"Teacher: {teacher['macs']} MACs, val accuracy {100 * teacher['val_accuracy']:.2f} %, "
+        f"test accuracy {100 * teacher['test_accuracy']:.2f} %. Budget ({spent}). "
+        f"Seeds: {', '.join(str(s) for s in config.seeds)} (n = {len(config.seeds)}).",
+        "",
+    ]
+    if note:
+        lines += [note, ""]
+    lines += [
+        "Protocol (identical for every arm): each arm picks the smallest student within "
+        "1 point of the teacher's *validation* accuracy (else its most accurate), fine-tuned "
+        "(search arms: the pick gets `distill.finetune_epochs`; sweeps: every student gets "
+        "its share of the budget), then measures the pick once on the *test* set. "
+        "\"within 1 pt\" counts seeds whose pick's test accuracy is within one point of the "
+        "teacher's. Hypervolume: area dominated by the arm's (val accuracy, MACs ratio) "
+        "points, reference (chance accuracy, 1).", "",
+        "| arm | kind | pick: × fewer MACs | pick test acc % | test Δ (pts) | within 1 pt "
+        "(test) | hypervolume | students | sample-passes | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for arm, rows in arms.items():
+        red = [_reduction(r) for r in rows]
+        acc = [_test_acc(r) for r in rows]
+        drop = [100 * (a - teacher["test_accuracy"]) for a in acc]
+        within = sum(r["best_macs_ratio_within_1pt"] is not None for r in rows)
+        lines.append(
+            f"| {arm} | {rows[0]['kind']} | {_ms(red, '{:.2f}')} | "
+            f"{_ms([100 * a for a in acc], '{:.2f}')} | {_ms(drop, '{:+.2f}')} | "
+            f"{within}/{len(rows)} | {_ms([r['hypervolume'] for r in rows], '{:.4f}')} | "
+            f"{_ms([float(r['students_trained']) for r in rows], '{:.0f}')} | "
+            f"{_ms([float(r['sample_passes']) for r in rows], '{:.0f}')} | "
+            f"{_ms([r['train_seconds'] for r in rows], '{:.0f}')} |")
+    lines += ["", f"Paired tests against `{reference}` (differences {reference} − arm, over "
+              "the seeds both ran; bootstrap 95 % CI of the mean difference, exact Wilcoxon "
+              "signed-rank p; with n seeds the smallest possible p is 2/2^n):", "",
+              "| arm | n | Δ hypervolume [95 % CI] | p | Δ log2 MAC reduction [95 % CI] | p "
+              "| Δ test acc (pts) [95 % CI] | p |", "| --- | --- | --- | --- | --- | --- | --- "
+              "| --- |"]
+
+    def cell(t: dict[str, Any], scale: float = 1.0, fmt: str = "{:+.4f}") -> str:
+        lo, hi = (scale * v for v in t["ci95"])
+        p = "—" if t["wilcoxon_p"] is None else f"{t['wilcoxon_p']:.3f}"
+        return (f"{fmt.format(scale * t['mean_diff'])} [{fmt.format(lo)}, {fmt.format(hi)}] "
+                f"| {p}")
+
+    for arm, t in tests.items():
+        lines.append(f"| {arm} | {t['hypervolume']['n']} | {cell(t['hypervolume'])} | "
+                     f"{cell(t['log2_mac_reduction'], fmt='{:+.2f}')} | "
+                     f"{cell(t['test_accuracy'], 100, '{:+.2f}')} |")
+    lines += ["", "Per seed:", "",
+              "| arm | seed | pick | × fewer MACs | val acc % | test acc % | within 1 pt | "
+              "hypervolume | sample-passes | train s | wall s |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for arm, rows in arms.items():
+        for r in rows:
+            p = r["pick"] or {}
+            lines.append(
+                f"| {arm} | {r['seed']} | {p.get('source', '—')} | {_reduction(r):.2f} | "
+                f"{100 * p.get('val_accuracy', math.nan):.2f} | {100 * _test_acc(r):.2f} | "
+                f"{'yes' if r['best_macs_ratio_within_1pt'] is not None else 'no'} | "
+                f"{r['hypervolume']:.4f} | {r['sample_passes']} | {r['train_seconds']:.0f} | "
+                f"{r['wall_seconds']:.0f} |")
+    lines += ["", f"![hypervolume]({pngs[0]})", "", f"![fronts]({pngs[1]})"]
+    return lines

@@ -1,0 +1,193 @@
+"""The strategy-comparison harness: arms x seeds, equal budgets, records, report, resume."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from tiny_nets import make_tiny_net
+from torch.utils.data import TensorDataset
+
+import protege.distill
+import protege.search._study
+from protege.experiments import (
+    CompareTask,
+    load_compare_config,
+    paired_test,
+    run_compare,
+    split_epochs,
+    total_budget,
+    write_compare_report,
+)
+from protege.search import ConfigError, hypervolume
+
+FIELDS = ("arm", "seed", "hypervolume", "best_macs_ratio_within_1pt",
+          "best_test_accuracy_within_1pt", "train_seconds", "front")
+
+
+@pytest.fixture
+def toy_task() -> CompareTask:
+    net = make_tiny_net()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(320, 1, 8, 8, generator=generator)
+    with torch.no_grad():
+        y = net(x).argmax(dim=1)
+    return CompareTask("toy", net, TensorDataset(x[:192], y[:192]),
+                       TensorDataset(x[192:256], y[192:256]), TensorDataset(x[256:], y[256:]),
+                       x[:1])
+
+
+def _config(**extra: Any) -> Any:
+    data = {"task": "digits", "seeds": [0, 1], "budget": {"trials": 3},
+            "search": {"distill": {"epochs": 1, "finetune_epochs": 2}},
+            "arms": {"protege": {}, "torch_pruning": {"kind": "torch_pruning"}}}
+    return load_compare_config(data | extra)
+
+
+class _Meter:
+    """Counts what every call of the trainer really trained: epochs run x training samples."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.spent: list[int] = []
+        real = protege.distill.train_student
+
+        def counting(student, train, val, *, report=None, **kwargs):  # type: ignore[no-untyped-def]
+            epochs: list[int] = []
+
+            def seen(epoch: int, accuracy: float) -> None:
+                epochs.append(epoch)
+                if report is not None:
+                    report(epoch, accuracy)
+
+            try:
+                return real(student, train, val, report=seen, **kwargs)
+            finally:
+                self.spent.append(len(epochs) * len(train.inputs))
+
+        monkeypatch.setattr(protege.distill, "train_student", counting)
+        monkeypatch.setattr(protege.search._study, "_train_student", counting)
+
+    def take(self) -> int:
+        total, self.spent[:] = sum(self.spent), []
+        return total
+
+
+def test_two_arms_two_seeds_equal_budgets_json_and_resume(
+        toy_task: CompareTask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _config()
+    meter = _Meter(monkeypatch)
+    measured: dict[tuple[str, int], int] = {}
+
+    def progress(record: Any) -> None:
+        measured[record.arm, record.seed] = meter.take()
+
+    records = run_compare(config, out=tmp_path / "cmp", task=toy_task, progress=progress)
+    budget = total_budget(config, len(toy_task.train))
+    assert budget == (3 * 1 + 2) * 192
+    assert [(r.arm, r.seed) for r in records] == [
+        ("protege", 0), ("torch_pruning", 0), ("protege", 1), ("torch_pruning", 1)]
+    for record in records:
+        # the instrumented trainer saw exactly the budget, and the record says so too
+        assert measured[record.arm, record.seed] == budget == record.sample_passes
+        assert record.students_trained >= 2 and record.pick is not None
+        assert 0.0 < record.hypervolume < 1.0
+    search = records[0]
+    assert search.students_trained == 4  # 3 one-epoch trials and the fine-tuned pick
+    assert records[1].students_trained == 2  # 5 epochs at 2 fine-tune epochs: 2 ratios (3 + 2)
+
+    paths = write_compare_report(records, config=config, command="protege compare toy.yaml",
+                                 results_dir=tmp_path / "results")
+    payload = json.loads(paths["json"].read_text())
+    assert len(payload["records"]) == 4
+    for row in payload["records"]:
+        assert all(key in row for key in FIELDS)
+        for point in row["front"]:
+            assert {"accuracy", "macs_ratio"} <= set(point)
+    assert payload["paired_tests"]["torch_pruning"]["hypervolume"]["n"] == 2
+    text = paths["md"].read_text()
+    assert "protege compare toy.yaml" in text and "| torch_pruning |" in text
+    assert paths["hv_png"].stat().st_size > 0 and paths["fronts_png"].stat().st_size > 0
+
+    again = run_compare(config, out=tmp_path / "cmp", task=toy_task)  # resumes: trains nothing
+    assert meter.take() == 0
+    assert [r.to_dict() for r in again] == [r.to_dict() for r in records]
+
+
+def test_uniform_arm_and_pruned_trials_spend_the_budget(
+        toy_task: CompareTask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Curve pruning stops trials early: the search runs more of them until its share is spent.
+    config = _config(seeds=[0], budget={"trials": 6}, arms={
+        "protege": {"set": ["pruning.min_trials=1", "pruning.margin=0.5",
+                            "distill.epochs=2"]},
+        "uniform": {"kind": "uniform", "ratios": [0.25, 0.5, 1.0]}})
+    meter = _Meter(monkeypatch)
+    measured: dict[str, int] = {}
+    records = run_compare(config, out=tmp_path, task=toy_task,
+                          progress=lambda r: measured.__setitem__(r.arm, meter.take()))
+    budget = total_budget(config, len(toy_task.train))
+    search, uniform = records
+    assert measured["uniform"] == uniform.sample_passes == budget
+    per_trial = 2 * 192
+    # within one trial of the budget (a trial is never cut short to fit)
+    assert budget - per_trial < measured["protege"] == search.sample_passes <= budget
+    assert uniform.students_trained == 3
+    assert [p["source"] for p in uniform.front][0].startswith("uniform")
+
+
+def _brute_force_area(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """Area of the union of the boxes [ref_acc, acc] x [cost, ref_cost], cell by cell."""
+    xs = sorted({reference[0], *(a for a, _ in points)})
+    ys = sorted({reference[1], *(c for _, c in points)})
+    area = 0.0
+    cells = itertools.product(itertools.pairwise(xs), itertools.pairwise(ys))
+    for (x0, x1), (y0, y1) in cells:
+        mx, my = (x0 + x1) / 2, (y0 + y1) / 2
+        if any(a >= mx and c <= my for a, c in points):
+            area += (x1 - x0) * (y1 - y0)
+    return area
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hypervolume_matches_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 7))
+    points = [(float(a), float(c)) for a, c in zip(rng.uniform(0.05, 1.0, n),
+                                                    rng.uniform(0.01, 1.0, n), strict=True)]
+    reference = (0.1, 1.0)
+    inside = [(a, c) for a, c in points if a > reference[0] and c < reference[1]]
+    assert hypervolume(points, reference=reference) == pytest.approx(
+        _brute_force_area(inside, reference), abs=1e-12)
+
+
+def test_split_epochs_and_bad_configs() -> None:
+    assert split_epochs(180, 9) == [20] * 9
+    assert split_epochs(180, 7) == [26, 26, 26, 26, 26, 25, 25]
+    with pytest.raises(ValueError, match="cannot train"):
+        split_epochs(3, 4)
+    with pytest.raises(ConfigError, match="arms.x.kind"):
+        _config(arms={"x": {"kind": "pruning"}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        _config(arms={"x": {"ratio": [0.5]}})
+    with pytest.raises(ConfigError, match="distill.lr"):
+        _config(arms={"x": {"set": ["distill.lr=-1"]}})
+    with pytest.raises(ConfigError, match="budget.kind"):
+        _config(budget={"kind": "flops"})
+
+
+def test_paired_test_reports_exact_wilcoxon_and_bootstrap_interval() -> None:
+    a = [0.9, 0.8, 0.85, 0.7, 0.95, 0.6]
+    b = [x - d for x, d in zip(a, [0.1, 0.2, 0.15, 0.05, 0.12, 0.08], strict=True)]
+    result = paired_test(a, b)
+    assert result["n"] == 6
+    assert result["mean_diff"] == pytest.approx(0.7 / 6)
+    assert result["wilcoxon_p"] == pytest.approx(2 / 2**6)  # every difference positive
+    low, high = result["ci95"]
+    assert 0.05 <= low < result["mean_diff"] < high <= 0.2
+    assert paired_test([1.0, 2.0], [1.0, 2.0])["wilcoxon_p"] is None
+    assert math.isnan(paired_test([], [])["mean_diff"])
