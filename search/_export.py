@@ -73,6 +73,9 @@ def load_student(teacher: nn.Module, arch_path: str | Path, state_path: str | Pa
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         student.load_state_dict(state)
     except Exception as exc:  # unpickling and shape errors come in many types
+        # load_state_dict puts the first mismatch on the second line: show it.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()][:2]
         raise ValueError(f"{state_path}: weights do not fit the student of {arch_path} "
-                         f"({str(exc).splitlines()[0]})") from exc
+                         f"({' '.join(lines)}); pass the student.pt saved with this arch.json "
+                         "and the teacher it was searched from") from exc
     return student.eval()
