@@ -33,15 +33,17 @@ class AccuracyPredictor:
         kind: ``"gp"`` or ``"forest"``.
         seed: Seeds the optimiser restarts (GP) or the bootstrap (forest).
         restarts: Kernel-optimiser restarts of the GP.
+        trees: Trees of the forest (fitting costs about 2 ms per tree).
     """
 
     def __init__(self, *, kind: Literal["gp", "forest"] = "gp", seed: int = 0,
-                 restarts: int = 3) -> None:
+                 restarts: int = 3, trees: int = 200) -> None:
         if kind not in ("gp", "forest"):
             raise ValueError(f"kind must be 'gp' or 'forest', got {kind!r}")
         self.kind = kind
         self.seed = seed
         self.restarts = restarts
+        self.trees = trees
         self._scaler: StandardScaler | None = None
         self._model: GaussianProcessRegressor | RandomForestRegressor | None = None
         self.n_fitted = 0
@@ -64,7 +66,7 @@ class AccuracyPredictor:
                 random_state=self.seed)
         else:
             self._model = RandomForestRegressor(
-                n_estimators=200, min_samples_leaf=2, random_state=self.seed)
+                n_estimators=self.trees, min_samples_leaf=2, random_state=self.seed)
         with warnings.catch_warnings():
             # ARD length scales of irrelevant inputs run to their bound: expected, harmless
             warnings.simplefilter("ignore", ConvergenceWarning)

@@ -20,9 +20,19 @@ from protege.search._config import (
     load_config,
 )
 from protege.search._export import load_student
+from protege.search._onnx import (
+    ExportCheck,
+    Int8Result,
+    ModelFigures,
+    export_onnx,
+    export_torchscript,
+    quantize_int8,
+)
 from protege.search._pareto import hypervolume, pareto_indices
-from protege.search._pruning import CurveRule, PruningRule
+from protege.search._pruning import CurveRule, GainRule, PredictorRule, PruningRule
 from protege.search._records import Pick, TeacherProfile, TrialRecord
+from protege.search._report import write_report
+from protege.search._run import RunFolder, load_run
 from protege.search._strategies import STRATEGIES, make_sampler
 from protege.search._study import SearchResult, TooManyFailures, TrialCallback, run_search
 
@@ -32,22 +42,33 @@ __all__ = [
     "ConfigError",
     "Constraints",
     "CurveRule",
+    "ExportCheck",
+    "GainRule",
+    "Int8Result",
+    "ModelFigures",
     "Pick",
+    "PredictorRule",
     "PruningConfig",
     "PruningRule",
+    "RunFolder",
     "SearchResult",
     "TeacherProfile",
     "TooManyFailures",
     "TrialCallback",
     "TrialRecord",
     "apply_overrides",
+    "export_onnx",
+    "export_torchscript",
     "hypervolume",
     "load_config",
+    "load_run",
     "load_student",
     "make_sampler",
     "pareto_indices",
+    "quantize_int8",
     "run_search",
     "search",
+    "write_report",
 ]
 
 

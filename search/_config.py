@@ -83,13 +83,19 @@ class PruningConfig:
         curve: Stop a training trial whose accuracy, even with the largest late gain
             any finished trial made from the same epoch on, cannot beat the most
             accurate finished student that costs no more.
-        min_trials: Finished trials needed before the curve rule may fire.
-        margin: Accuracy added to the optimistic estimate before comparing.
+        min_trials: Finished trials needed before the curve or gain rule may fire.
+        margin: Accuracy added to the optimistic estimate before comparing (curve and
+            gain rules).
         predictor: Before training, skip a student that the accuracy predictor
             (fitted on the finished trials) says is dominated by the front with
             probability above ``predictor_threshold``.
         predictor_min_trials: Finished trials needed before the predictor may fire.
         predictor_threshold: Probability of being dominated that skips a student.
+        gain: Before training, skip a student that could not add ``min_gain`` of the
+            front's hypervolume even if it ended ``margin`` above the most accurate
+            finished student (a bound, no prediction involved).
+        min_gain: Hypervolume gain (fraction of the current volume) below which the
+            gain rule skips a student.
         max_failed_fraction: Stop the study when more than this fraction of the
             first trials (at least 5) failed: something is wrong with the setup.
     """
@@ -100,6 +106,8 @@ class PruningConfig:
     predictor: bool = True
     predictor_min_trials: int = 20
     predictor_threshold: float = 0.95
+    gain: bool = True
+    min_gain: float = 0.01
     max_failed_fraction: float = 0.5
 
     def __post_init__(self) -> None:
@@ -109,6 +117,8 @@ class PruningConfig:
                f"must be >= 2, got {self.predictor_min_trials}")
         _check(0.5 <= self.predictor_threshold <= 1.0, "pruning.predictor_threshold",
                f"must be in [0.5, 1], got {self.predictor_threshold}")
+        _check(0.0 <= self.min_gain < 1.0, "pruning.min_gain",
+               f"must be in [0, 1), got {self.min_gain}")
         _check(0.0 < self.max_failed_fraction <= 1.0, "pruning.max_failed_fraction",
                f"must be in (0, 1], got {self.max_failed_fraction}")
 
@@ -328,7 +338,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     return Config.from_dict(apply_overrides(data, overrides or []))

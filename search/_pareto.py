@@ -32,17 +32,30 @@ def pareto_indices(points: Sequence[Point]) -> list[int]:
     return sorted(front, key=lambda i: (tuple(points[i][1:]), -points[i][0], i))
 
 
-def hypervolume(points: Sequence[tuple[float, float]], *, reference: tuple[float, float]) -> float:
-    """Area dominated by ``(accuracy, cost)`` points and bounded by ``reference``.
+def hypervolume(points: Sequence[Point], *, reference: Point) -> float:
+    """Volume dominated by ``(accuracy, cost, ...)`` points and bounded by ``reference``.
 
-    ``reference`` is (lowest accuracy, highest cost); points outside it add nothing.
+    ``reference`` is (lowest accuracy, highest cost, ...), e.g. chance accuracy and
+    the teacher's costs; points outside it add nothing. Exact, by slicing along the
+    last cost (fine for the few hundred points of a study).
     """
-    ref_accuracy, ref_cost = reference
-    inside = [(a, c) for a, c in points if a > ref_accuracy and c < ref_cost]
-    area = 0.0
-    previous_accuracy = ref_accuracy
-    for i in pareto_indices(inside):
-        accuracy, cost = inside[i]
-        area += (accuracy - previous_accuracy) * (ref_cost - cost)
-        previous_accuracy = accuracy
-    return area
+    dims = len(reference)
+    # As minimisation: accuracy is negated, so every coordinate is "lower is better".
+    ref = (-reference[0], *reference[1:])
+    flipped = [(-p[0], *p[1:]) for p in points if len(p) == dims]
+    inside = [p for p in flipped if all(x < r for x, r in zip(p, ref, strict=True))]
+    return _volume([tuple(map(float, p)) for p in inside], tuple(map(float, ref)))
+
+
+def _volume(points: list[tuple[float, ...]], ref: tuple[float, ...]) -> float:
+    if not points:
+        return 0.0
+    if len(ref) == 1:
+        return ref[0] - min(p[0] for p in points)
+    ordered = sorted(points, key=lambda p: p[-1])
+    volume = 0.0
+    for i, point in enumerate(ordered):
+        top = ordered[i + 1][-1] if i + 1 < len(ordered) else ref[-1]
+        if top > point[-1]:
+            volume += (top - point[-1]) * _volume([p[:-1] for p in ordered[:i + 1]], ref[:-1])
+    return volume

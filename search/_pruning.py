@@ -14,7 +14,9 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-__all__ = ["CurveRule", "PredictorRule", "PruningRule"]
+from protege.search._pareto import hypervolume
+
+__all__ = ["CurveRule", "GainRule", "PredictorRule", "PruningRule"]
 
 
 class PruningRule(abc.ABC):  # noqa: B024 (hooks are optional, like Lightning callbacks)
@@ -110,7 +112,8 @@ class PredictorRule(PruningRule):
             return None
         x = np.asarray([t.user_attrs["features"] for t in finished], dtype=np.float64)
         y = np.asarray([t.values[0] for t in finished], dtype=np.float64)
-        predictor = AccuracyPredictor(kind="forest", seed=self.seed).fit(x, y)
+        # 50 trees: refitted before every trial, so its cost is controller overhead.
+        predictor = AccuracyPredictor(kind="forest", seed=self.seed, trees=50).fit(x, y)
         mean, std = predictor.predict(np.asarray([features], dtype=np.float64))
         names = list(costs)
         front = [(t.values[0], tuple(float(t.user_attrs.get(n, math.inf)) for n in names))
@@ -122,3 +125,58 @@ class PredictorRule(PruningRule):
         return (f"predictor: accuracy {float(mean[0]):.4f} ± {float(std[0]):.4f} predicted from "
                 f"{len(finished)} trials; dominated by a finished student that costs no more "
                 f"with probability {probability:.3f} > {self.threshold}")
+
+
+class GainRule(PruningRule):
+    """Skips, before any training, a student that cannot add to the front's hypervolume.
+
+    No student is assumed to end more than ``margin`` above the most accurate
+    finished one. If even at that best-case accuracy the student would add less
+    than ``min_gain`` (a fraction) to the hypervolume of the finished trials, its
+    training could not change the front enough to matter: it is skipped. This is a
+    bound, not a prediction: a student cheaper than every good one always adds a
+    slab of its own and is trained; what gets skipped are costlier variants of
+    students the front already has.
+
+    Costs are divided by the teacher's, and the volume is bounded by chance
+    accuracy and the teacher's costs, as the study's reported hypervolume is.
+
+    Args:
+        teacher_costs: The teacher's value of every cost objective (``macs`` ...).
+        chance: Accuracy of guessing, the reference point's accuracy.
+        min_gain: Hypervolume gain, as a fraction of the current volume, below which
+            a student is skipped.
+        margin: How far above the best finished accuracy a student may end.
+        min_trials: Finished trials needed before the rule fires.
+    """
+
+    def __init__(self, *, teacher_costs: Mapping[str, float], chance: float,
+                 min_gain: float = 0.01, margin: float = 0.005, min_trials: int = 5) -> None:
+        self.teacher_costs = dict(teacher_costs)
+        self.chance = chance
+        self.min_gain = min_gain
+        self.margin = margin
+        self.min_trials = min_trials
+
+    def _point(self, accuracy: float, costs: Mapping[str, float]) -> tuple[float, ...]:
+        return (accuracy, *(float(costs[name]) / self.teacher_costs[name]
+                            for name in self.teacher_costs))
+
+    def before_training(self, study: optuna.Study, *, features: Sequence[float],
+                        costs: Mapping[str, float]) -> str | None:
+        finished = _finished(study)
+        if len(finished) < self.min_trials:
+            return None
+        names = list(self.teacher_costs)
+        points = [self._point(t.values[0], {n: t.user_attrs.get(n, math.inf) for n in names})
+                  for t in finished]
+        reference = (self.chance, *([1.0] * len(names)))
+        volume = hypervolume(points, reference=reference)
+        best = min(1.0, max(p[0] for p in points) + self.margin)
+        candidate = self._point(best, costs)
+        gain = hypervolume([*points, candidate], reference=reference) - volume
+        if volume <= 0.0 or gain >= self.min_gain * volume:
+            return None
+        return (f"gain: even at accuracy {best:.4f} (best finished + margin {self.margin}) this "
+                f"student would add {gain / volume:.2%} to the front's hypervolume "
+                f"{volume:.4f} of {len(finished)} trials, below min_gain {self.min_gain:.2%}")

@@ -28,6 +28,19 @@ class TeacherProfile:
     val_accuracy: float
     test_accuracy: float | None = None
     latency_ms: float | None = None
+    classes: int | None = None
+
+    @property
+    def chance(self) -> float:
+        """Accuracy of guessing: the reference point's accuracy for hypervolumes."""
+        return 1.0 / self.classes if self.classes else 0.0
+
+    def costs(self) -> dict[str, float]:
+        """The teacher's value of each cost objective (latency only when measured)."""
+        costs = {"macs": float(self.macs), "params": float(self.params)}
+        if self.latency_ms is not None:
+            costs["latency"] = float(self.latency_ms)
+        return costs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,3 +18,14 @@ def test_hypervolume_of_known_fronts():
     assert hypervolume([(0.5, 0.2), (1.0, 0.6), (0.4, 0.3), (0.9, 1.5)],
                        reference=(0.0, 1.0)) == pytest.approx(two)
     assert hypervolume([], reference=(0.0, 1.0)) == 0.0
+
+
+def test_hypervolume_in_three_objectives_matches_boxes():
+    # One point: a box; two points: two boxes minus their overlap.
+    assert hypervolume([(0.5, 0.5, 0.5)], reference=(0.0, 1.0, 1.0)) == pytest.approx(0.125)
+    volume = hypervolume([(0.5, 0.2, 0.6), (0.8, 0.6, 0.2)], reference=(0.0, 1.0, 1.0))
+    first, second = 0.5 * 0.8 * 0.4, 0.8 * 0.4 * 0.8
+    overlap = 0.5 * 0.4 * 0.4
+    assert volume == pytest.approx(first + second - overlap)
+    # A point beyond the reference in any objective adds nothing.
+    assert hypervolume([(0.5, 0.5, 1.5)], reference=(0.0, 1.0, 1.0)) == 0.0

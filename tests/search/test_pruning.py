@@ -4,7 +4,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from protege.search import CurveRule
+from protege.search import CurveRule, GainRule, hypervolume
 
 
 def finished(number: int, history: list[float], macs: float) -> optuna.trial.FrozenTrial:
@@ -44,3 +44,37 @@ def test_lets_promising_or_cheapest_students_go_on(study):
 def test_waits_for_enough_finished_trials(study):
     rule = CurveRule(min_trials=4)
     assert rule.after_epoch(study, epoch=1, epochs=4, accuracy=0.5, costs={"macs": 250.0}) is None
+
+
+# Teacher: 1000 MACs, 10 classes. Finished (accuracy, MAC ratio): (0.91, 0.1), (0.91, 0.3),
+# (0.96, 0.2): the front is (0.91, 0.1) and (0.96, 0.2).
+def gain_rule(**kwargs) -> GainRule:
+    return GainRule(teacher_costs={"macs": 1000.0}, chance=0.1, **kwargs)
+
+
+def test_gain_rule_skips_a_costlier_variant_of_the_front(study):
+    rule = gain_rule(min_gain=0.01, margin=0.005, min_trials=3)
+    # At best 0.965 for 0.6 of the teacher's MACs: a 0.005 x 0.4 slab, 0.26 % of 0.769.
+    reason = rule.before_training(study, features=[], costs={"macs": 600.0})
+    assert reason is not None and reason.startswith("gain:")
+    assert "0.9650" in reason and "0.26%" in reason
+
+
+def test_gain_rule_trains_cheaper_students_and_respects_its_knobs(study):
+    rule = gain_rule(min_gain=0.01, margin=0.005, min_trials=3)
+    # Cheaper than every finished student: a slab of its own, whatever its accuracy.
+    assert rule.before_training(study, features=[], costs={"macs": 50.0}) is None
+    # A large margin could lift it over the front: trained.
+    assert gain_rule(min_gain=0.01, margin=0.05, min_trials=3).before_training(
+        study, features=[], costs={"macs": 600.0}) is None
+    assert gain_rule(min_gain=0.001, min_trials=3).before_training(
+        study, features=[], costs={"macs": 600.0}) is None
+    assert gain_rule(min_trials=4).before_training(study, features=[], costs={"macs": 600.0}) \
+        is None
+
+
+def test_gain_rule_gain_matches_the_hypervolume_difference(study):
+    front = [(0.91, 0.1), (0.91, 0.3), (0.96, 0.2)]
+    before = hypervolume(front, reference=(0.1, 1.0))
+    after = hypervolume([*front, (0.965, 0.6)], reference=(0.1, 1.0))
+    assert after - before == pytest.approx(0.005 * 0.4)
