@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from protege.distill import DistillConfig
-from protege.search._config import Config, Constraints
+from protege.search._config import LEVEL_EPOCHS, Config, Constraints
 from protege.search._study import SearchResult, TrialCallback, run_search
 
 __all__ = ["search"]
@@ -49,7 +49,8 @@ def search(
         n_trials: Trials in the study; an existing study in ``out`` is resumed.
         seed: Seeds the sampler and every trial.
         timeout: Optional bound of the search in seconds.
-        distill: Distillation settings of the trials and the final fine-tune.
+        distill: Distillation settings of the trials and the final fine-tune; by
+            default the level's preset epochs (4, 5, 6 for levels 1, 2, 3).
         out: The run folder.
         callbacks: Called with each trial's record as it finishes.
         accelerator: ``cpu``, ``gpu`` or ``auto``.
@@ -60,7 +61,7 @@ def search(
     config = Config(
         task="custom", level=level, strategy=strategy, n_trials=n_trials, seed=seed,
         timeout=timeout, constraints=constraints or Constraints(),
-        distill=distill or DistillConfig(),
+        distill=distill or DistillConfig(epochs=LEVEL_EPOCHS.get(level, 5)),
     )
     return run_search(teacher, train=train, val=val, example_input=example_input, test=test,
                       config=config, out=out, callbacks=callbacks, accelerator=accelerator)

@@ -26,6 +26,13 @@ OBJECTIVES = ("accuracy", "macs", "params", "latency")
 INITS = ("inherit", "scratch")
 LEVEL_TRIALS = {1: 30, 2: 50, 3: 80}
 """Trials a study runs when ``n_trials`` is 0, by space level."""
+LEVEL_EPOCHS = {1: 4, 2: 5, 3: 6}
+"""Epochs of a trial when the config gives no ``distill.epochs``, by space level.
+
+Width cuts of an inherited teacher recover in 3-4 epochs (MNIST-1D, see
+``experiments/results/distill.md``); dropped blocks and low-rank factors start
+further from the teacher, so the larger spaces give each trial more.
+"""
 
 
 class ConfigError(ValueError):
@@ -193,7 +200,9 @@ class Config:
             ``postgresql://...``) or ``journal:PATH``; default: SQLite in the run folder.
         space: How the search space is derived (option overrides, stages).
         constraints: Limits the pick must meet.
-        distill: Distillation settings of trials and the final fine-tune.
+        distill: Distillation settings of trials and the final fine-tune; without
+            ``distill.epochs`` in the file, trials get the level's preset
+            (:data:`LEVEL_EPOCHS`).
         pruning: Rules that stop hopeless trials (in-process and worker backends).
         backend: ``optuna`` (in-process, or workers on a shared storage) or ``ray``.
         ray: Settings of the Ray Tune backend.
@@ -243,7 +252,15 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
-        """Build a config from a mapping, naming any unknown key or bad value."""
+        """Build a config from a mapping, naming any unknown key or bad value.
+
+        A mapping without ``distill.epochs`` gets the level's preset epochs.
+        """
+        distill = data.get("distill")
+        level = data.get("level", 1)
+        if (distill is None or isinstance(distill, Mapping)) and level in LEVEL_EPOCHS \
+                and "epochs" not in (distill or {}):
+            data = {**data, "distill": {**(distill or {}), "epochs": LEVEL_EPOCHS[level]}}
         return _build(cls, data, prefix="")
 
 

@@ -74,3 +74,13 @@ def test_level_presets_the_trial_budget():
     assert Config(level=1).n_trials == 30 and Config(level=3).n_trials == 80
     assert Config(level=3, n_trials=7).n_trials == 7
     assert Config.from_dict(Config(level=2).to_dict()).n_trials == 50
+
+
+def test_level_presets_the_epochs_of_a_trial_unless_given():
+    assert Config.from_dict({"level": 1}).distill.epochs == 4
+    assert Config.from_dict({"level": 3}).distill.epochs == 6
+    assert Config.from_dict({"level": 3, "distill": {"epochs": 2}}).distill.epochs == 2
+    assert Config.from_dict({"level": 2, "distill": {"alpha": 0.7}}).distill.epochs == 5
+    # The resolved config keeps the epochs it ran with: a resumed run gets the same.
+    resolved = Config.from_dict({"level": 3}).to_dict()
+    assert Config.from_dict({**resolved, "level": 1}).distill.epochs == 6
