@@ -31,12 +31,13 @@ within one point of the teacher's, else None.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import logging
 import multiprocessing
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,6 @@ __all__ = [
     "run_compare",
     "teacher_facts",
     "total_budget",
-    "trial_passes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,8 +80,8 @@ ARM_KINDS = ("search", "torch_pruning", "uniform")
 """What an arm can be: a protege search, or one of the two baselines."""
 WITHIN = 0.01
 """One point of accuracy: the headline's tolerance on the test set."""
-_MAX_ROUNDS = 20
-_MAX_STALLED = 3
+_CAP = 4
+"""A search may run this many times its nominal trials when pruning and duplicates save."""
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -361,9 +361,37 @@ def finish_record(*, arm: Arm, seed: int, students: Sequence[Student], pick: dic
     )
 
 
-def trial_passes(trials: Sequence[TrialRecord], samples: int) -> int:
-    """Sample-passes the trials trained: epochs they ran, duplicates and rejections free."""
-    return sum(len(t.history) for t in trials if t.duplicate_of is None) * samples
+class _SharedStorageNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "shares an SQLite storage" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _one_writer() -> Iterator[None]:
+    """The trial rounds run as a "worker" of their own study, alone on its SQLite file:
+    the note about several SQLite writers does not apply."""
+    note = _SharedStorageNote()
+    storage_logger = logging.getLogger("protege.search._storage")
+    storage_logger.addFilter(note)
+    try:
+        yield
+    finally:
+        storage_logger.removeFilter(note)
+
+
+class _BudgetSpent(Exception):
+    """Raised after a trial when the trials have spent their share of the budget."""
+
+
+def _read_trials(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _passes(path: Path, samples: int) -> int:
+    trials = _read_trials(path)
+    return sum(len(t["history"]) for t in trials if t["duplicate_of"] is None) * samples
 
 
 def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, total: int | None,
@@ -377,19 +405,25 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
     else:
         assert total is not None
         per_trial, for_trials = config.distill.epochs * samples, total - finetune
-        n = max(1, for_trials // per_trial)
-        used, stalled = -1, 0
-        for _ in range(_MAX_ROUNDS):  # top up until the trials spent their share of B
-            part = run_search(task.teacher, config=dataclasses.replace(config, n_trials=n),
-                              worker=True, **kwargs)
-            before, used = used, trial_passes(part.trials, samples)
-            extra = (for_trials - used) // per_trial
-            # Rounds of only duplicates or rejections train nothing: a small space may be spent.
-            stalled = stalled + 1 if used == before else 0
-            if extra <= 0 or stalled >= _MAX_STALLED:
-                break
-            n = len(part.trials) + extra
-        config = dataclasses.replace(config, n_trials=n)
+        records = out / "trials.jsonl"
+
+        def spent(_record: TrialRecord | None = None) -> None:
+            # trials.jsonl holds every trial (resumed ones too) when callbacks run
+            if for_trials - _passes(records, samples) < per_trial:
+                raise _BudgetSpent
+
+        # One sampler for the whole search (a restarted seeded sampler repeats itself):
+        # trials run until their compute leaves less than one more trial of the budget.
+        cap = _CAP * max(1, for_trials // per_trial)
+        try:
+            spent()
+            with _one_writer():
+                run_search(task.teacher, config=dataclasses.replace(config, n_trials=cap),
+                           worker=True, callbacks=[spent], **kwargs)
+        except _BudgetSpent:
+            pass
+        active = [r for r in _read_trials(records) if r["state"] != "failed"]
+        config = dataclasses.replace(config, n_trials=max(1, len(active)))
     result = run_search(task.teacher, config=config, **kwargs)
     teacher = teacher_facts(task)
     # Every student that trained, at the accuracy it ended with (a stopped one: its last epoch).

@@ -119,6 +119,7 @@ def test_two_arms_two_seeds_equal_budgets_json_and_resume(
     assert [r.to_dict() for r in again] == [r.to_dict() for r in records]
 
 
+@pytest.mark.slow  # two more searches: ~10 s on a quiet 2-core machine
 def test_uniform_arm_and_pruned_trials_spend_the_budget(
         toy_task: CompareTask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Curve pruning stops trials early: the search runs more of them until its share is spent.
@@ -191,3 +192,16 @@ def test_paired_test_reports_exact_wilcoxon_and_bootstrap_interval() -> None:
     assert 0.05 <= low < result["mean_diff"] < high <= 0.2
     assert paired_test([1.0, 2.0], [1.0, 2.0])["wilcoxon_p"] is None
     assert math.isnan(paired_test([], [])["mean_diff"])
+
+
+@pytest.mark.slow  # a search and a sweep of half a second each, plus their overhead
+def test_time_budget_bounds_searches_and_sweeps(toy_task: CompareTask, tmp_path: Path) -> None:
+    config = _config(seeds=[0], budget={"kind": "time", "seconds": 0.5}, arms={
+        "protege": {}, "uniform": {"kind": "uniform", "ratios": [0.25, 0.5, 0.75, 1.0]}})
+    search, uniform = run_compare(config, out=tmp_path, task=toy_task)
+    assert search.budget is None and uniform.budget is None
+    # trials stop at the timeout (the one running finishes), then the pick is fine-tuned
+    assert 2 <= search.students_trained < 20 and search.pick is not None
+    # a sweep stops starting students once the seconds are spent; each gets finetune_epochs
+    assert 1 <= uniform.students_trained <= 4
+    assert uniform.sample_passes == uniform.students_trained * 2 * len(toy_task.train)
