@@ -84,7 +84,8 @@ def _ms(values: Sequence[float], fmt: str = "{:.3f}") -> str:
         return "—"
     if len(vals) == 1:
         return fmt.format(vals[0])
-    return f"{fmt.format(float(np.mean(vals)))} ± {fmt.format(float(np.std(vals, ddof=1)))}"
+    spread = fmt.replace("+", "").format(float(np.std(vals, ddof=1)))
+    return f"{fmt.format(float(np.mean(vals)))} ± {spread}"
 
 
 def _plots(arms: dict[str, list[dict[str, Any]]], *, teacher: dict[str, Any], stem: Path,
@@ -237,6 +238,21 @@ def _markdown(arms: dict[str, list[dict[str, Any]]], *, teacher: dict[str, Any],
         lines.append(f"| {arm} | {t['hypervolume']['n']} | {cell(t['hypervolume'])} | "
                      f"{cell(t['log2_mac_reduction'], fmt='{:+.2f}')} | "
                      f"{cell(t['test_accuracy'], 100, '{:+.2f}')} |")
+    lines += ["", f"Fronts (validation accuracy, MACs ratio): how many of each arm's front points "
+              f"some point of `{reference}`'s front of the same seed weakly dominates "
+              "(at least as accurate and at most as costly), summed over seeds:", ""]
+    for arm, rows in arms.items():
+        if arm == reference:
+            continue
+        ref = {r["seed"]: r["front"] for r in arms[reference]}
+        covered = total = 0
+        for r in rows:
+            for point in r["front"]:
+                total += 1
+                covered += any(q["accuracy"] >= point["accuracy"]
+                               and q["macs_ratio"] <= point["macs_ratio"]
+                               for q in ref.get(r["seed"], []))
+        lines.append(f"- {arm}: {covered} of {total}")
     lines += ["", "Per seed:", "",
               "| arm | seed | pick | × fewer MACs | val acc % | test acc % | within 1 pt | "
               "hypervolume | sample-passes | train s | wall s |",
