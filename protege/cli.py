@@ -1,5 +1,10 @@
-"""The ``protege`` command line: ``protege run CONFIG``, ``protege teacher NAME``,
-``protege compare CONFIG``."""
+"""The ``protege`` command line.
+
+``run``, ``resume``, ``worker``, ``teacher`` and ``compare`` are here; the commands on a
+run folder (``report``, ``export``, ``dashboard``) are in ``protege._cli_runs``. Each
+command is one ``_add_*`` registration plus one ``_cmd_*`` function that returns the
+exit code.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from protege._cli_runs import add_run_folder_commands
 from protege._logging import set_verbosity
 
 __all__ = ["main"]
@@ -17,31 +24,6 @@ __all__ = ["main"]
 
 def _millions(value: float) -> str:
     return f"{value / 1e6:.3f}M" if value >= 1e5 else f"{value / 1e3:.1f}K"
-
-
-class _TrialPrinter:
-    """Prints one line per finished trial (works in a plain log as well as a terminal)."""
-
-    def __init__(self, total: int, teacher_macs: int | None = None) -> None:
-        self.total = total
-        self.teacher_macs = teacher_macs
-        self.start = time.perf_counter()
-        self.seen = 0
-
-    def __call__(self, record) -> None:  # type: ignore[no-untyped-def]
-        self.seen += 1
-        elapsed = time.perf_counter() - self.start
-        head = f"trial {record.number:>3} [{self.seen}/{self.total}, {elapsed:6.1f}s]"
-        if record.state == "complete":
-            dup = record.duplicate_of
-            note = f" (same as trial {dup})" if dup is not None else ""
-            line = (f"{head} accuracy {record.accuracy:.4f}  MACs {_millions(record.macs)}  "
-                    f"train {record.train_seconds or 0:.1f}s{note}")
-        elif record.state == "pruned":
-            line = f"{head} rejected: {record.pruned_reason}"
-        else:
-            line = f"{head} {record.state}: {record.error}"
-        print(line, flush=True)
 
 
 def _front_table(result) -> str:  # type: ignore[no-untyped-def]
@@ -60,8 +42,10 @@ def _front_table(result) -> str:  # type: ignore[no-untyped-def]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from protege._progress import TrialProgress
+    from protege.estimators import count_macs
     from protege.experiments import load_task
-    from protege.search import load_config, run_search
+    from protege.search import load_config, load_run, run_search
 
     overrides = list(args.set)
     if args.storage:
@@ -69,29 +53,52 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     task = load_task(config.task, seed=config.seed)
-    print(f"task {task.name}: teacher ready ({_teacher_line(task)})", flush=True)
-    printer = _TrialPrinter(config.n_trials)
+    quiet = args.quiet
+    if not quiet:
+        print(f"task {task.name}: teacher ready ({_teacher_line(task)})", flush=True)
+    progress = TrialProgress(
+        total=config.n_trials, teacher_accuracy=task.teacher_info.get("val_accuracy"),
+        teacher_macs=count_macs(task.teacher, task.example_input)[0],
+        max_accuracy_drop=config.constraints.max_accuracy_drop,
+        records_file=out / "trials.jsonl")
     start = time.perf_counter()
     worker = args.command == "worker"
     result = run_search(task.teacher, train=task.train, val=task.val, test=task.test,
                         example_input=task.example_input, config=config, out=out,
-                        callbacks=[printer], accelerator=args.accelerator, worker=worker)
+                        callbacks=[] if quiet else [progress], accelerator=args.accelerator,
+                        worker=worker)
     if worker:
         print(f"worker done: the study holds {len(result.trials)} trials")
         return 0
-    print(f"\nPareto front ({len(result.front)} of {len(result.trials)} trials), "
-          f"hypervolume {result.hypervolume:.4f}:")
-    print(_front_table(result))
+    if not quiet:
+        print(f"\nPareto front ({len(result.front)} of {len(result.trials)} trials), "
+              f"hypervolume {result.hypervolume:.4f}:")
+        print(_front_table(result))
     pick = result.pick
     if pick is None:
-        print("\nno trial completed: nothing was picked")
+        print("no trial completed: nothing was picked", file=sys.stderr)
         return 1
     verdict = "meets the limits" if pick.meets_constraints else "does NOT meet the accuracy limit"
     test = f", test accuracy {pick.test_accuracy:.4f}" if pick.test_accuracy is not None else ""
-    print(f"\npick: trial {pick.trial}, {pick.macs / result.teacher.macs:.3f}x the teacher's MACs, "
-          f"val accuracy {pick.val_accuracy:.4f} after fine-tuning{test} ({verdict})")
-    print(f"run folder: {out}  ({time.perf_counter() - start:.0f}s)")
+    print(f"{'' if quiet else chr(10)}pick: trial {pick.trial}, "
+          f"{pick.macs / result.teacher.macs:.3f}x the teacher's MACs, val accuracy "
+          f"{pick.val_accuracy:.4f} after fine-tuning{test} ({verdict})")
+    onnx = load_run(out).summary.get("onnx") or {}
+    if not quiet:
+        print(f"ONNX: {out / 'best' / 'student.onnx'}, max abs difference against PyTorch "
+              f"{onnx['max_abs_diff']:.3g}" if "max_abs_diff" in onnx
+              else f"ONNX: not exported ({onnx.get('error', 'unknown reason')})")
+    print(f"run folder: {out}, report {out / 'report.html'}  "
+          f"({time.perf_counter() - start:.0f}s)")
     return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a protege run folder (no config.yaml)")
+    args.config, args.out, args.storage = str(run_dir / "config.yaml"), str(run_dir), None
+    return _cmd_run(args)
 
 
 def _teacher_line(task) -> str:  # type: ignore[no-untyped-def]
@@ -146,40 +153,64 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="protege",
-        description="Find the smallest, fastest student network a trained teacher can teach.",
-    )
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="log protege's progress")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    commands = parser.add_subparsers(dest="command", required=True)
+_EXIT_CODES = """exit codes:
+  0    done
+  1    nothing was picked, or an unexpected error (-v shows its traceback)
+  2    a mistake in the command, the config or the input (one line says which)
+  3    the study stopped because most trials failed
+  130  interrupted (run the same command again to resume)"""
 
-    for name, text in (
-        ("run", "run (or resume) a search from a YAML config, then pick and fine-tune"),
-        ("worker", "join a running search on a shared --storage and run trials (no pick)"),
-    ):
-        run = commands.add_parser(name, help=text, description=text)
-        run.add_argument("config", help="YAML experiment file, e.g. experiments/mnist1d.yaml")
-        run.add_argument("--out", help="run folder (default: runs/<config name>); reusing it "
-                                       "resumes")
-        run.add_argument("--storage", required=name == "worker", metavar="URL",
-                         help="shared study storage: postgresql://..., sqlite:///PATH (one "
-                              "writer) or journal:PATH (default: SQLite in the run folder)")
-        run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a config key, e.g. --set distill.epochs=3 (repeatable)")
-        run.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu", "auto"),
-                         help="where students train (default: cpu)")
-        run.set_defaults(func=_cmd_run)
 
-    teacher = commands.add_parser("teacher", help="train (or show the cached) teacher of a task")
+def _add_search(commands: Any, common: argparse.ArgumentParser, name: str, text: str) -> None:
+    run = commands.add_parser(name, help=text, description=text, parents=[common])
+    run.add_argument("config", help="YAML experiment file, e.g. experiments/mnist1d.yaml")
+    run.add_argument("--out", help="run folder (default: runs/<config name>); reusing it "
+                                   "resumes")
+    run.add_argument("--storage", required=name == "worker", metavar="URL",
+                     help="shared study storage: postgresql://..., sqlite:///PATH (one "
+                          "writer) or journal:PATH (default: SQLite in the run folder)")
+    _add_run_options(run)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set distill.epochs=3 (repeatable)")
+    parser.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu", "auto"),
+                        help="where students train (default: cpu)")
+    parser.set_defaults(func=_cmd_run)
+
+
+def _add_run(commands: Any, common: argparse.ArgumentParser) -> None:
+    _add_search(commands, common, "run",
+                "run (or resume) a search from a YAML config, then pick, fine-tune, export "
+                "and report")
+
+
+def _add_resume(commands: Any, common: argparse.ArgumentParser) -> None:
+    text = ("continue a run folder's search where it stopped (its config.yaml; --set "
+            "n_trials=N extends it), then pick, fine-tune, export and report")
+    resume = commands.add_parser("resume", help=text, description=text, parents=[common])
+    resume.add_argument("run_dir", metavar="RUN_DIR", help="run folder, e.g. runs/mnist1d")
+    _add_run_options(resume)
+    resume.set_defaults(func=_cmd_resume)
+
+
+def _add_worker(commands: Any, common: argparse.ArgumentParser) -> None:
+    _add_search(commands, common, "worker",
+                "join a running search on a shared --storage and run trials (no pick)")
+
+
+def _add_teacher(commands: Any, common: argparse.ArgumentParser) -> None:
+    text = "train (or show the cached) teacher of a benchmark task"
+    teacher = commands.add_parser("teacher", help=text, description=text, parents=[common])
     teacher.add_argument("name", help="task name: mnist1d, fashion_mnist or digits")
     teacher.add_argument("--seed", type=int, default=0)
     teacher.set_defaults(func=_cmd_teacher)
 
+
+def _add_compare(commands: Any, common: argparse.ArgumentParser) -> None:
     text = "compare strategies and baselines (arms x seeds) at equal budgets; resumable"
-    compare = commands.add_parser("compare", help=text, description=text)
+    compare = commands.add_parser("compare", help=text, description=text, parents=[common])
     compare.add_argument("config",
                          help="YAML comparison file, e.g. experiments/compare_mnist1d.yaml")
     compare.add_argument("--out", help="compare folder (default: runs/<config name>); reusing it "
@@ -192,6 +223,26 @@ def _parser() -> argparse.ArgumentParser:
                          help="arm-seed runs in parallel processes (default: the config's)")
     compare.add_argument("--note", help="a sentence the report carries above its table")
     compare.set_defaults(func=_cmd_compare)
+
+
+def _parser() -> argparse.ArgumentParser:
+    # -v/-q work before or after the command: `protege -q run ...` or `protege run -q ...`.
+    common = argparse.ArgumentParser(add_help=False)
+    verbosity = common.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                           help="log protege's progress (and show tracebacks of bugs)")
+    verbosity.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                           help="print only results, warnings and errors")
+    parser = argparse.ArgumentParser(
+        prog="protege", parents=[common], epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Find the smallest, fastest student network a trained teacher can teach.",
+    )
+    parser.set_defaults(verbose=False, quiet=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_run, _add_resume, _add_worker, add_run_folder_commands, _add_compare,
+                _add_teacher):
+        add(commands, common)
     return parser
 
 
@@ -208,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:  # ImportError: a missing extra
         print(f"protege: error: {exc}", file=sys.stderr)
         return 2
     except TooManyFailures as exc:
@@ -217,6 +268,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("protege: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not a user mistake: one line unless -v
+        if args.verbose:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"protege: unexpected error: {type(exc).__name__}: {first} (run with -v for "
+              "the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

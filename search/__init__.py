@@ -32,7 +32,8 @@ from protege.search._pareto import hypervolume, pareto_indices
 from protege.search._pruning import CurveRule, GainRule, PredictorRule, PruningRule
 from protege.search._records import Pick, TeacherProfile, TrialRecord
 from protege.search._report import write_report
-from protege.search._run import RunFolder, load_run
+from protege.search._retrain import finetune_trial
+from protege.search._run import RunFolder, load_run, read_records, trial_outcome
 from protege.search._strategies import STRATEGIES, make_sampler
 from protege.search._study import SearchResult, TooManyFailures, TrialCallback, run_search
 
@@ -59,6 +60,7 @@ __all__ = [
     "apply_overrides",
     "export_onnx",
     "export_torchscript",
+    "finetune_trial",
     "hypervolume",
     "load_config",
     "load_run",
@@ -66,8 +68,10 @@ __all__ = [
     "make_sampler",
     "pareto_indices",
     "quantize_int8",
+    "read_records",
     "run_search",
     "search",
+    "trial_outcome",
     "write_report",
 ]
 

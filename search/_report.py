@@ -1,99 +1,383 @@
-"""The run's report: a plot of the front and a short markdown summary."""
+"""The run's report: ``report.md`` and ``report.html`` (images embedded) with PNG plots.
+
+Everything is read back from the run folder (``trials.jsonl``, ``summary.json``,
+``pareto.json``, ``config.yaml``, the study storage for the timeline), so the report
+written at the end of a search and one regenerated later by ``protege report`` agree.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
 import logging
-from collections.abc import Sequence
+import re
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from protege.search._config import Config
-from protege.search._records import Pick, TeacherProfile, TrialRecord
+from protege._io import atomic_write
+from protege.search._pareto import hypervolume, pareto_indices
+from protege.search._plots import (
+    plot_front,
+    plot_hypervolume,
+    plot_importances,
+    plot_latency,
+    plot_timeline,
+)
+from protege.search._records import Pick, TeacherProfile, TrialRecord, record_of
+from protege.search._run import RunFolder, load_run
+from protege.search._run import trial_outcome as outcome
 
-__all__ = ["write_report"]
+__all__ = ["choice_importances", "hypervolume_curve", "pruning_savings", "write_report"]
 
 logger = logging.getLogger(__name__)
 
-
-def _plot_front(path: Path, *, records: Sequence[TrialRecord], front: Sequence[TrialRecord],
-                teacher: TeacherProfile, config: Config, pick: Pick | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    done = [r for r in records if r.state == "complete" and r.duplicate_of is None]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
-    ax.scatter([(r.macs or 0) / teacher.macs for r in done], [r.accuracy for r in done],
-               s=14, color="0.6", label="trained students")
-    ax.plot([(r.macs or 0) / teacher.macs for r in front], [r.accuracy for r in front],
-            "o-", color="tab:blue", ms=4, label="Pareto front")
-    ax.scatter([1.0], [teacher.val_accuracy], marker="*", s=140, color="black", label="teacher")
-    floor = teacher.val_accuracy - config.constraints.max_accuracy_drop
-    ax.axhline(floor, color="tab:red", lw=0.8, ls="--", label="accuracy limit")
-    max_macs, _ = config.constraints.resolve(teacher.macs, teacher.params)
-    if max_macs != float("inf"):
-        ax.axvline(max_macs / teacher.macs, color="tab:orange", lw=0.8, ls="--",
-                   label="MAC limit")
-    if pick is not None:
-        ax.scatter([pick.macs / teacher.macs], [pick.search_accuracy], s=120,
-                   facecolors="none", edgecolors="tab:green", linewidths=2,
-                   label=f"pick (trial {pick.trial})")
-    ax.set_xlabel("MACs / teacher's MACs")
-    ax.set_ylabel("validation accuracy (brief training)")
-    low = min([r.accuracy or 1.0 for r in front] + [floor]) - 0.02
-    ax.set_ylim(max(0.0, low), min(1.0, teacher.val_accuracy + 0.02))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+Block = tuple[Any, ...]
+"""("h1"|"h2"|"p", text) | ("table", header, rows) | ("img", file name, alt)."""
 
 
-def write_report(out: Path, *, records: Sequence[TrialRecord], front: Sequence[TrialRecord],
-                 teacher: TeacherProfile, config: Config, pick: Pick | None,
-                 hypervolume: float) -> None:
-    """Write ``front.png`` and ``report.md`` into the run folder."""
+def _costs(record: TrialRecord) -> dict[str, float | None]:
+    return {"macs": record.macs, "params": record.params, "latency": record.latency_ms}
+
+
+def hypervolume_curve(records: Sequence[TrialRecord], teacher: TeacherProfile,
+                      objectives: Sequence[str]) -> list[tuple[int, float]]:
+    """The hypervolume of the trials up to each trial, in trial order.
+
+    It is the study's own measure (``summary.json``'s ``hypervolume``): every objective,
+    costs divided by the teacher's, reference (chance accuracy, the teacher's costs).
+    """
+    scale = teacher.costs()
+    names = [name for name in objectives[1:] if name in scale]
+    reference = (teacher.chance, *([1.0] * len(names)))
+    front: list[tuple[float, ...]] = []
+    volume, curve = 0.0, []
+    for record in sorted(records, key=lambda r: r.number):
+        costs = _costs(record)
+        if (outcome(record) == "trained" and record.accuracy is not None
+                and all(costs[n] is not None for n in names)):
+            front.append((record.accuracy, *(float(costs[n] or 0.0) / scale[n] for n in names)))
+            front = [front[i] for i in pareto_indices(front)]
+            volume = hypervolume(front, reference=reference)
+        curve.append((record.number, volume))
+    return curve
+
+
+def choice_importances(records: Sequence[TrialRecord], objectives: Sequence[str], *,
+                       seed: int = 0) -> dict[str, dict[str, float]]:
+    """Optuna's fANOVA importance of each space choice for each objective.
+
+    Computed from the trained trials' architectures (one categorical parameter per
+    choice), so it needs no storage and works for every backend. Empty when fewer
+    than three students were trained.
+    """
+    import optuna
+
+    trained = [r for r in records if outcome(r) == "trained" and r.accuracy is not None]
+    if len(trained) < 3:
+        return {}
+    names = sorted({name for r in trained for name in r.arch})
+    options = {name: sorted({r.arch.get(name) for r in trained}, key=repr) for name in names}
+    distributions: dict[str, optuna.distributions.BaseDistribution] = {
+        name: optuna.distributions.CategoricalDistribution(values)
+        for name, values in options.items()}
+    targets: dict[str, Callable[[TrialRecord], float | None]] = {
+        "accuracy": lambda r: r.accuracy}
+    for name in objectives[1:]:
+        targets[name] = lambda r, name=name: _costs(r)[name]  # type: ignore[misc]
+    result: dict[str, dict[str, float]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for objective, value_of in targets.items():
+            study = optuna.create_study()
+            for r in trained:
+                value = value_of(r)
+                if value is None or any(name not in r.arch for name in names):
+                    continue
+                study.add_trial(optuna.trial.create_trial(
+                    params={name: r.arch[name] for name in names},
+                    distributions=distributions, value=float(value)))
+            try:
+                evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+                result[objective] = dict(optuna.importance.get_param_importances(
+                    study, evaluator=evaluator))
+            except (RuntimeError, ValueError) as exc:  # too few or constant trials
+                logger.info("no importances for %s: %s", objective, exc)
+    return result
+
+
+def pruning_savings(records: Sequence[TrialRecord]) -> dict[str, Any]:
+    """What rejecting, skipping, stopping and reusing trials saved, in training seconds.
+
+    A trial that never trained is counted as saving one mean full training (of the
+    trials trained to the end); a stopped one saves that mean less what it spent.
+    These are estimates, and say so in the report.
+    """
+    kinds = [outcome(r) for r in records]
+    full = [r.train_seconds or 0.0 for r, kind in zip(records, kinds, strict=True)
+            if kind == "trained"]
+    mean = sum(full) / len(full) if full else 0.0
+    stopped = [r.train_seconds or 0.0 for r, kind in zip(records, kinds, strict=True)
+               if kind == "stopped"]
+    counts = {kind: kinds.count(kind) for kind in ("rejected", "skipped", "stopped", "reused")}
+    saved = (mean * (counts["rejected"] + counts["skipped"] + counts["reused"])
+             + sum(max(mean - spent, 0.0) for spent in stopped))
+    return {"mean_train_seconds": mean, "spent_seconds": sum(full) + sum(stopped),
+            "saved_seconds": saved, **counts}
+
+
+def _timeline(run: RunFolder) -> list[tuple[int, float, float, str]]:
+    study = run.open_study()
+    if study is None:
+        return []
+    trials = [t for t in study.get_trials(deepcopy=False)
+              if t.datetime_start is not None and not t.user_attrs.get("skipped")]
+    if not trials:
+        return []
+    origin = min(t.datetime_start for t in trials if t.datetime_start is not None)
+    spans = []
+    for t in trials:
+        assert t.datetime_start is not None
+        end = t.datetime_complete or t.datetime_start
+        spans.append((t.number, (t.datetime_start - origin).total_seconds(),
+                      (end - origin).total_seconds(), outcome(record_of(t))))
+    return spans
+
+
+def _plot(name: str, out: Path, draw: Callable[[Path], object]) -> str | None:
+    """Draw one PNG; a plot that fails is logged and left out, never fatal."""
     try:
-        _plot_front(out / "front.png", records=records, front=front, teacher=teacher,
-                    config=config, pick=pick)
-    except Exception as exc:  # a plot must never cost the run its results
-        logger.warning("could not plot the front: %s", exc)
-    counts = {state: sum(r.state == state for r in records)
-              for state in ("complete", "pruned", "failed")}
-    rejected = sum((r.pruned_reason or "").startswith(("macs", "params")) for r in records)
-    train = sum(r.train_seconds or 0.0 for r in records if r.duplicate_of is None)
+        if draw(out / name) is False:
+            return None
+    except Exception as exc:
+        logger.warning("could not draw %s: %s: %s", name, type(exc).__name__, exc)
+        return None
+    return name
+
+
+def _teacher_blocks(run: RunFolder, teacher: TeacherProfile) -> list[Block]:
     test = f"{teacher.test_accuracy:.4f}" if teacher.test_accuracy is not None else "n/a"
-    lines = [
-        f"# protege run: {config.task}",
-        "",
-        f"Teacher: {teacher.macs:,} MACs, {teacher.params:,} params, validation accuracy "
-        f"{teacher.val_accuracy:.4f}, test accuracy {test}.",
-        "",
-        f"Trials: {len(records)} ({counts['complete']} trained, {rejected} rejected by a limit "
-        f"before training, {counts['pruned'] - rejected} stopped early, {counts['failed']} "
-        f"failed); {train:.0f} s of distillation; strategy `{config.strategy}`, level "
-        f"{config.level}.",
-        "",
-        "## Pareto front",
-        "",
-        "| trial | val accuracy | MACs | MACs / teacher | params |",
-        "| --- | --- | --- | --- | --- |",
+    latency = (f", {teacher.latency_ms:.3f} ms per sample (batch 1, 1 thread)"
+               if teacher.latency_ms is not None else "")
+    c = run.config
+    limits = [f"accuracy drop <= {c.constraints.max_accuracy_drop}"]
+    for name, value, unit in (("MACs", c.constraints.max_macs, ""),
+                              ("params", c.constraints.max_params, ""),
+                              ("latency", c.constraints.max_latency_ms, " ms")):
+        if value is not None:
+            scale = " x the teacher's" if unit == "" and value <= 1 else unit
+            limits.append(f"{name} <= {value:g}{scale}")
+    return [("h1", f"protege run: {c.task}"),
+            ("p", f"Teacher: {teacher.macs:,} MACs, {teacher.params:,} params{latency}; "
+                  f"validation accuracy {teacher.val_accuracy:.4f}, test accuracy {test}."),
+            ("p", f"Search: strategy `{c.strategy}`, level {c.level}, objectives "
+                  f"{', '.join(c.objectives)}, {c.n_trials} trials, backend `{c.backend}`; "
+                  f"limits: {', '.join(limits)}.")]
+
+
+def _trial_blocks(run: RunFolder, out: Path) -> list[Block]:
+    kinds = [outcome(r) for r in run.records]
+    counts = ", ".join(f"{kinds.count(k)} {k}" for k in
+                       ("trained", "reused", "rejected", "skipped", "stopped", "failed")
+                       if kinds.count(k))
+    blocks: list[Block] = [("h2", "Trials"), ("p", f"{len(run.records)} trials: {counts}. "
+                           "Rejected: over a hard limit, never trained; skipped: predicted "
+                           "dominated, never trained; stopped: ended early by a rule; "
+                           "reused: same student as an earlier trial.")]
+    spans = _timeline(run)
+    if spans and (name := _plot("timeline.png", out, lambda p: plot_timeline(p, spans))):
+        blocks.append(("img", name, "timeline of trials by outcome"))
+    return blocks
+
+
+def _front_blocks(run: RunFolder, teacher: TeacherProfile, out: Path) -> list[Block]:
+    by_number = {r.number: r for r in run.records}
+    members = [m for m in run.front if m.get("trial") in by_number]
+    rows = []
+    for m in members:
+        latency = m.get("latency_ms_measured")
+        rows.append([str(m["trial"]), f"{m['accuracy']:.4f}", f"{m['macs']:,}",
+                     f"{m['macs'] / teacher.macs:.3f}", f"{m['params']:,}",
+                     f"{latency:.4f}" if latency is not None else "n/a"])
+    blocks: list[Block] = [("h2", "Pareto front"), ("table", [
+        "trial", "val accuracy", "MACs", "MACs / teacher", "params", "latency ms (measured)"],
+        rows)]
+    records = [by_number[m["trial"]] for m in members]
+    # The pick is drawn where its trial's point is (same architecture, same timing run).
+    pick_latency = next((m.get("latency_ms_measured") for m in members
+                         if run.pick is not None and m["trial"] == run.pick.trial),
+                        (run.summary.get("pick") or {}).get("latency_ms"))
+    if name := _plot("front.png", out, lambda p: plot_front(
+            p, records=run.records, front=records, teacher=teacher, config=run.config,
+            pick=run.pick)):
+        blocks.append(("img", name, "accuracy against MACs"))
+    if name := _plot("latency.png", out, lambda p: plot_latency(
+            p, records=run.records, front=members, teacher=teacher, config=run.config,
+            pick=run.pick, pick_latency_ms=pick_latency)):
+        blocks.append(("img", name, "accuracy against latency"))
+    return blocks
+
+
+def _hypervolume_blocks(run: RunFolder, teacher: TeacherProfile, out: Path) -> list[Block]:
+    ref = run.summary.get("hypervolume_reference")
+    where = (", ".join(f"{k} {v:.3g}" for k, v in ref.items()) if isinstance(ref, dict)
+             else "accuracy 0, teacher's MACs")
+    blocks: list[Block] = [
+        ("h2", "Hypervolume"),
+        ("p", f"Hypervolume {run.summary.get('hypervolume', float('nan')):.4f} (costs divided "
+              f"by the teacher's; reference point: {where})."),
     ]
-    for r in front:
-        lines.append(f"| {r.number} | {r.accuracy:.4f} | {r.macs:,} | "
-                     f"{(r.macs or 0) / teacher.macs:.3f} | {r.params:,} |")
-    lines += ["", f"Hypervolume (accuracy x MAC ratio, reference (0, 1)): {hypervolume:.4f}",
-              "", "![front](front.png)", "", "## Pick", ""]
+    curve = hypervolume_curve(run.records, teacher, run.config.objectives)
+    if curve and (name := _plot("hypervolume.png", out, lambda p: plot_hypervolume(p, curve))):
+        blocks.append(("img", name, "hypervolume over trials"))
+    return blocks
+
+
+def _importance_blocks(run: RunFolder, out: Path) -> list[Block]:
+    importances = choice_importances(run.records, run.config.objectives, seed=run.config.seed)
+    blocks: list[Block] = [("h2", "Which choices mattered")]
+    if not importances:
+        return [*blocks, ("p", "Too few trained students to tell (fANOVA needs three).")]
+    names = sorted(next(iter(importances.values())),
+                   key=lambda n: -importances.get("accuracy", {}).get(n, 0.0))
+    rows = [[f"`{n}`", *(f"{importances[o].get(n, 0.0):.3f}" for o in importances)]
+            for n in names]
+    blocks += [("p", "Optuna's fANOVA importance of each space choice, on the trained "
+                     "students: the share of each objective's variance it explains."),
+               ("table", ["choice", *importances], rows)]
+    if name := _plot("importances.png", out, lambda p: plot_importances(p, importances)):
+        blocks.append(("img", name, "importance of each choice"))
+    return blocks
+
+
+def _pruning_blocks(run: RunFolder) -> list[Block]:
+    s = pruning_savings(run.records)
+    never = s["rejected"] + s["skipped"] + s["reused"]
+    total = s["spent_seconds"] + s["saved_seconds"]
+    share = f" ({100 * s['saved_seconds'] / total:.0f}% of the training)" if total else ""
+    return [("h2", "What pruning saved"),
+            ("p", f"{s['rejected']} students rejected by a limit and {s['skipped']} skipped by "
+                  f"the accuracy predictor before any training, {s['reused']} reused an "
+                  f"earlier result, {s['stopped']} stopped early. At the mean "
+                  f"{s['mean_train_seconds']:.1f} s of a full trial, that is about "
+                  f"{s['saved_seconds']:.0f} s of training saved{share}, against "
+                  f"{s['spent_seconds']:.0f} s spent ({never} trials never trained). "
+                  "An estimate: students that were never trained have no measured time.")]
+
+
+def _pick_blocks(run: RunFolder, pick: Pick | None, teacher: TeacherProfile) -> list[Block]:
+    blocks: list[Block] = [("h2", "Pick")]
     if pick is None:
-        lines.append("No trial completed: nothing was picked.")
-    else:
-        verdict = ("meets the limits" if pick.meets_constraints
-                   else "does **not** meet the accuracy limit (most accurate student picked)")
-        pick_test = f"{pick.test_accuracy:.4f}" if pick.test_accuracy is not None else "n/a"
-        lines.append(
-            f"Trial {pick.trial}: {pick.macs:,} MACs ({pick.macs / teacher.macs:.3f}x the "
-            f"teacher's), {pick.params:,} params; validation accuracy {pick.search_accuracy:.4f} "
-            f"after the brief training, {pick.val_accuracy:.4f} after "
-            f"{config.distill.finetune_epochs} fine-tuning epochs; test accuracy {pick_test}; "
-            f"{verdict}. Saved in `best/`.")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+        return [*blocks, ("p", "No trial completed: nothing was picked.")]
+    verdict = ("meets the limits" if pick.meets_constraints
+               else "does **not** meet the accuracy limit (most accurate student picked)")
+    test = f"{pick.test_accuracy:.4f}" if pick.test_accuracy is not None else "n/a"
+    latency = (run.summary.get("pick") or {}).get("latency_ms")
+    speed = (f", {latency:.4f} ms per sample ({teacher.latency_ms / latency:.1f}x faster than "
+             "the teacher)" if latency and teacher.latency_ms else "")
+    blocks.append(("p", f"Trial {pick.trial}: {pick.macs:,} MACs ({pick.macs / teacher.macs:.3f}x "
+                        f"the teacher's), {pick.params:,} params{speed}; validation accuracy "
+                        f"{pick.search_accuracy:.4f} after the brief training, "
+                        f"{pick.val_accuracy:.4f} after {run.config.distill.finetune_epochs} "
+                        f"fine-tuning epochs; test accuracy {test}; {verdict}. Saved in "
+                        "`best/` (`arch.json`, `student.pt`)."))
+    onnx = run.summary.get("onnx") or {}
+    if "max_abs_diff" in onnx:
+        blocks.append(("p", f"ONNX: `best/{onnx['path']}` ({onnx['size_bytes']:,} bytes), "
+                            f"checked with onnxruntime against PyTorch on {onnx['samples']} "
+                            f"validation inputs: max abs difference {onnx['max_abs_diff']:.3g}."))
+    elif "error" in onnx:
+        blocks.append(("p", f"ONNX: not exported ({onnx['error']})."))
+    int8 = run.export.get("int8")
+    if int8:
+        rows = [[name, f"{f['size_bytes']:,}",
+                 f"{f['accuracy']:.4f}" if f["accuracy"] is not None else "n/a",
+                 f"{f['latency_ms']:.4f}", f"{f['batch_latency_ms']:.3f}"]
+                for name, f in (("float32", int8["fp32"]), ("int8", int8["int8"]))]
+        blocks += [("p", f"Int8 (`protege export --int8`): onnxruntime static quantisation, "
+                         f"calibrated on {int8['calibration_samples']} training inputs; "
+                         f"top-1 agreement with float32 {int8['agreement']:.4f}. Latency: "
+                         f"onnxruntime, {int8['threads']} thread, this CPU."),
+                   ("table", ["model", "bytes", "test accuracy", "ms (batch 1)",
+                              f"ms (batch {int8['batch_size']})"], rows)]
+    return blocks
+
+
+def _blocks(run: RunFolder, out: Path) -> list[Block]:
+    teacher = run.teacher
+    if teacher is None:
+        return [("h1", f"protege run: {run.config.task}"),
+                ("p", f"The search has not finished: {len(run.records)} trials so far.")]
+    return [*_teacher_blocks(run, teacher), *_trial_blocks(run, out),
+            *_front_blocks(run, teacher, out), *_hypervolume_blocks(run, teacher, out),
+            *_importance_blocks(run, out), *_pruning_blocks(run),
+            *_pick_blocks(run, run.pick, teacher)]
+
+
+def _markdown(blocks: Sequence[Block]) -> str:
+    lines: list[str] = []
+    for kind, *rest in blocks:
+        if kind == "h1":
+            lines += [f"# {rest[0]}", ""]
+        elif kind == "h2":
+            lines += [f"## {rest[0]}", ""]
+        elif kind == "p":
+            lines += [rest[0], ""]
+        elif kind == "table":
+            header, rows = rest
+            lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+            lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+        elif kind == "img":
+            lines += [f"![{rest[1]}]({rest[0]})", ""]
+    return "\n".join(lines)
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+
+
+def _html(blocks: Sequence[Block], out: Path, title: str) -> str:
+    parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
+             f"<title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:52em;margin:2em auto;line-height:1.4}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em;"
+             "text-align:right}img{max-width:100%}</style></head><body>"]
+    for kind, *rest in blocks:
+        if kind in ("h1", "h2", "p"):
+            parts.append(f"<{kind}>{_inline(rest[0])}</{kind}>")
+        elif kind == "table":
+            header, rows = rest
+            parts.append("<table><tr>" + "".join(f"<th>{_inline(h)}</th>" for h in header)
+                         + "</tr>" + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>"
+                                                               for c in row) + "</tr>"
+                                             for row in rows) + "</table>")
+        elif kind == "img":
+            data = base64.b64encode((out / rest[0]).read_bytes()).decode("ascii")
+            parts.append(f"<p><img alt='{html.escape(rest[1])}' "
+                         f"src='data:image/png;base64,{data}'></p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(out: str | Path) -> list[Path]:
+    """Write ``report.md``, ``report.html`` and the PNG plots from the run folder ``out``.
+
+    Returns:
+        The files written: the two reports, then the plots.
+
+    Raises:
+        FileNotFoundError: If ``out`` is not a run folder.
+    """
+    out = Path(out)
+    run = load_run(out)
+    blocks = _blocks(run, out)
+    title = f"protege run: {run.config.task}"
+    with atomic_write(out / "report.md") as handle:
+        handle.write(_markdown(blocks))
+    with atomic_write(out / "report.html") as handle:
+        handle.write(_html(blocks, out, title))
+    images = [out / b[1] for b in blocks if b[0] == "img"]
+    return [out / "report.md", out / "report.html", *images]

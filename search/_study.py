@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from protege.search._objective import (
     device_of,
     student_costs,
 )
+from protege.search._onnx import export_pick_onnx
 from protege.search._pareto import hypervolume, pareto_indices
 from protege.search._pruning import CurveRule, PredictorRule, PruningRule
 from protege.search._records import Pick, TeacherProfile, TrialRecord, load_records
@@ -155,6 +157,10 @@ def open_study(config: Config, out: Path, *, owner: bool) -> optuna.Study:
         sampler=make_sampler(config.strategy, seed=config.seed, n_trials=config.n_trials),
         load_if_exists=True,
     )
+    if study.metric_names is None:  # the dashboard names the objectives
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(config.objectives))
     if owner:
         for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             logger.warning("trial %d was running when its process stopped; marking it failed",
@@ -296,12 +302,13 @@ def _front_member(record: TrialRecord, space: SearchSpace, config: Config) -> di
     member: dict[str, Any] = {"trial": record.number, "arch": record.arch,
                               "accuracy": record.accuracy, "macs": record.macs,
                               "params": record.params}
+    # Measured on every front (a few ms each) for the report's latency plot; next to the
+    # predicted latency, when there is one, so the predictor can be judged on the front.
+    stats = measure_latency_stats(space.materialize(record.arch), space.example_input)
     if record.latency_ms is not None:
-        # Predicted and measured side by side, so the predictor can be judged on the front.
-        stats = measure_latency_stats(space.materialize(record.arch), space.example_input)
-        member.update(latency_ms_predicted=record.latency_ms,
-                      latency_ms_measured=round(stats.median_ms, 5),
-                      latency_spread=round(stats.spread, 4))
+        member.update(latency_ms_predicted=record.latency_ms)
+    member.update(latency_ms_measured=round(stats.median_ms, 5),
+                  latency_spread=round(stats.spread, 4))
     return member
 
 
@@ -309,6 +316,9 @@ def _finish(*, out: Path, records: list[TrialRecord], profile: TeacherProfile,
             space: SearchSpace, outputs: TeacherOutputs, val: TensorDataset,
             test: TensorDataset | None, config: Config, accelerator: str,
             teacher: nn.Module) -> SearchResult:
+    if profile.latency_ms is None:  # the report plots accuracy against latency too
+        profile = dataclasses.replace(
+            profile, latency_ms=measure_latency(teacher, space.example_input))
     done = [r for r in records if r.state == "complete" and r.duplicate_of is None]
     front = [done[i] for i in pareto_indices([_point(r, config) for r in done])]
     volume = hypervolume([(r.accuracy or 0.0, (r.macs or 0) / profile.macs) for r in done],
@@ -334,10 +344,12 @@ def _finish(*, out: Path, records: list[TrialRecord], profile: TeacherProfile,
         summary["pick"] = dataclasses.asdict(pick) | {
             "macs_ratio": pick.macs / profile.macs,
             "accuracy_drop": profile.val_accuracy - pick.val_accuracy,
+            "latency_ms": measure_latency(student, space.example_input),
         }
+        summary["onnx"] = export_pick_onnx(out / "best", student, space.example_input,
+                                           check_inputs=val.tensors[0][:256])
     write_json(out / "summary.json", summary)
-    write_report(out, records=records, front=front, teacher=profile, config=config, pick=pick,
-                 hypervolume=volume)
+    write_report(out)
     return SearchResult(out, profile, tuple(records), tuple(front), volume, pick, student)
 
 

@@ -1,0 +1,112 @@
+"""The CLI's live progress: one line per finished trial, readable in a terminal and in a log.
+
+A line carries the study's count against its budget with elapsed time and an ETA,
+what became of the trial, the current front's size, the best pick so far and the
+counts of rejected, pruned and failed trials. No carriage returns or bars: the same
+text reads well in a plain log (Lightning's own bars are off during trials).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from protege.search import TrialRecord, pareto_indices, read_records, trial_outcome
+
+__all__ = ["TrialProgress", "clock"]
+
+
+def clock(seconds: float) -> str:
+    """``1:05`` or ``1:02:05``."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _ratio(macs: int | None, teacher_macs: int | None) -> str:
+    if macs is None:
+        return "?"
+    if teacher_macs:
+        return f"{macs / teacher_macs:.3f}x"
+    return f"{macs / 1e6:.3f}M" if macs >= 1e5 else f"{macs / 1e3:.1f}K"
+
+
+class TrialProgress:
+    """A trial callback that prints the study's progress after each trial.
+
+    Args:
+        total: The study's trial budget.
+        teacher_accuracy: The teacher's validation accuracy (for the best pick so far).
+        teacher_macs: The teacher's MACs (costs are shown as a fraction of them).
+        max_accuracy_drop: The accuracy limit of the pick.
+        records_file: The run's ``trials.jsonl``; when it exists, counts cover the
+            whole study (earlier sessions and other workers), not only this process.
+        stream: Where lines go.
+    """
+
+    def __init__(self, *, total: int, teacher_accuracy: float | None = None,
+                 teacher_macs: int | None = None, max_accuracy_drop: float = 0.0,
+                 records_file: Path | None = None, stream: TextIO | None = None) -> None:
+        self.total = total
+        self.floor = (teacher_accuracy - max_accuracy_drop
+                      if teacher_accuracy is not None else None)
+        self.teacher_macs = teacher_macs
+        self.records_file = records_file
+        self.stream = stream or sys.stdout
+        self.start = time.perf_counter()
+        self.here = 0
+        self.seen: dict[int, TrialRecord] = {}
+
+    def _records(self, latest: TrialRecord) -> list[TrialRecord]:
+        if self.records_file is not None and self.records_file.is_file():
+            try:
+                self.seen.update((r.number, r) for r in read_records(self.records_file))
+            except ValueError:  # half-written by another worker: keep what we have
+                pass
+        self.seen[latest.number] = latest
+        return sorted(self.seen.values(), key=lambda r: r.number)
+
+    def _best(self, trained: list[TrialRecord]) -> TrialRecord | None:
+        if not trained:
+            return None
+        if self.floor is not None:
+            within = [r for r in trained if (r.accuracy or 0.0) >= self.floor - 1e-12]
+            if within:
+                return min(within, key=lambda r: (r.macs or 0, -(r.accuracy or 0.0)))
+        return max(trained, key=lambda r: (r.accuracy or 0.0, -(r.macs or 0)))
+
+    def line(self, record: TrialRecord) -> str:
+        """The progress line after ``record`` finished."""
+        self.here += 1
+        records = self._records(record)
+        kinds = [trial_outcome(r) for r in records]
+        done = sum(kind not in ("failed", "running") for kind in kinds)
+        elapsed = time.perf_counter() - self.start
+        left = max(self.total - done, 0)
+        eta = clock(elapsed / self.here * left) if left else "0:00"
+        kind = trial_outcome(record)
+        head = (f"trial {record.number:>3} [{done}/{self.total} {clock(elapsed)} ETA {eta}] "
+                f"{kind:<8}")
+        if kind in ("trained", "reused"):
+            note = f" (as trial {record.duplicate_of})" if record.duplicate_of is not None else ""
+            what = (f"acc {record.accuracy:.4f} MACs {_ratio(record.macs, self.teacher_macs)} "
+                    f"{record.train_seconds or 0:.1f}s{note}")
+        elif kind == "failed":
+            what = record.error or "unknown error"
+        else:
+            what = record.pruned_reason or ""
+        trained = [r for r, k in zip(records, kinds, strict=True)
+                   if k == "trained" and r.accuracy is not None]
+        front = pareto_indices([(r.accuracy or 0.0, float(r.macs or 0)) for r in trained])
+        best = self._best(trained)
+        pick = (f"best #{best.number} {_ratio(best.macs, self.teacher_macs)} "
+                f"acc {best.accuracy:.4f}" if best is not None else "best -")
+        pruned = kinds.count("skipped") + kinds.count("stopped")
+        counts = (f"rejected {kinds.count('rejected')} pruned {pruned} "
+                  f"failed {kinds.count('failed')}")
+        return f"{head} {what} | front {len(front)}, {pick} | {counts}"
+
+    def __call__(self, record: TrialRecord) -> None:
+        print(self.line(record), file=self.stream, flush=True)
