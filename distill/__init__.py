@@ -1,13 +1,14 @@
 """Knowledge distillation: losses, the teacher-output cache and brief trial training."""
 
 from protege.distill._cache import TeacherOutputs, as_tensors, cache_teacher_outputs, fingerprint
-from protege.distill._config import TEACHER_MODES, DistillConfig
+from protege.distill._config import INIT_TEMPERATURE, TEACHER_MODES, DistillConfig
 from protege.distill._hints import HintAdapters, select_hint_layers
 from protege.distill._losses import LOSSES, ce_loss, dkd_loss, hint_loss, hinton_loss
 from protege.distill._module import Augment, DistillModule, EpochReport
 from protege.distill._trainer import TrainResult, evaluate, train_student
 
 __all__ = [
+    "INIT_TEMPERATURE",
     "LOSSES",
     "TEACHER_MODES",
     "Augment",

@@ -70,7 +70,9 @@ class DistillModule(pl.LightningModule):
                  augment: Augment | None = None) -> None:
         super().__init__()
         self.student = student
-        self.config = config
+        # A temperature left to the student's start defaults to the inherited one here;
+        # callers that know the start resolve it first (DistillConfig.for_init).
+        self.config = config if config.temperature is not None else config.for_init("inherit")
         self.total_steps = max(1, total_steps)
         self.report = report
         self.augment = augment
@@ -144,13 +146,15 @@ class DistillModule(pl.LightningModule):
         with capture(self.student, self.hint_layers) as store:
             logits = self.student(x)
         config = self.config
+        temperature = config.temperature
+        assert temperature is not None  # resolved in __init__
         if config.loss == "ce" or teacher_logits is None:
             terms = ce_loss(logits, y)
         elif config.loss == "dkd":
-            terms = dkd_loss(logits, teacher_logits, y, temperature=config.temperature,
+            terms = dkd_loss(logits, teacher_logits, y, temperature=temperature,
                              alpha=config.dkd_alpha, beta=config.dkd_beta)
         else:
-            terms = hinton_loss(logits, teacher_logits, y, temperature=config.temperature,
+            terms = hinton_loss(logits, teacher_logits, y, temperature=temperature,
                                 alpha=config.alpha)
         if self.adapters is not None:
             hints = hint_loss(self.adapters(dict(store)), teacher_features)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from protege.distill import (
@@ -112,7 +113,7 @@ class _Setup:
 
     def run(self, config: DistillConfig, size: str, init: str, seed: int) -> tuple[float, float]:
         result = train_student(self.student(size, init, seed), self.outputs(config), self.val,
-                               config=config, seed=seed, teacher=self.teacher)
+                               config=config.for_init(init), seed=seed, teacher=self.teacher)
         return result.val_accuracy, result.seconds
 
 
@@ -123,6 +124,8 @@ def _plain_loop(setup: _Setup, config: DistillConfig, size: str, seed: int) -> f
     torch.manual_seed(seed)
     student = setup.student(size, "inherit", seed)
     outputs = setup.outputs(config)
+    if config.samples is not None:
+        outputs = outputs.subset(config.samples, seed=0)  # as train_student does
     loader = _batches(outputs.dataset(), config.batch_size, shuffle=True, seed=seed)
     module = DistillModule(student, config=config, total_steps=config.epochs * len(loader))
     start = time.perf_counter()
@@ -213,7 +216,8 @@ def part_cost(setup: _Setup, base: DistillConfig, seeds: int) -> list[str]:
     fixed = _lightning_fixed_cost(setup, base)
     ce = statistics.fmean(times["CE only (Lightning)"])
     lines = [f"Student {size} of the teacher's MACs ({setup.students[size][1]:.3f}), inherited; "
-             f"{base.epochs} epochs of {len(setup.train)} samples, batch {base.batch_size}; "
+             f"{base.epochs} epochs of {base.trial_samples(len(setup.train))} samples, "
+             f"batch {base.batch_size}; "
              f"{seeds} seeds, s per trial (training + per-epoch validation).", "",
              "| variant | s / trial | × CE only |", "| --- | --- | --- |"]
     for name, values in times.items():
@@ -229,14 +233,15 @@ def part_cost(setup: _Setup, base: DistillConfig, seeds: int) -> list[str]:
 
 
 def part_quality(setup: _Setup, base: DistillConfig, seeds: int,
-                 methods: Sequence[str]) -> list[str]:
+                 methods: Sequence[str], inits: Sequence[str]) -> list[str]:
     lines = [f"Teacher validation accuracy {100 * setup.teacher_acc:.2f} %. Validation accuracy "
-             f"(%) after the default brief budget ({base.epochs} epochs), mean ± sd over {seeds} "
+             f"(%) after the brief budget ({base.epochs} epochs of "
+             f"{base.trial_samples(len(setup.train))} training samples), mean ± sd over {seeds} "
              "seeds; Δ = method − CE.", "",
              "| student (MACs) | init | " + " | ".join(methods) + " | best Δ vs CE |",
              "| --- | --- | " + " | ".join("---" for _ in methods) + " | --- |"]
     for size, (_, ratio) in setup.students.items():
-        for init in ("inherit", "scratch"):
+        for init in inits:
             accs = {m: [setup.run(_config(base, **METHODS[m]), size, init, s)[0]  # type: ignore[arg-type]
                         for s in range(seeds)] for m in methods}
             ce = statistics.fmean(accs["CE"]) if "CE" in accs else float("nan")
@@ -266,21 +271,38 @@ def part_sweep(setup: _Setup, base: DistillConfig, seeds: int) -> list[str]:
     return lines
 
 
-def part_tune(setup: _Setup, base: DistillConfig, seeds: int) -> list[str]:
+def _default_grid() -> list[dict[str, object]]:
     grid: list[dict[str, object]] = [{"loss": "ce"}]
     grid += [{"loss": "hinton", "alpha": a, "temperature": t}
              for a in (0.5, 0.9) for t in (2.0, 4.0)]
     grid += [{"loss": "dkd", "dkd_beta": b} for b in (1.0, 2.0, 4.0, 8.0)]
     grid += [{"loss": "hinton", "hint_weight": h} for h in (0.3, 1.0, 3.0)]
-    sizes = ("1/4", "1/10")
+    return grid
+
+
+def _parse_grid(text: str) -> list[dict[str, object]]:
+    """``"loss=ce;loss=hinton,alpha=0.25"``: settings separated by ``;``, keys by ``,``."""
+    return [dict(_parse_setting(item) for item in setting.split(","))
+            for setting in text.split(";") if setting.strip()]
+
+
+def _parse_setting(item: str) -> tuple[str, object]:
+    key, sep, raw = item.strip().partition("=")
+    if not sep or key not in {f.name for f in dataclasses.fields(DistillConfig)}:
+        raise SystemExit(f"bad setting {item!r}: expected a DistillConfig KEY=VALUE")
+    return key, yaml.safe_load(raw)
+
+
+def part_tune(setup: _Setup, base: DistillConfig, seeds: int,
+              grid: list[dict[str, object]], sizes: Sequence[str],
+              inits: Sequence[str]) -> list[str]:
     lines = [f"Loss settings at the default budget, validation accuracy (%) over {seeds} seeds.",
-             "", "| setting | " + " | ".join(f"{z} {i}" for z in sizes
-                                              for i in ("inherit", "scratch")) + " |",
-             "| --- |" + " --- |" * (2 * len(sizes))]
+             "", "| setting | " + " | ".join(f"{z} {i}" for z in sizes for i in inits) + " |",
+             "| --- |" + " --- |" * (len(sizes) * len(inits))]
     for overrides in grid:
         config = _config(base, **overrides)
         cells = [_mean_sd([setup.run(config, size, init, s)[0] for s in range(seeds)], 100)
-                 for size in sizes for init in ("inherit", "scratch")]
+                 for size in sizes for init in inits]
         label = ", ".join(f"{k}={v}" for k, v in overrides.items())
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
@@ -310,16 +332,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a DistillConfig default, e.g. --set epochs=8")
+    parser.add_argument("--grid", default=None,
+                        help="tune: settings to compare, e.g. 'loss=ce;loss=hinton,alpha=0.25'")
+    parser.add_argument("--sizes", default=None, help="tune: student sizes (default 1/4,1/10)")
+    parser.add_argument("--inits", default="inherit,scratch", help="tune/quality: inits")
+    parser.add_argument("--label", default=None,
+                        help="section name suffix, so a variant run keeps its own section")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch"):
         logging.getLogger(name).setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)
-    overrides: dict[str, object] = {}
-    for item in args.set:
-        key, _, raw = item.partition("=")
-        overrides[key] = type(getattr(DistillConfig(), key))(raw)
-    base = DistillConfig(**overrides)  # type: ignore[arg-type]
+    base = DistillConfig(**dict(_parse_setting(item) for item in args.set))  # type: ignore[arg-type]
+    inits = args.inits.split(",")
     command = " ".join(["flock /tmp/protege-cpu.lock .venv/bin/python",
                         "experiments/bench_distill.py", *(argv or sys.argv[1:])])
     with tempfile.TemporaryDirectory() as cache:
@@ -328,15 +353,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.part == "cost":
             body = part_cost(setup, base, args.seeds)
         elif args.part == "quality":
-            body = part_quality(setup, base, args.seeds, args.methods.split(","))
+            body = part_quality(setup, base, args.seeds, args.methods.split(","), inits)
         elif args.part == "tune":
-            body = part_tune(setup, base, args.seeds)
+            grid = _parse_grid(args.grid) if args.grid else _default_grid()
+            sizes = args.sizes.split(",") if args.sizes else ["1/4", "1/10"]
+            body = part_tune(setup, base, args.seeds, grid, sizes, inits)
         else:
             body = part_sweep(setup, base, args.seeds)
     body += ["", f"Config: `{base}`; torch threads: {args.threads}; "
                  f"part took {time.perf_counter() - start:.0f} s."]
     print("\n".join(body))
-    _write_section(args.part, args.task, command, body)
+    part = args.part if args.label is None else f"{args.part}-{args.label}"
+    _write_section(part, args.task, command, body)
 
 
 if __name__ == "__main__":

@@ -245,6 +245,8 @@ class Config:
         _check(self.backend in ("optuna", "ray"), "backend",
                f"must be optuna or ray, got {self.backend!r}")
         _check(self.init in INITS, "init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
+        # Distillation defaults that depend on how students start (the KD temperature).
+        object.__setattr__(self, "distill", self.distill.for_init(self.init))
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML-able mapping of every key."""
@@ -310,7 +312,8 @@ def _build(cls: type, data: Any, *, prefix: str) -> Any:
                               f"got {value!r} ({type(value).__name__})")
         if isinstance(value, list):
             value = tuple(value)
-        kwargs[name] = float(value) if hint is float else value
+        floats = hint is float or float in typing.get_args(hint)  # float | None too
+        kwargs[name] = float(value) if floats and isinstance(value, int) else value
     try:
         return cls(**kwargs)
     except ConfigError:

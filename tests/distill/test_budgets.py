@@ -107,7 +107,8 @@ def test_budget_keys_load_from_yaml_and_set_overrides():
                            ["distill.samples=1000", "distill.max_steps=30"])
     config = Config.from_dict(data).distill
     assert (config.samples, config.max_steps, config.max_seconds) == (1000, 30, 2.5)
-    assert Config.from_dict({"distill": {"max_seconds": 3}}).distill.max_seconds == 3.0
+    seconds = Config.from_dict({"distill": {"max_seconds": 3}}).distill.max_seconds
+    assert seconds == 3.0 and isinstance(seconds, float)
     with pytest.raises(ValueError, match="distill.samples"):
         Config.from_dict({"distill": {"samples": -5}})
 
