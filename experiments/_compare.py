@@ -519,10 +519,17 @@ def run_compare(config: CompareConfig, *, out: str | Path, task: CompareTask | N
         return out / arm.name / f"seed{seed}"
 
     if config.workers > 1 and task is None:
+        for arm, seed in jobs:  # finished runs are read back here, not in a worker
+            done = folder(arm, seed) / "record.json"
+            if done.is_file():
+                records[arm.name, seed] = ArmRecord.from_dict(json.loads(done.read_text()))
+                if progress is not None:
+                    progress(records[arm.name, seed])
+        todo = [(arm, seed) for arm, seed in jobs if (arm.name, seed) not in records]
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(config.workers, mp_context=context) as pool:
             futures = {pool.submit(_job, _raw(config), arm.name, seed, str(folder(arm, seed))):
-                       (arm.name, seed) for arm, seed in jobs}
+                       (arm.name, seed) for arm, seed in todo}
             for future in concurrent.futures.as_completed(futures):
                 record = ArmRecord.from_dict(future.result())
                 records[futures[future]] = record
