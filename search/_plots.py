@@ -36,6 +36,12 @@ def _figure(path: Path, size: tuple[float, float] = (6.4, 4.4)) -> Iterator[Any]
         plt.close(fig)
 
 
+def _integers() -> Any:
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def _accuracy_axis(ax: Any, teacher: TeacherProfile, config: Config,
                    accuracies: Sequence[float]) -> float:
     """Draw the accuracy limit, set the y range; returns the floor."""
@@ -111,6 +117,7 @@ def plot_hypervolume(path: Path, curve: Sequence[tuple[int, float]]) -> None:
     """Hypervolume of the trials so far, after each trial."""
     with _figure(path, (6.4, 3.4)) as ax:
         ax.step([n for n, _ in curve], [v for _, v in curve], where="post", color="tab:blue")
+        ax.xaxis.set_major_locator(_integers())
         ax.set_xlabel("trial")
         ax.set_ylabel("hypervolume")
 
@@ -125,6 +132,7 @@ def plot_timeline(path: Path, spans: Sequence[tuple[int, float, float, str]]) ->
             ax.barh(number, max(end - start, 0.02), left=start, height=0.8,
                     color=OUTCOME_COLORS.get(kind, "0.5"), label=label)
         ax.invert_yaxis()
+        ax.yaxis.set_major_locator(_integers())
         ax.set_xlabel("seconds since the first trial started")
         ax.set_ylabel("trial")
         ax.legend(fontsize=8, loc="best")

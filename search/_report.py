@@ -87,23 +87,28 @@ def choice_importances(records: Sequence[TrialRecord], objectives: Sequence[str]
     for name in objectives[1:]:
         targets[name] = lambda r, name=name: _costs(r)[name]  # type: ignore[misc]
     result: dict[str, dict[str, float]] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for objective, value_of in targets.items():
-            study = optuna.create_study()
-            for r in trained:
-                value = value_of(r)
-                if value is None or any(name not in r.arch for name in names):
-                    continue
-                study.add_trial(optuna.trial.create_trial(
-                    params={name: r.arch[name] for name in names},
-                    distributions=distributions, value=float(value)))
-            try:
-                evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
-                result[objective] = dict(optuna.importance.get_param_importances(
-                    study, evaluator=evaluator))
-            except (RuntimeError, ValueError) as exc:  # too few or constant trials
-                logger.info("no importances for %s: %s", objective, exc)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" per target
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for objective, value_of in targets.items():
+                study = optuna.create_study()
+                for r in trained:
+                    value = value_of(r)
+                    if value is None or any(name not in r.arch for name in names):
+                        continue
+                    study.add_trial(optuna.trial.create_trial(
+                        params={name: r.arch[name] for name in names},
+                        distributions=distributions, value=float(value)))
+                try:
+                    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+                    result[objective] = dict(optuna.importance.get_param_importances(
+                        study, evaluator=evaluator))
+                except (RuntimeError, ValueError) as exc:  # too few or constant trials
+                    logger.info("no importances for %s: %s", objective, exc)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -312,13 +313,25 @@ def _front_member(record: TrialRecord, space: SearchSpace, config: Config) -> di
     return member
 
 
+def _cpu_latency(model: nn.Module, example_input: torch.Tensor) -> float | None:
+    """Latency (ms, batch 1) on this CPU for the report; a model left on a GPU (an online
+    teacher) is timed as a CPU copy. None, logged, where it cannot be measured."""
+    try:
+        if any(p.device.type != "cpu" for p in model.parameters()):
+            model = copy.deepcopy(model).cpu()
+        return measure_latency(model, example_input.cpu())
+    except Exception as exc:  # a report's figure must never cost the run its pick
+        logger.warning("could not measure the latency of %s: %s", type(model).__name__, exc)
+        return None
+
+
 def _finish(*, out: Path, records: list[TrialRecord], profile: TeacherProfile,
             space: SearchSpace, outputs: TeacherOutputs, val: TensorDataset,
             test: TensorDataset | None, config: Config, accelerator: str,
             teacher: nn.Module) -> SearchResult:
     if profile.latency_ms is None:  # the report plots accuracy against latency too
-        profile = dataclasses.replace(
-            profile, latency_ms=measure_latency(teacher, space.example_input))
+        profile = dataclasses.replace(profile,
+                                      latency_ms=_cpu_latency(teacher, space.example_input))
     done = [r for r in records if r.state == "complete" and r.duplicate_of is None]
     front = [done[i] for i in pareto_indices([_point(r, config) for r in done])]
     volume = hypervolume([(r.accuracy or 0.0, (r.macs or 0) / profile.macs) for r in done],
@@ -344,7 +357,7 @@ def _finish(*, out: Path, records: list[TrialRecord], profile: TeacherProfile,
         summary["pick"] = dataclasses.asdict(pick) | {
             "macs_ratio": pick.macs / profile.macs,
             "accuracy_drop": profile.val_accuracy - pick.val_accuracy,
-            "latency_ms": measure_latency(student, space.example_input),
+            "latency_ms": _cpu_latency(student, space.example_input),
         }
         summary["onnx"] = export_pick_onnx(out / "best", student, space.example_input,
                                            check_inputs=val.tensors[0][:256])
