@@ -106,6 +106,7 @@ def _plots(arms: dict[str, list[dict[str, Any]]], *, teacher: dict[str, Any], st
     axes[1].set_xlabel("training seconds (sum over students)")
     for ax in axes:
         ax.set_ylabel("hypervolume (val acc x MACs ratio)")
+        ax.set_ylim(0.0, 1.0)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{title}: hypervolume, mean and 95 % interval over seeds", fontsize=10)
@@ -128,7 +129,7 @@ def _plots(arms: dict[str, list[dict[str, Any]]], *, teacher: dict[str, Any], st
     ax.set_xlabel("MACs / teacher MACs (log)")
     ax.set_ylabel("validation accuracy (%)")
     lows = [100 * p["accuracy"] for rows in arms.values() for r in rows for p in r["front"]]
-    ax.set_ylim(max(min(lows, default=0), 100 * teacher["val_accuracy"] - 15),
+    ax.set_ylim(max(min(lows, default=0), 100 * teacher["val_accuracy"] - 6),
                 100 * teacher["val_accuracy"] + 1)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
