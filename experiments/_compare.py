@@ -12,7 +12,10 @@ training samples), fine-tunes included. ``budget.trials`` trials of the base
 config's ``distill.epochs`` plus one fine-tune of ``distill.finetune_epochs`` set
 the total ``B``. A search arm runs trials until what they trained (pruned trials
 count the epochs they ran; rejected and duplicate students cost nothing) leaves
-less than one trial's worth of ``B`` minus its fine-tune, then picks and fine-tunes.
+less than one trial's worth of ``B`` minus its fine-tune, or until it has sampled
+:data:`_CAP` times its nominal ``trials`` students, then picks and fine-tunes. Rules
+that skip students before training (protege's default gain rule) can thus leave
+part of the budget unspent: a record's ``sample_passes`` is what the arm used.
 A sweep of ``k`` students shares ``B`` out as equal epoch counts (the remainder
 spread one epoch at a time). With ``budget.kind: time`` every search arm gets
 ``budget.seconds`` of trials (then its fine-tune) and a sweep trains its students
