@@ -18,10 +18,11 @@ from protege.distill import TeacherOutputs, TrainResult, train_student
 from protege.estimators import count_macs
 from protege.search._config import Config
 from protege.search._pruning import PruningRule
+from protege.search._storage import WORKER_ATTR, worker_id
 from protege.spaces import Architecture, SearchSpace
 
 __all__ = ["SKIPPED_ATTR", "BudgetReached", "Limits", "StudentEvaluator", "TrialFunction",
-           "device_of", "suggest_arch"]
+           "device_of", "failure_reason", "suggest_arch"]
 
 SKIPPED_ATTR = "skipped"
 """Marks a trial that never ran because the budget was spent: not part of the study's record."""
@@ -150,11 +151,24 @@ class TrialFunction:
         self.rules = rules
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        # First of all: which process runs it, so others can fail it if this one dies.
+        trial.set_user_attr(WORKER_ATTR, worker_id())
         before = sum(t.number < trial.number and t.state != TrialState.FAIL
                      for t in trial.study.get_trials(deepcopy=False))
         if before >= self.config.n_trials:
             trial.set_user_attr(SKIPPED_ATTR, True)
             raise BudgetReached(f"n_trials={self.config.n_trials} reached by other workers")
+        try:
+            return self._evaluate(trial)
+        except (optuna.TrialPruned, _Stop):
+            raise
+        except Exception as exc:
+            reason = failure_reason(exc)
+            trial.set_user_attr("error", reason)
+            logger.warning("trial %d failed: %s", trial.number, reason)
+            raise
+
+    def _evaluate(self, trial: optuna.Trial) -> tuple[float, ...]:
         evaluator = self.evaluator
         arch = suggest_arch(trial, evaluator.space)
         trial.set_user_attr("arch", arch)
@@ -199,10 +213,6 @@ class TrialFunction:
         except _Stop as stop:
             trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 3))
             return self._prune(trial, str(stop))
-        except Exception as exc:
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
-            logger.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
-            raise
         trial.set_user_attr("train_seconds", round(result.seconds, 3))
         return evaluator.objectives(result.val_accuracy, costs)
 
@@ -210,6 +220,23 @@ class TrialFunction:
     def _prune(trial: optuna.Trial, reason: str) -> Any:
         trial.set_user_attr("pruned_reason", reason)
         raise optuna.TrialPruned(reason)
+
+
+_OOM = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                         getattr(torch.cuda, "OutOfMemoryError", None), MemoryError)
+             if isinstance(t, type))
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for ``trials.jsonl``: the error, and for memory or NaN what may help."""
+    text = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+    if isinstance(exc, _OOM):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # give the next trial the memory back
+        return f"out of memory ({text}); a smaller distill.batch_size may fit"
+    if isinstance(exc, FloatingPointError):
+        return f"{text}; a lower distill.lr may keep the loss finite"
+    return text
 
 
 def _completed_with(study: optuna.Study, arch: Architecture, *,

@@ -30,6 +30,13 @@ from protege.estimators import (
     measure_latency,
     measure_latency_stats,
 )
+from protege.search._checks import (
+    check_data,
+    check_feasible,
+    check_study,
+    check_teacher,
+    space_key,
+)
 from protege.search._config import Config
 from protege.search._export import save_student, write_json
 from protege.search._objective import (
@@ -38,14 +45,18 @@ from protege.search._objective import (
     StudentEvaluator,
     TrialFunction,
     device_of,
-    student_costs,
 )
 from protege.search._onnx import export_pick_onnx
 from protege.search._pareto import hypervolume, pareto_indices
 from protege.search._pruning import CurveRule, PredictorRule, PruningRule
 from protege.search._records import Pick, TeacherProfile, TrialRecord, load_records
 from protege.search._report import write_report
-from protege.search._storage import open_storage
+from protege.search._storage import (
+    fail_dead_trials,
+    open_storage,
+    storage_errors,
+    warn_if_shared_sqlite,
+)
 from protege.search._strategies import make_sampler
 from protege.spaces import SearchSpace, derive
 
@@ -102,13 +113,14 @@ def _profile(teacher: nn.Module, example_input: torch.Tensor, val: TensorDataset
     )
 
 
-def _check_feasible(space: SearchSpace, example_input: torch.Tensor, limits: Limits,
-                    latency: LatencyPredictor | None) -> None:
-    smallest = space.materialize(space.repair(space.smallest()))
-    reason = limits.reason(student_costs(smallest, example_input, latency))
-    if reason is not None:
-        raise ValueError(f"no student can meet the limits: even the smallest student in the "
-                         f"space breaks them ({reason}); loosen the limit")
+def _derive(teacher: nn.Module, example_input: torch.Tensor, config: Config) -> SearchSpace:
+    """The search space; a teacher that cannot be traced is a ``ValueError`` naming where."""
+    try:
+        return derive(teacher, example_input, level=config.level, **config.space.derive_kwargs())
+    except RuntimeError as exc:
+        raise ValueError(f"cannot derive a search space from the teacher: {exc}; protege runs "
+                         "the teacher once with gradients on to find its layers, so its forward "
+                         "must work then (no .numpy() or in-place edits of parameters)") from exc
 
 
 def _to_tensor_dataset(data: Dataset | DataLoader | None, what: str) -> TensorDataset | None:
@@ -123,50 +135,69 @@ def _active(study: optuna.Study) -> int:
 
 
 def _run_trials(study: optuna.Study, objective: TrialFunction, *, config: Config,
-                after_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None]) -> None:
+                after_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None],
+                deadline: float | None = None) -> bool:
     """Run trials until the study holds ``n_trials`` finished ones or time is up.
 
     One trial per ``optimize`` call keeps the budget exact when several workers
-    share the storage; a failed trial's slot is retried.
+    share the storage; a failed trial's slot is retried, and so is the slot of a
+    trial whose process died.
+
+    Returns:
+        Whether it stopped because ``deadline`` (``time.monotonic``) passed.
     """
-    start = time.monotonic()
     attempts = failures = 0
-    while _active(study) < config.n_trials:
-        if config.timeout is not None and time.monotonic() - start > config.timeout:
-            logger.info("timeout of %ss reached", config.timeout)
-            break
-        study.optimize(objective, n_trials=1, callbacks=[after_trial], catch=(Exception,),
-                       gc_after_trial=False)
-        last = study.get_trials(deepcopy=False)[-1]
-        if last.user_attrs.get(SKIPPED_ATTR):
-            break
+    mine: list[optuna.trial.FrozenTrial] = []
+
+    def remember(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        mine.append(trial)
+        after_trial(study, trial)
+
+    while True:
+        with storage_errors(config.storage):
+            fail_dead_trials(study)
+            if _active(study) >= config.n_trials:
+                return False
+            if deadline is not None and time.monotonic() > deadline:
+                logger.info("timeout of %ss reached", config.timeout)
+                return True
+            study.optimize(objective, n_trials=1, callbacks=[remember], catch=(Exception,),
+                           gc_after_trial=False)
+        last = mine.pop() if mine else None
+        if last is not None and last.user_attrs.get(SKIPPED_ATTR):
+            return False
         attempts += 1
-        failures += last.state == TrialState.FAIL
+        failures += last is None or last.state == TrialState.FAIL
         if attempts >= 5 and failures > config.pruning.max_failed_fraction * attempts:
+            error = last.user_attrs.get("error") if last is not None else None
             raise TooManyFailures(
-                f"{failures} of the last {attempts} trials failed (last: "
-                f"{last.user_attrs.get('error', 'unknown error')}); stopping early. "
-                "See trials.jsonl for every reason.")
+                f"{failures} of the {attempts} trials run so far failed (last: "
+                f"{error or 'unknown error'}); stopping early instead of "
+                "spending the budget. Fix the cause (trials.jsonl has every reason) and run the "
+                "same command again to resume.")
 
 
 def open_study(config: Config, out: Path, *, owner: bool) -> optuna.Study:
-    """Create or load the study; the owner marks trials left running by a dead process failed."""
+    """Create or load the study; trials left running by a dead process are marked failed.
+
+    Raises:
+        StorageError: If the storage cannot be opened or is locked by another writer.
+    """
     costs = len(config.objectives) - 1
-    study = optuna.create_study(
-        storage=open_storage(config.storage, out), study_name=STUDY_NAME,
-        directions=[StudyDirection.MAXIMIZE] + [StudyDirection.MINIMIZE] * costs,
-        sampler=make_sampler(config.strategy, seed=config.seed, n_trials=config.n_trials),
-        load_if_exists=True,
-    )
-    if study.metric_names is None:  # the dashboard names the objectives
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(list(config.objectives))
-    if owner:
-        for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            logger.warning("trial %d was running when its process stopped; marking it failed",
-                           stale.number)
-            study.tell(stale.number, state=TrialState.FAIL)
+    with storage_errors(config.storage):
+        study = optuna.create_study(
+            storage=open_storage(config.storage, out), study_name=STUDY_NAME,
+            directions=[StudyDirection.MAXIMIZE] + [StudyDirection.MINIMIZE] * costs,
+            sampler=make_sampler(config.strategy, seed=config.seed, n_trials=config.n_trials),
+            load_if_exists=True,
+        )
+        fail_dead_trials(study)
+        if study.metric_names is None:  # the dashboard names the objectives
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(list(config.objectives))
+    if not owner:
+        warn_if_shared_sqlite(config.storage)
     return study
 
 
@@ -195,25 +226,40 @@ def run_search(
         worker: Join a study that another process owns: run trials until the
             budget is spent, then return without picking (the owner picks).
     """
-    if not isinstance(teacher, nn.Module):
-        raise TypeError(f"the teacher must be a torch.nn.Module, got {type(teacher).__name__}")
+    # Everything that can be wrong with the input is found before the run folder is
+    # touched: a failed start leaves no half-written run (and loses no earlier one).
+    classes = check_teacher(teacher, example_input)
     out = Path(out)
+    train_data = _to_tensor_dataset(train, "training data")
     val_data = _to_tensor_dataset(val, "validation data")
     test_data = _to_tensor_dataset(test, "test data")
-    assert val_data is not None
+    assert train_data is not None and val_data is not None
+    check_data(classes, example_input, train=train_data, val=val_data, test=test_data)
+    if worker and config.backend == "ray":
+        raise ValueError("backend: ray schedules its own workers; use `protege run` "
+                         "with ray.address instead of `protege worker`")
+    space = _derive(teacher, example_input, config)
     profile = _profile(teacher, example_input, val_data, test_data)
-    space = derive(teacher, example_input, level=config.level, **config.space.derive_kwargs())
     limits = Limits(*config.constraints.resolve(profile.macs, profile.params),
                     max_latency_ms=config.constraints.max_latency_ms or float("inf"))
     latency = None
     if "latency" in config.objectives or config.constraints.max_latency_ms is not None:
         latency = LatencyPredictor.for_space(space, example_input, seed=config.seed)
         profile = dataclasses.replace(profile, latency_ms=measure_latency(teacher, example_input))
-    _check_feasible(space, example_input, limits, latency)
+    check_feasible(space, example_input, limits, latency, teacher_macs=profile.macs,
+                   teacher_params=profile.params)
+    study = None
+    if config.backend != "ray":
+        if config.storage is None:
+            out.mkdir(parents=True, exist_ok=True)  # the default storage lives in it
+        study = open_study(config, out, owner=not worker)
+        check_study(study, key=space_key(space, config.objectives), config=config,
+                    where=config.storage or str(out / "study.db"))
     out.mkdir(parents=True, exist_ok=True)
     if not worker:
-        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    outputs = cache_teacher_outputs(teacher, train, cache_dir=out / "cache",
+        with atomic_write(out / "config.yaml") as handle:
+            yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+    outputs = cache_teacher_outputs(teacher, train_data, cache_dir=out / "cache",
                                     config=config.distill)
     evaluator = StudentEvaluator(space=space, outputs=outputs, val=val_data,
                                  example_input=example_input, config=config, limits=limits,
@@ -225,10 +271,7 @@ def run_search(
     finish = functools.partial(_finish, out=out, profile=profile, space=space, outputs=outputs,
                                val=val_data, test=test_data, config=config,
                                accelerator=accelerator, teacher=teacher)
-    if config.backend == "ray":
-        if worker:
-            raise ValueError("backend: ray schedules its own workers; use `protege run` "
-                             "with ray.address instead of `protege worker`")
+    if study is None:
         from protege.search._ray import run_ray
 
         records = run_ray(evaluator, config=config, out=out)
@@ -238,8 +281,8 @@ def run_search(
                 callback(record)
         return finish(records=records)
 
-    study = open_study(config, out, owner=not worker)
-    study.set_user_attr("teacher", dataclasses.asdict(profile))
+    if not worker:
+        study.set_user_attr("teacher", dataclasses.asdict(profile))
     rules: list[PruningRule] = []
     if config.pruning.predictor:
         rules.append(PredictorRule(min_trials=config.pruning.predictor_min_trials,
@@ -253,16 +296,24 @@ def run_search(
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         records = load_records(study)
         _write_records(out / "trials.jsonl", records)
-        record = next(r for r in records if r.number == trial.number)
+        record = next((r for r in records if r.number == trial.number), None)
+        if record is None:  # skipped: the budget was spent by other workers meanwhile
+            return
         for callback in callbacks:
             callback(record)
 
     logger.info("study holds %d of %d trials", _active(study), config.n_trials)
-    _run_trials(study, objective, config=config, after_trial=after_trial)
-    if worker:
-        records = load_records(study)
-        return SearchResult(out, profile, tuple(records), (), 0.0, None)
-    _wait_for_workers(study)
+    deadline = time.monotonic() + config.timeout if config.timeout is not None else None
+    while True:
+        timed_out = _run_trials(study, objective, config=config, after_trial=after_trial,
+                                deadline=deadline)
+        if worker:
+            records = load_records(study)
+            return SearchResult(out, profile, tuple(records), (), 0.0, None)
+        _wait_for_workers(study)
+        # A worker that died mid-trial freed its slot: run it here before picking.
+        if timed_out or _active(study) >= config.n_trials:
+            break
     records = load_records(study)
     _write_records(out / "trials.jsonl", records)
     return finish(records=records)
@@ -271,7 +322,11 @@ def run_search(
 def _wait_for_workers(study: optuna.Study, *, poll: float = 2.0, limit: float = 600.0) -> None:
     """Let trials that other workers are still running finish before picking."""
     deadline = time.monotonic() + limit
-    while running := study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    while True:
+        fail_dead_trials(study)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running:
+            return
         if time.monotonic() > deadline:
             logger.warning("%d trials still running after %.0fs; picking without them",
                            len(running), limit)

@@ -108,7 +108,9 @@ def derive(
     if not choices:
         raise ValueError("found no choice in the teacher's graph: no group of channels that "
                          "can be thinned" + (", no residual block, no large layer"
-                                             if level > 1 else ""))
+                                             if level > 1 else "")
+                         + "; a student needs hidden conv or linear layers to shrink (check "
+                         "space.ignored and space.options, or try a higher level)")
     space = SearchSpace(teacher=template, example_input=example_input, level=level,
                         parts=parts, choices=choices)
     space = _freeze_broken(space, trace)

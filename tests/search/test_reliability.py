@@ -1,13 +1,15 @@
-"""Failing trials, workers sharing one storage, and a run killed mid-trial."""
+"""Failing trials, a run killed mid-trial or mid-fine-tune, locked storage and the
+teacher cache under concurrent writers: nothing is lost and every failure says why."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -15,16 +17,20 @@ import pytest
 import torch
 from tiny_nets import make_tiny_net
 
+from protege.cli import main
 from protege.search import Config, TooManyFailures, run_search
 from protege.search import _study as study_module
+from protege.search._objective import StudentEvaluator
+from protege.search._records import TeacherProfile, TrialRecord
+from protege.search._storage import StorageError
 
-TESTS = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+FAST = {"epochs": 1, "finetune_epochs": 1, "batch_size": 64}
 
 
 def config(**overrides) -> Config:
     data = {"task": "custom", "n_trials": 4, "strategy": "random",
-            "constraints": {"max_accuracy_drop": 0.5},
-            "distill": {"epochs": 1, "finetune_epochs": 1, "batch_size": 64}}
+            "constraints": {"max_accuracy_drop": 0.5}, "distill": FAST}
     data.update(overrides)
     return Config.from_dict(data)
 
@@ -34,108 +40,251 @@ def search(tiny_data, out, cfg, **kwargs):
                       example_input=torch.randn(1, 1, 8, 8), config=cfg, out=out, **kwargs)
 
 
-def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny_data, tmp_path, monkeypatch):
-    real = study_module._train_student
-    calls = []
+def read_records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
 
-    def flaky(student, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise FloatingPointError("distillation loss is nan at step 3")
-        return real(student, *args, **kwargs)
 
-    monkeypatch.setattr(study_module, "_train_student", flaky)
+def finished(records: list[dict]) -> list[dict]:
+    return [r for r in records if r["state"] in ("complete", "pruned")]
+
+
+# --- failing trials ------------------------------------------------------------------------
+
+def _nan(module, args, output):  # type: ignore[no-untyped-def]
+    return output * float("nan") if module.training else output
+
+
+def _raiser(error: Exception):  # type: ignore[no-untyped-def]
+    def hook(module, args, output):  # type: ignore[no-untyped-def]
+        if module.training:
+            raise error
+        return output
+    return hook
+
+
+OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+FAILURES = {
+    "training raises": (_raiser(RuntimeError("cuDNN error: CUDNN_STATUS_BAD_PARAM")),
+                        "RuntimeError: cuDNN error: CUDNN_STATUS_BAD_PARAM"),
+    "NaN loss": (_nan, "FloatingPointError: distillation loss is not finite in epoch 0"),
+    "out of memory": (_raiser(OOM("CUDA out of memory. Tried to allocate 2.00 GiB")),
+                      "out of memory (OutOfMemoryError: CUDA out of memory. Tried to allocate "
+                      "2.00 GiB); a smaller distill.batch_size may fit"),
+}
+
+
+@pytest.mark.parametrize("kind", list(FAILURES))
+def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(
+        kind, tiny_data, tmp_path, monkeypatch):
+    hook, reason = FAILURES[kind]
+    real_build = StudentEvaluator.build
+
+    def build(self, arch, number):  # type: ignore[no-untyped-def]
+        student, costs = real_build(self, arch, number)
+        if number == 1:  # the student of trial 1 breaks while it trains
+            student.register_forward_hook(hook)
+        return student, costs
+
+    monkeypatch.setattr(StudentEvaluator, "build", build)
     result = search(tiny_data, tmp_path / "run", config(n_trials=4))
-    failed = [r for r in result.trials if r.state == "failed"]
-    assert len(failed) == 1 and "FloatingPointError: distillation loss is nan" in failed[0].error
-    assert sum(r.state in ("complete", "pruned") for r in result.trials) == 4  # slot retried
-    assert '"state": "failed"' in (tmp_path / "run" / "trials.jsonl").read_text()
+    records = read_records(tmp_path / "run")
+    assert records[1]["state"] == "failed" and reason in records[1]["error"]
+    assert [r.to_dict() for r in result.trials] == records
+    assert len(finished(records)) == 4  # its slot was run again
+    assert len({r["number"] for r in records}) == len(records)
+    assert result.pick is not None
 
 
 def test_a_study_where_most_trials_fail_stops_early(tiny_data, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
-        raise RuntimeError("out of memory")
+        raise RuntimeError("CUDA error: device-side assert triggered")
 
     monkeypatch.setattr(study_module, "_train_student", broken)
-    with pytest.raises(TooManyFailures, match="5 of the last 5 trials failed .*out of memory"):
+    with pytest.raises(TooManyFailures, match="5 of the 5 trials run so far failed .*"
+                                              "device-side assert.*stopping early"):
         search(tiny_data, tmp_path / "run", config(n_trials=50))
+    records = read_records(tmp_path / "run")
+    assert len(records) == 5 and all("device-side assert" in r["error"] for r in records)
 
 
-SCRIPT = """
-import sys, time, torch
-sys.path.insert(0, {tests!r})
-from tiny_nets import make_tiny_net
-from torch.utils.data import TensorDataset
-from protege.search import Config, run_search
-from protege.search import _study as study_module
+def test_the_cli_stops_a_failing_study_with_one_line(tmp_path, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: device-side assert triggered")
 
-torch.manual_seed(1)
-net = make_tiny_net()
-x = torch.randn(320, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-y = net(x).argmax(1).detach()
-config = Config.from_dict({config!r})
-hang_at = {hang_at!r}
-real = study_module._train_student
+    monkeypatch.setattr(study_module, "_train_student", broken)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("task: digits\nn_trials: 50\nstrategy: random\n"
+                   "distill: {epochs: 1, finetune_epochs: 1, batch_size: 128}\n")
+    assert main(["-q", "run", str(cfg), "--out", str(tmp_path / "run")]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("protege: stopped: 5 of the 5 trials run so far failed")
+    assert "run the same command again to resume" in err[-1]
+    assert len(read_records(tmp_path / "run")) == 5  # the budget of 50 was not burned
 
-if hang_at is not None:
-    calls = []
-    def trainer(student, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == hang_at:
-            open({marker!r}, "w").close()
-            time.sleep(120)
-        return real(student, *args, **kwargs)
-    study_module._train_student = trainer
 
-run_search(net, train=TensorDataset(x[:192], y[:192]), val=TensorDataset(x[192:256], y[192:256]),
-           example_input=x[:1], config=config, out={out!r}, worker={worker!r})
+# --- crash and resume ----------------------------------------------------------------------
+
+CLI_CONFIG = """
+task: digits
+n_trials: {n}
+strategy: random
+seed: 3
+constraints: {{max_accuracy_drop: 0.3}}
+distill: {{epochs: 2, finetune_epochs: 2, batch_size: 128}}
 """
 
 
-def spawn(tmp_path: Path, name: str, *, cfg: Config, out: Path, worker: bool,
-          hang_at: int | None = None) -> subprocess.Popen:
-    script = tmp_path / f"{name}.py"
-    data = cfg.to_dict()
-    script.write_text(textwrap.dedent(SCRIPT).format(
-        tests=str(TESTS), config=data, hang_at=hang_at, marker=str(tmp_path / "hanging"),
-        out=str(out), worker=worker))
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+def _launch(args: list[str], *, hang: str, marker: Path) -> subprocess.Popen:
+    env = dict(os.environ, PROTEGE_TEST_HANG=hang, PROTEGE_TEST_MARKER=str(marker),
+               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, str(HERE / "hang_cli.py"), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_two_workers_on_one_journal_finish_exactly_n_trials(tiny_data, tmp_path):
-    storage = f"journal:{tmp_path / 'study.journal'}"
-    cfg = config(n_trials=6, storage=storage)
-    workers = [spawn(tmp_path, f"w{i}", cfg=cfg, out=tmp_path / "run", worker=True)
-               for i in range(2)]
-    for proc in workers:
-        output, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, output
-    result = search(tiny_data, tmp_path / "run", cfg)  # the owner: finds the budget spent
-    numbers = [r.number for r in result.trials]
-    assert len(numbers) == len(set(numbers))
-    assert sum(r.state in ("complete", "pruned") for r in result.trials) == 6
-    assert result.pick is not None
-
-
-def test_a_run_killed_mid_trial_resumes_without_losing_trials(tiny_data, tmp_path):
-    cfg = config(n_trials=4)
-    out = tmp_path / "run"
-    proc = spawn(tmp_path, "victim", cfg=cfg, out=out, worker=False, hang_at=3)
-    deadline = time.monotonic() + 180
-    while not (tmp_path / "hanging").exists():
+def _kill_when_hanging(proc: subprocess.Popen, marker: Path) -> None:
+    deadline = time.monotonic() + 240
+    while not marker.exists():
         assert proc.poll() is None, proc.communicate()[0]
-        assert time.monotonic() < deadline, "the run never reached its third training"
-        time.sleep(0.2)
+        assert time.monotonic() < deadline, "the run never reached the point to kill"
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    before = [line for line in (out / "trials.jsonl").read_text().splitlines()]
-    result = search(tiny_data, out, cfg)
-    records = [r.to_dict() for r in result.trials]
-    assert [json.loads(line) for line in before] == records[:len(before)]  # none lost
-    states = [r["state"] for r in records]
-    assert states[len(before)] == "failed"  # the trial that was running when killed
-    assert sum(s in ("complete", "pruned") for s in states) == 4
-    assert len({r["number"] for r in records}) == len(records)
-    assert result.pick is not None
+
+
+def _expected_pick(out: Path, records: list[dict], cfg: Config) -> int:
+    """The trial an uninterrupted run's ``_choose`` takes from these same records."""
+    teacher = TeacherProfile(**json.loads((out / "summary.json").read_text())["teacher"])
+    done = [TrialRecord(**(r | {"history": tuple(r["history"])})) for r in records
+            if r["state"] == "complete" and r["duplicate_of"] is None]
+    chosen = study_module._choose(done, teacher, cfg)
+    assert chosen is not None
+    return chosen[0].number
+
+
+def test_a_run_killed_mid_trial_and_mid_finetune_resumes_with_the_same_command(tmp_path):
+    n = 5
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(CLI_CONFIG.format(n=n))
+    out = tmp_path / "run"
+    command = ["-q", "run", str(cfg_path), "--out", str(out)]
+
+    # 1. SIGKILL while the third trial trains.
+    _kill_when_hanging(_launch(command, hang="trial:3", marker=tmp_path / "m1"), tmp_path / "m1")
+    before = read_records(out)
+    assert len(before) >= 2 and all(r["state"] != "failed" for r in before)
+
+    # 2. The same command resumes; SIGKILL it again while the pick is fine-tuned.
+    _kill_when_hanging(_launch(command, hang="finetune", marker=tmp_path / "m2"),
+                       tmp_path / "m2")
+    middle = read_records(out)
+    assert middle[:len(before)] == before  # no finished trial lost or changed
+    killed = middle[len(before)]
+    assert killed["state"] == "failed" and "stopped while it ran" in killed["error"]
+    assert len(finished(middle)) == n
+    assert not (out / "best" / "student.pt").exists()
+
+    # 3. The same command again: no trial runs, the pick is fine-tuned and saved.
+    done = subprocess.run([sys.executable, str(HERE / "hang_cli.py"), *command],
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = read_records(out)
+    assert after == middle  # exactly n_trials, none run twice, none lost
+    numbers = [r["number"] for r in after]
+    assert numbers == sorted(set(numbers))
+    summary = json.loads((out / "summary.json").read_text())
+    cfg = Config.from_dict(__import__("yaml").safe_load(cfg_path.read_text()) | {"n_trials": n})
+    assert summary["pick"]["trial"] == _expected_pick(out, after, cfg)
+    assert (out / "best" / "student.pt").is_file() and (out / "best" / "arch.json").is_file()
+
+
+# --- storage -------------------------------------------------------------------------------
+
+def test_a_locked_sqlite_storage_says_to_use_postgresql_or_a_journal(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = sqlite3.connect(out / "study.db")
+    holder.execute("CREATE TABLE other_writer (x)")
+    holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    try:
+        with pytest.raises(StorageError, match="locked by another process: .*PostgreSQL "
+                                               r"\(--storage postgresql://.*journal"):
+            search(tiny_data, out, config(storage=f"sqlite:///{out / 'study.db'}?timeout=0.2"))
+    finally:
+        holder.rollback()
+        holder.close()
+    assert sorted(p.name for p in out.iterdir()) == ["study.db"]  # nothing else written
+
+
+# --- the teacher cache under concurrent writers --------------------------------------------
+
+def _writer(path: str, value: int, rounds: int, start) -> None:  # type: ignore[no-untyped-def]
+    from protege._io import atomic_write
+
+    start.wait()
+    payload = {"logits": torch.full((512, 512), float(value))}
+    for _ in range(rounds):
+        with atomic_write(path, binary=True) as handle:
+            torch.save(payload, handle)
+
+
+def _cache(folder: str, start) -> None:  # type: ignore[no-untyped-def]
+    from tiny_nets import make_tiny_net
+
+    from protege.distill import cache_teacher_outputs
+
+    x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    net = make_tiny_net()
+    data = torch.utils.data.TensorDataset(x, net(x).argmax(1).detach())
+    start.wait()
+    cache_teacher_outputs(net, data, cache_dir=folder)
+
+
+def test_the_teacher_cache_written_by_two_workers_at_once_is_never_corrupt(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(3)
+    path = tmp_path / "cache" / "teacher_outputs.pt"
+    writers = [context.Process(target=_writer, args=(str(path), value, 40, start))
+               for value in (1, 2)]
+    for proc in writers:
+        proc.start()
+    start.wait()
+    reads = 0
+    while any(proc.is_alive() for proc in writers) or reads == 0:
+        if path.exists():
+            logits = torch.load(path, weights_only=True)["logits"]  # never half a file
+            assert logits.shape == (512, 512) and float(logits.min()) == float(logits.max())
+            assert float(logits[0, 0]) in (1.0, 2.0)
+            reads += 1
+    assert all(proc.join() is None and proc.exitcode == 0 for proc in writers)
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+    # The real cache: two workers computing the same teacher outputs at once.
+    start = context.Barrier(2)
+    folder = tmp_path / "shared"
+    workers = [context.Process(target=_cache, args=(str(folder), start)) for _ in range(2)]
+    for proc in workers:
+        proc.start()
+    for proc in workers:
+        proc.join(120)
+        assert proc.exitcode == 0
+    (cached,) = folder.glob("teacher_outputs-*.pt")
+    assert torch.load(cached, weights_only=True)["logits"].shape == (64, 10)
+
+
+def test_a_trial_skipped_because_other_workers_spent_the_budget_is_not_reported(
+        tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    search(tiny_data, out, config(n_trials=2))
+    real = study_module._active
+
+    def racing(study):  # type: ignore[no-untyped-def]
+        # Until it starts a trial, this worker misses the ones others just finished.
+        return 0 if len(study.get_trials()) == 2 else real(study)
+
+    monkeypatch.setattr(study_module, "_active", racing)
+    seen = []
+    result = search(tiny_data, out, config(n_trials=2), worker=True, callbacks=[seen.append])
+    assert seen == []  # the skipped trial is no record, and no callback crashed on it
+    assert [r.number for r in result.trials] == [0, 1]
+    assert len(read_records(out)) == 2

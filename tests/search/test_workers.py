@@ -1,0 +1,86 @@
+"""Worker processes sharing one study (``protege worker`` beside one ``protege run``):
+exactly ``n_trials`` finished records, no duplicate numbers, no result lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from protege.experiments import load_task
+from protege.search._storage import WORKER_ATTR, open_storage
+
+CONFIG = """
+task: digits
+strategy: random
+constraints: {max_accuracy_drop: 0.5}
+pruning: {predictor: false}
+distill: {epochs: 1, finetune_epochs: 1, batch_size: 128}
+"""
+
+
+def _run_workers(tmp_path: Path, *, storage: str, n_trials: int, workers: int) -> Path:
+    """One ``protege run`` (the owner) and ``workers - 1`` ``protege worker`` processes."""
+    _ = load_task("digits").teacher  # cached once, so no process trains it
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(CONFIG)
+    out = tmp_path / "run"
+    common = [str(cfg), "--out", str(out), "--storage", storage, "--set", f"n_trials={n_trials}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    protege = [sys.executable, "-m", "protege.cli", "-q"]
+    procs = [subprocess.Popen([*protege, "worker", *common], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(workers - 1)]
+    procs.append(subprocess.Popen([*protege, "run", *common], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+    for proc in procs:
+        output, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, output
+    return out
+
+
+def _check_study(out: Path, storage: str, n_trials: int) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name="protege", storage=open_storage(storage, out))
+    trials = [t for t in study.get_trials() if not t.user_attrs.get("skipped")]
+    done = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE,
+                                             optuna.trial.TrialState.PRUNED)]
+    assert len(done) == n_trials
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    for trial in done:  # every result is whole
+        assert trial.user_attrs["arch"] and trial.user_attrs["macs"] > 0
+        assert trial.user_attrs[WORKER_ATTR]
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert len(trial.values) == 2 and 0.0 <= trial.values[0] <= 1.0
+        else:
+            assert trial.user_attrs["pruned_reason"]
+    for trial in trials:
+        if trial.state == optuna.trial.TrialState.FAIL:
+            assert trial.user_attrs.get("error")
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    # The owner's trials.jsonl and pick cover the whole study, whoever ran each trial.
+    records = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert [r["number"] for r in records] == numbers
+    assert sum(r["state"] in ("complete", "pruned") for r in records) == n_trials
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pick"]["trial"] in {t.number for t in done}
+    return done
+
+
+def test_four_workers_on_postgresql_finish_exactly_forty_trials(tmp_path, postgres_url):
+    out = _run_workers(tmp_path, storage=postgres_url, n_trials=40, workers=4)
+    done = _check_study(out, postgres_url, 40)
+    assert len({t.user_attrs[WORKER_ATTR] for t in done}) >= 2  # they really shared it
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_two_workers_on_one_file_storage_finish_exactly_n_trials(kind, tmp_path):
+    run = tmp_path / "run"
+    storage = {"journal": f"journal:{run / 'study.journal'}",
+               "sqlite": f"sqlite:///{run / 'study.db'}"}[kind]
+    out = _run_workers(tmp_path, storage=storage, n_trials=8, workers=2)
+    _check_study(out, storage, 8)
