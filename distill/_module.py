@@ -218,6 +218,9 @@ class _OneCycle(torch.optim.lr_scheduler.OneCycleLR):
     def __init__(self, optimizer: torch.optim.Optimizer, *, max_lr: float, total_steps: int,
                  pct_start: float, clock: _Clock | None = None) -> None:
         self.clock = clock
+        if float(pct_start * total_steps) == 1.0:
+            # torch divides by pct_start * total_steps - 1 (e.g. 5 steps at 0.2): nudge it.
+            pct_start *= 1.5
         super().__init__(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start)
 
     def step(self, epoch: int | None = None) -> None:  # type: ignore[override]
