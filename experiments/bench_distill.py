@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import math
 import re
+import shlex
 import statistics
 import sys
 import tempfile
@@ -85,11 +86,14 @@ def _config(base: DistillConfig, **overrides: object) -> DistillConfig:
 class _Setup:
     """A task's teacher, space, cached outputs (with and without hints) and students."""
 
-    def __init__(self, task_name: str, cache_dir: Path, train_limit: int | None) -> None:
+    def __init__(self, task_name: str, cache_dir: Path, train_limit: int | None,
+                 val_limit: int | None = None) -> None:
         self.task = load_task(task_name)
         self.teacher = self.task.teacher
         self.example = self.task.example_input
         self.val = self.task.val
+        if val_limit is not None and val_limit < len(self.val):
+            self.val = torch.utils.data.TensorDataset(*(t[:val_limit] for t in self.val.tensors))
         train = self.task.train
         if train_limit is not None and train_limit < len(train):
             train = torch.utils.data.TensorDataset(*(t[:train_limit] for t in train.tensors))
@@ -162,15 +166,43 @@ class _PerStepLogging(DistillModule):
         pass
 
 
-def _per_step_logging(setup: _Setup, config: DistillConfig, size: str, seed: int) -> float:
+class _ManualOptimisation(DistillModule):
+    """Lightning's manual optimisation: the step in ``training_step``, no closure."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.automatic_optimization = False
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        terms = self.loss_terms(batch)
+        optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+        terms["loss"].backward()
+        optimizer.step()  # type: ignore[union-attr]
+        self.lr_schedulers().step()  # type: ignore[union-attr]
+        n = len(batch[1])
+        for name, value in terms.items():
+            total = value.detach() * n
+            self._sums[name] = self._sums[name] + total if name in self._sums else total
+        self._samples += n
+        return terms["loss"]
+
+
+def _swapped(module: type[DistillModule], setup: _Setup, config: DistillConfig, size: str,
+             seed: int) -> float:
+    """A trial's seconds with ``train_student`` building ``module`` instead."""
     import protege.distill._trainer as trainer
 
     original = trainer.DistillModule
-    trainer.DistillModule = _PerStepLogging  # type: ignore[misc]
+    trainer.DistillModule = module  # type: ignore[misc]
     try:
         return setup.run(config, size, "inherit", seed)[1]
     finally:
         trainer.DistillModule = original  # type: ignore[misc]
+
+
+def _per_step_logging(setup: _Setup, config: DistillConfig, size: str, seed: int) -> float:
+    return _swapped(_PerStepLogging, setup, config, size, seed)
 
 
 def _lightning_fixed_cost(setup: _Setup, config: DistillConfig, repeats: int = 5) -> list[float]:
@@ -187,7 +219,8 @@ def _lightning_fixed_cost(setup: _Setup, config: DistillConfig, repeats: int = 5
     return times
 
 
-def part_cost(setup: _Setup, base: DistillConfig, seeds: int) -> list[str]:
+def part_cost(setup: _Setup, base: DistillConfig, seeds: int,
+              only: Sequence[str] | None = None) -> list[str]:
     size = "1/4"
     variants: dict[str, Callable[[int], float]] = {
         "CE only (Lightning)": lambda s: setup.run(_config(base, loss="ce"), size, "inherit", s)[1],
@@ -206,7 +239,13 @@ def part_cost(setup: _Setup, base: DistillConfig, seeds: int) -> list[str]:
         "Hinton KD cached, plain loop": lambda s: _plain_loop(setup, base, size, s),
         "Hinton KD cached, per-step log_dict (foundation)":
             lambda s: _per_step_logging(setup, base, size, s),
+        "CE only, Lightning manual optimisation":
+            lambda s: _swapped(_ManualOptimisation, setup, _config(base, loss="ce"), size, s),
+        "Hinton KD cached, Lightning manual optimisation":
+            lambda s: _swapped(_ManualOptimisation, setup, base, size, s),
     }
+    if only:
+        variants = {name: fn for name, fn in variants.items() if name in only}
     for fn in variants.values():  # warm-up: first calls pay imports and allocator growth
         fn(100)
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -214,7 +253,8 @@ def part_cost(setup: _Setup, base: DistillConfig, seeds: int) -> list[str]:
         for name, fn in variants.items():
             times[name].append(fn(seed))
     fixed = _lightning_fixed_cost(setup, base)
-    ce = statistics.fmean(times["CE only (Lightning)"])
+    ce = statistics.fmean(times["CE only (Lightning)"]) if "CE only (Lightning)" in times \
+        else float("nan")
     lines = [f"Student {size} of the teacher's MACs ({setup.students[size][1]:.3f}), inherited; "
              f"{base.epochs} epochs of {base.trial_samples(len(setup.train))} samples, "
              f"batch {base.batch_size}; "
@@ -223,10 +263,13 @@ def part_cost(setup: _Setup, base: DistillConfig, seeds: int) -> list[str]:
     for name, values in times.items():
         lines.append(f"| {name} | {_mean_sd(values, digits=3)} | "
                      f"{statistics.fmean(values) / ce:.2f} |")
+    lines += ["", f"Validation on {len(setup.val)} samples after every epoch."]
     lines += ["", f"Lightning per-fit fixed cost (one 8-sample batch, one validation sample, "
                   f"Trainer built and torn down): {_mean_sd(fixed, digits=3)} s.", ""]
     for kd, plain in (("CE only (Lightning)", "CE only, plain PyTorch loop"),
                       ("Hinton KD, cached teacher", "Hinton KD cached, plain loop")):
+        if kd not in times or plain not in times:
+            continue
         ratio = statistics.fmean(times[kd]) / statistics.fmean(times[plain])
         lines.append(f"- Lightning vs plain loop ({kd}): {100 * (ratio - 1):+.1f} %")
     return lines
@@ -236,8 +279,9 @@ def part_quality(setup: _Setup, base: DistillConfig, seeds: int,
                  methods: Sequence[str], inits: Sequence[str]) -> list[str]:
     lines = [f"Teacher validation accuracy {100 * setup.teacher_acc:.2f} %. Validation accuracy "
              f"(%) after the brief budget ({base.epochs} epochs of "
-             f"{base.trial_samples(len(setup.train))} training samples), mean ± sd over {seeds} "
-             "seeds; Δ = method − CE.", "",
+             f"{base.trial_samples(len(setup.train))} training samples; validation on "
+             f"{len(setup.val)} samples), mean ± sd over {seeds} seeds; Δ = method − CE. KD "
+             "temperature by init (DistillConfig.for_init) unless set.", "",
              "| student (MACs) | init | " + " | ".join(methods) + " | best Δ vs CE |",
              "| --- | --- | " + " | ".join("---" for _ in methods) + " | --- |"]
     for size, (_, ratio) in setup.students.items():
@@ -329,6 +373,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--train-limit", type=int, default=None,
                         help="use only the first N training samples (reduced runs)")
+    parser.add_argument("--val-limit", type=int, default=None,
+                        help="validate on the first N validation samples (reduced runs)")
+    parser.add_argument("--variants", default=None,
+                        help="cost: only these variants (names as in the table, ';'-separated)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a DistillConfig default, e.g. --set epochs=8")
@@ -346,12 +394,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     base = DistillConfig(**dict(_parse_setting(item) for item in args.set))  # type: ignore[arg-type]
     inits = args.inits.split(",")
     command = " ".join(["flock /tmp/protege-cpu.lock .venv/bin/python",
-                        "experiments/bench_distill.py", *(argv or sys.argv[1:])])
+                        "experiments/bench_distill.py", shlex.join(argv or sys.argv[1:])])
     with tempfile.TemporaryDirectory() as cache:
-        setup = _Setup(args.task, Path(cache), args.train_limit)
+        setup = _Setup(args.task, Path(cache), args.train_limit, args.val_limit)
         start = time.perf_counter()
         if args.part == "cost":
-            body = part_cost(setup, base, args.seeds)
+            body = part_cost(setup, base, args.seeds,
+                             args.variants.split(";") if args.variants else None)
         elif args.part == "quality":
             body = part_quality(setup, base, args.seeds, args.methods.split(","), inits)
         elif args.part == "tune":
