@@ -175,10 +175,18 @@ def cache_teacher_outputs(
         suffix = f"-hints{config.hint_layers}-{hint_cache_mb:g}mb"
     path = Path(cache_dir) / f"teacher_outputs-{key}{suffix}.pt"
     if path.is_file():
-        saved = torch.load(path, weights_only=True)
-        logger.info("teacher outputs loaded from %s", path)
-        return TeacherOutputs(inputs, targets, saved["logits"], key, dict(saved["hints"]),
-                              saved.get("hint_pool"))
+        try:
+            saved = torch.load(path, weights_only=True)
+            logits = saved["logits"]
+            if not isinstance(logits, torch.Tensor) or len(logits) != len(targets):
+                raise ValueError(f"logits for {len(logits)} samples, not {len(targets)}")
+        except Exception as exc:  # a damaged file (disk full, killed copy): compute it again
+            logger.warning("teacher cache %s is unreadable (%s: %s); computing it again",
+                           path, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        else:
+            logger.info("teacher outputs loaded from %s", path)
+            return TeacherOutputs(inputs, targets, logits, key, dict(saved["hints"]),
+                                  saved.get("hint_pool"))
     layers: tuple[str, ...] = ()
     pool: int | None = None
     if config is not None and with_hints:

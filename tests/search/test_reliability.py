@@ -288,3 +288,14 @@ def test_a_trial_skipped_because_other_workers_spent_the_budget_is_not_reported(
     assert seen == []  # the skipped trial is no record, and no callback crashed on it
     assert [r.number for r in result.trials] == [0, 1]
     assert len(read_records(out)) == 2
+
+
+def test_a_damaged_teacher_cache_is_computed_again(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    search(tiny_data, out, config(n_trials=1))
+    (cached,) = (out / "cache").glob("teacher_outputs-*.pt")
+    good = torch.load(cached, weights_only=True)["logits"]
+    cached.write_bytes(cached.read_bytes()[:100])  # e.g. a disk that filled up
+    search(tiny_data, out, config(n_trials=2))
+    assert torch.equal(torch.load(cached, weights_only=True)["logits"], good)
+    assert len(finished(read_records(out))) == 2
