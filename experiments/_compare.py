@@ -515,7 +515,8 @@ def run_compare(config: CompareConfig, *, out: str | Path, task: CompareTask | N
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.yaml").write_text(yaml.safe_dump(_raw(config), sort_keys=False))
-    jobs = [(arm, seed) for seed in config.seeds for arm in config.arms]
+    # arm by arm, so an interrupted comparison has whole arms (all seeds) to show
+    jobs = [(arm, seed) for arm in config.arms for seed in config.seeds]
     records: dict[tuple[str, int], ArmRecord] = {}
 
     def folder(arm: Arm, seed: int) -> Path:

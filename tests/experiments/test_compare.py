@@ -91,7 +91,7 @@ def test_two_arms_two_seeds_equal_budgets_json_and_resume(
     budget = total_budget(config, len(toy_task.train))
     assert budget == (3 * 1 + 2) * 192
     assert [(r.arm, r.seed) for r in records] == [
-        ("protege", 0), ("torch_pruning", 0), ("protege", 1), ("torch_pruning", 1)]
+        ("protege", 0), ("protege", 1), ("torch_pruning", 0), ("torch_pruning", 1)]
     for record in records:
         # the instrumented trainer saw exactly the budget, and the record says so too
         assert measured[record.arm, record.seed] == budget == record.sample_passes
@@ -99,7 +99,7 @@ def test_two_arms_two_seeds_equal_budgets_json_and_resume(
         assert 0.0 < record.hypervolume < 1.0
     search = records[0]
     assert search.students_trained == 4  # 3 one-epoch trials and the fine-tuned pick
-    assert records[1].students_trained == 2  # 5 epochs at 2 fine-tune epochs: 2 ratios (3 + 2)
+    assert records[2].students_trained == 2  # 5 epochs at 2 fine-tune epochs: 2 ratios (3 + 2)
 
     paths = write_compare_report(records, config=config, command="protege compare toy.yaml",
                                  results_dir=tmp_path / "results")
