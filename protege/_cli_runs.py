@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -150,12 +152,20 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
                          "another --port (0: any free one)") from exc
     print(f"optuna-dashboard on http://{args.host}:{server.server_port}/dashboard/ for "
           f"{run.path} (Ctrl-C stops it)", flush=True)
+    # The server runs in a daemon thread and this one waits, so Ctrl-C and `kill PID`
+    # stop it at once even while a request is being answered (wsgiref would swallow an
+    # interrupt raised inside a request).
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
-        server.serve_forever()
+        while not stop.wait(0.5):
+            pass
     except KeyboardInterrupt:
-        print("dashboard stopped", flush=True)
-    finally:
-        server.server_close()
+        pass
+    print("dashboard stopped", flush=True)
+    server.server_close()
     return 0
 
 

@@ -225,20 +225,24 @@ def _add_compare(commands: Any, common: argparse.ArgumentParser) -> None:
     compare.set_defaults(func=_cmd_compare)
 
 
-def _parser() -> argparse.ArgumentParser:
-    # -v/-q work before or after the command: `protege -q run ...` or `protege run -q ...`.
-    common = argparse.ArgumentParser(add_help=False)
-    verbosity = common.add_mutually_exclusive_group()
-    verbosity.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+def _add_verbosity(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", default=default,
                            help="log protege's progress (and show tracebacks of bugs)")
-    verbosity.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+    verbosity.add_argument("-q", "--quiet", action="store_true", default=default,
                            help="print only results, warnings and errors")
+
+
+def _parser() -> argparse.ArgumentParser:
+    # -v/-q work before or after the command: `protege -q run ...` or `protege run -q ...`;
+    # after it, they leave what was said before alone (their default is SUPPRESS there).
     parser = argparse.ArgumentParser(
-        prog="protege", parents=[common], epilog=_EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="protege", epilog=_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Find the smallest, fastest student network a trained teacher can teach.",
     )
-    parser.set_defaults(verbose=False, quiet=False)
+    _add_verbosity(parser, default=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_verbosity(common, default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_run, _add_resume, _add_worker, add_run_folder_commands, _add_compare,
                 _add_teacher):

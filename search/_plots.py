@@ -95,9 +95,8 @@ def plot_latency(path: Path, *, records: Sequence[TrialRecord], front: Sequence[
         if predicted:
             ax.scatter([r.latency_ms for r in predicted], [r.accuracy for r in predicted],
                        s=14, color="0.6", label="trained students (predicted latency)")
-        ordered = sorted(measured)
-        ax.plot([m[0] for m in ordered], [m[1] for m in ordered], "o-", color="tab:blue",
-                ms=4, label="Pareto front (measured)")
+        ax.scatter([m[0] for m in measured], [m[1] for m in measured], s=22,
+                   color="tab:blue", label="front's students (measured latency)")
         if teacher.latency_ms is not None:
             ax.scatter([teacher.latency_ms], [teacher.val_accuracy], marker="*", s=140,
                        color="black", label="teacher")
@@ -126,10 +125,11 @@ def plot_timeline(path: Path, spans: Sequence[tuple[int, float, float, str]]) ->
     """One bar per trial, from start to end (seconds since the first trial), by outcome."""
     with _figure(path, (6.4, max(2.4, 0.12 * len(spans) + 1.2))) as ax:
         seen: set[str] = set()
+        shortest = 0.006 * max((end for _, _, end, _ in spans), default=1.0)  # stays visible
         for number, start, end, kind in spans:
             label = None if kind in seen else kind
             seen.add(kind)
-            ax.barh(number, max(end - start, 0.02), left=start, height=0.8,
+            ax.barh(number, max(end - start, shortest), left=start, height=0.8,
                     color=OUTCOME_COLORS.get(kind, "0.5"), label=label)
         ax.invert_yaxis()
         ax.yaxis.set_major_locator(_integers())

@@ -187,13 +187,23 @@ def _trial_blocks(run: RunFolder, out: Path) -> list[Block]:
                        ("trained", "reused", "rejected", "skipped", "stopped", "failed")
                        if kinds.count(k))
     blocks: list[Block] = [("h2", "Trials"), ("p", f"{len(run.records)} trials: {counts}. "
-                           "Rejected: over a hard limit, never trained; skipped: predicted "
-                           "dominated, never trained; stopped: ended early by a rule; "
-                           "reused: same student as an earlier trial.")]
+                           "Rejected: over a hard limit, never trained; skipped: judged not "
+                           "worth training by a rule, never trained; stopped: ended early "
+                           "during training; reused: same student as an earlier trial.")]
     spans = _timeline(run)
     if spans and (name := _plot("timeline.png", out, lambda p: plot_timeline(p, spans))):
         blocks.append(("img", name, "timeline of trials by outcome"))
     return blocks
+
+
+def _pick_latency(run: RunFolder) -> float | None:
+    """The pick's latency: its trial's measurement on the front (timed with the others),
+    else the one taken after fine-tuning."""
+    for member in run.front:
+        if run.pick is not None and member.get("trial") == run.pick.trial:
+            if member.get("latency_ms_measured") is not None:
+                return float(member["latency_ms_measured"])
+    return (run.summary.get("pick") or {}).get("latency_ms")
 
 
 def _front_blocks(run: RunFolder, teacher: TeacherProfile, out: Path) -> list[Block]:
@@ -201,18 +211,19 @@ def _front_blocks(run: RunFolder, teacher: TeacherProfile, out: Path) -> list[Bl
     members = [m for m in run.front if m.get("trial") in by_number]
     rows = []
     for m in members:
-        latency = m.get("latency_ms_measured")
+        latency, spread = m.get("latency_ms_measured"), m.get("latency_spread")
         rows.append([str(m["trial"]), f"{m['accuracy']:.4f}", f"{m['macs']:,}",
                      f"{m['macs'] / teacher.macs:.3f}", f"{m['params']:,}",
-                     f"{latency:.4f}" if latency is not None else "n/a"])
+                     "n/a" if latency is None else f"{latency:.4f}" + (
+                         f" (±{50 * spread:.0f}%)" if spread is not None else "")])
     blocks: list[Block] = [("h2", "Pareto front"), ("table", [
         "trial", "val accuracy", "MACs", "MACs / teacher", "params", "latency ms (measured)"],
-        rows)]
+        rows), ("p", "Latency: median of 15 timed repeats at batch 1 with 1 thread on this "
+                     "CPU, ± half the 10-90% spread of the repeats (a busy machine widens it). "
+                     "Fewer MACs need not mean less latency: small networks are bound by "
+                     "per-call overhead.")]
     records = [by_number[m["trial"]] for m in members]
-    # The pick is drawn where its trial's point is (same architecture, same timing run).
-    pick_latency = next((m.get("latency_ms_measured") for m in members
-                         if run.pick is not None and m["trial"] == run.pick.trial),
-                        (run.summary.get("pick") or {}).get("latency_ms"))
+    pick_latency = _pick_latency(run)
     if name := _plot("front.png", out, lambda p: plot_front(
             p, records=run.records, front=records, teacher=teacher, config=run.config,
             pick=run.pick)):
@@ -263,7 +274,8 @@ def _pruning_blocks(run: RunFolder) -> list[Block]:
     share = f" ({100 * s['saved_seconds'] / total:.0f}% of the training)" if total else ""
     return [("h2", "What pruning saved"),
             ("p", f"{s['rejected']} students rejected by a limit and {s['skipped']} skipped by "
-                  f"the accuracy predictor before any training, {s['reused']} reused an "
+                  f"a rule (predicted dominated, or too little hypervolume gain) before any "
+                  f"training, {s['reused']} reused an "
                   f"earlier result, {s['stopped']} stopped early. At the mean "
                   f"{s['mean_train_seconds']:.1f} s of a full trial, that is about "
                   f"{s['saved_seconds']:.0f} s of training saved{share}, against "
@@ -278,9 +290,9 @@ def _pick_blocks(run: RunFolder, pick: Pick | None, teacher: TeacherProfile) -> 
     verdict = ("meets the limits" if pick.meets_constraints
                else "does **not** meet the accuracy limit (most accurate student picked)")
     test = f"{pick.test_accuracy:.4f}" if pick.test_accuracy is not None else "n/a"
-    latency = (run.summary.get("pick") or {}).get("latency_ms")
-    speed = (f", {latency:.4f} ms per sample ({teacher.latency_ms / latency:.1f}x faster than "
-             "the teacher)" if latency and teacher.latency_ms else "")
+    latency = _pick_latency(run)
+    speed = (f", {latency:.4f} ms per sample against the teacher's {teacher.latency_ms:.4f} "
+             "(batch 1, 1 thread)" if latency and teacher.latency_ms else "")
     blocks.append(("p", f"Trial {pick.trial}: {pick.macs:,} MACs ({pick.macs / teacher.macs:.3f}x "
                         f"the teacher's), {pick.params:,} params{speed}; validation accuracy "
                         f"{pick.search_accuracy:.4f} after the brief training, "

@@ -87,16 +87,16 @@ def trial_outcome(record: TrialRecord) -> str:
     """What became of a trial, in one word.
 
     ``trained``; ``reused`` (the same student as an earlier trial); ``rejected`` (over a
-    hard limit, never trained); ``skipped`` (predicted dominated, never trained);
-    ``stopped`` (early, by a rule or a scheduler); ``failed``; or ``running``.
+    hard limit, never trained); ``skipped`` (a rule judged it not worth training: the
+    accuracy predictor, the hypervolume gain); ``stopped`` (during training, by a rule
+    or a scheduler); ``failed``; or ``running``.
     """
     if record.state == "complete":
         return "reused" if record.duplicate_of is not None else "trained"
     if record.state == "pruned":
-        reason = record.pruned_reason or ""
-        if reason.startswith(("macs", "params", "latency")):
+        if (record.pruned_reason or "").startswith(("macs", "params", "latency")):
             return "rejected"
-        return "skipped" if reason.startswith("predictor") else "stopped"
+        return "stopped" if record.history or record.train_seconds else "skipped"
     return "failed" if record.state == "failed" else "running"
 
 

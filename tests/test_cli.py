@@ -152,7 +152,7 @@ def test_dashboard_serves_the_study_on_localhost(finished_run):
         with urllib.request.urlopen(api, timeout=30) as answer:
             studies = json.load(answer)["study_summaries"]
         assert [s["study_name"] for s in studies] == ["protege"]
-        server.send_signal(signal.SIGINT)
+        server.send_signal(signal.SIGTERM)  # as Ctrl-C: a clean stop, exit code 0
         assert server.wait(timeout=30) == 0
     finally:
         if server.poll() is None:
