@@ -153,8 +153,10 @@ def _pruning(args: argparse.Namespace, root: Path) -> list[str]:
 
 def _workers(n: int, trials: int, out: Path, storage: str) -> float:
     """Wall time for ``n`` processes (one torch thread each) to finish ``trials`` trials."""
+    # Rules off: every trial trains, so the processes share real work, not skips.
+    rules = [f"pruning.{rule}=false" for rule in RULES]
     common = ["--out", str(out), "--storage", storage, "--set", f"n_trials={trials}",
-              "--set", "distill.finetune_epochs=1"]
+              "--set", "distill.finetune_epochs=1", *(f"--set={r}" for r in rules)]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     protege = [sys.executable, "-m", "protege.cli"]
     start = time.perf_counter()
@@ -178,9 +180,9 @@ def _scale(args: argparse.Namespace, root: Path) -> list[str]:
     if args.postgres:
         storages["PostgreSQL"] = lambda out: args.postgres
     lines = [
-        f"{args.trials} trials of `experiments/mnist1d.yaml` (fine-tune cut to 1 epoch), "
-        "one torch thread per process; the owner (`protege run`) and `n − 1` "
-        "`protege worker` processes share the storage.",
+        f"{args.trials} trials of `experiments/mnist1d.yaml` (fine-tune cut to 1 epoch, "
+        "pruning rules off so that every trial trains), one torch thread per process; the "
+        "owner (`protege run`) and `n − 1` `protege worker` processes share the storage.",
         "",
         "| storage | processes | wall s | trials / min | speed-up |",
         "| --- | --- | --- | --- | --- |",

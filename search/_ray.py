@@ -4,8 +4,8 @@ Ray Tune calls a function trainable per trial, with Optuna as its searcher (the
 same seeded sampler as the in-process backend, on the same run-folder storage)
 and ASHA as its scheduler. Results come back as protege's own trial records, so
 the run folder looks the same whichever backend ran. Ray adds a per-trial cost
-(about 1.8 s per trivial trial in the design notes' measurement; not benchmarked
-here): it pays off on a cluster, not for second-long trials on one machine.
+(``experiments/results/search.md``): it pays off on a cluster, not for
+second-long trials on one machine.
 """
 
 from __future__ import annotations
@@ -130,7 +130,10 @@ def run_ray(evaluator: StudentEvaluator, *, config: Config, out: Path) -> list[T
             tune_config=tune.TuneConfig(
                 search_alg=searcher, scheduler=scheduler, num_samples=config.n_trials,
                 max_concurrent_trials=config.ray.max_concurrent,
-                time_budget_s=config.timeout),
+                time_budget_s=config.timeout,
+                # A fresh actor per trial costs a process start and the imports
+                # (seconds); a reused one keeps them.
+                reuse_actors=True),
             run_config=tune.RunConfig(name=_EXPERIMENT, storage_path=str(out.resolve()),
                                       verbose=0),
         )

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from protege._io import atomic_write
+from protege._modes import eval_mode
 from protege.distill import TeacherOutputs, as_tensors, cache_teacher_outputs, evaluate
 from protege.distill import train_student as _train_student
 from protege.estimators import (
@@ -48,7 +49,7 @@ from protege.search._objective import (
 )
 from protege.search._onnx import export_pick_onnx
 from protege.search._pareto import hypervolume, pareto_indices
-from protege.search._pruning import CurveRule, PredictorRule, PruningRule
+from protege.search._pruning import CurveRule, GainRule, PredictorRule, PruningRule
 from protege.search._records import Pick, TeacherProfile, TrialRecord, load_records
 from protege.search._report import write_report
 from protege.search._storage import (
@@ -78,8 +79,9 @@ class SearchResult:
         teacher: The teacher's cost and accuracy.
         trials: Every trial, by number.
         front: Pareto-optimal completed trials (accuracy up, costs down), by cost.
-        hypervolume: Area the front dominates in (accuracy, MACs / teacher MACs),
-            against the reference (accuracy 0, MAC ratio 1).
+        hypervolume: Volume the front dominates over every objective, each cost
+            divided by the teacher's, against the reference (chance accuracy, the
+            teacher's costs).
         pick: The chosen student after its final distillation, or None when no
             trial completed (or this process only ran trials).
         student: The chosen student's module (in eval mode), or None.
@@ -107,9 +109,11 @@ def _write_records(path: Path, records: Sequence[TrialRecord]) -> None:
 def _profile(teacher: nn.Module, example_input: torch.Tensor, val: TensorDataset,
              test: TensorDataset | None) -> TeacherProfile:
     macs, params = count_macs(teacher, example_input)
+    with torch.no_grad(), eval_mode(teacher):
+        classes = int(teacher(example_input).shape[-1])
     return TeacherProfile(
         macs=macs, params=params, val_accuracy=evaluate(teacher, val),
-        test_accuracy=evaluate(teacher, test) if test is not None else None,
+        test_accuracy=evaluate(teacher, test) if test is not None else None, classes=classes,
     )
 
 
@@ -284,6 +288,12 @@ def run_search(
     if not worker:
         study.set_user_attr("teacher", dataclasses.asdict(profile))
     rules: list[PruningRule] = []
+    if config.pruning.gain:
+        teacher_costs = profile.costs()
+        rules.append(GainRule(teacher_costs={n: teacher_costs[n] for n in config.objectives[1:]},
+                              chance=profile.chance, min_gain=config.pruning.min_gain,
+                              margin=config.pruning.margin,
+                              min_trials=config.pruning.min_trials))
     if config.pruning.predictor:
         rules.append(PredictorRule(min_trials=config.pruning.predictor_min_trials,
                                    threshold=config.pruning.predictor_threshold,
@@ -354,6 +364,24 @@ def _point(record: TrialRecord, config: Config) -> tuple[float, ...]:
     return (record.accuracy or 0.0, *(float(costs[name]) for name in config.objectives[1:]))
 
 
+def front_hypervolume(records: Sequence[TrialRecord], teacher: TeacherProfile,
+                      objectives: Sequence[str]) -> float:
+    """Hypervolume of completed trials over every objective, costs divided by the teacher's.
+
+    The reference point is fixed per task: chance accuracy and the teacher's costs.
+    """
+    costs = teacher.costs()
+    names = [name for name in objectives[1:] if name in costs]
+    points = []
+    for r in records:
+        if r.state != "complete" or r.accuracy is None:
+            continue
+        value = {"macs": r.macs, "params": r.params, "latency": r.latency_ms}
+        if all(value[n] is not None for n in names):
+            points.append((r.accuracy, *(float(value[n]) / costs[n] for n in names)))
+    return hypervolume(points, reference=(teacher.chance, *([1.0] * len(names))))
+
+
 def _front_member(record: TrialRecord, space: SearchSpace, config: Config) -> dict[str, Any]:
     member: dict[str, Any] = {"trial": record.number, "arch": record.arch,
                               "accuracy": record.accuracy, "macs": record.macs,
@@ -389,14 +417,15 @@ def _finish(*, out: Path, records: list[TrialRecord], profile: TeacherProfile,
                                       latency_ms=_cpu_latency(teacher, space.example_input))
     done = [r for r in records if r.state == "complete" and r.duplicate_of is None]
     front = [done[i] for i in pareto_indices([_point(r, config) for r in done])]
-    volume = hypervolume([(r.accuracy or 0.0, (r.macs or 0) / profile.macs) for r in done],
-                         reference=(0.0, 1.0))
+    volume = front_hypervolume(done, profile, config.objectives)
     write_json(out / "pareto.json", [_front_member(r, space, config) for r in front])
     summary: dict[str, Any] = {
         "teacher": dataclasses.asdict(profile),
         "trials": {state: sum(r.state == state for r in records)
                    for state in ("complete", "pruned", "failed")},
         "hypervolume": volume,
+        "hypervolume_reference": {"accuracy": profile.chance,
+                                  **{name: 1.0 for name in config.objectives[1:]}},
         "pick": None,
     }
     chosen = _choose(done, profile, config)
