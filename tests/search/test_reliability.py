@@ -218,58 +218,51 @@ def test_a_locked_sqlite_storage_says_to_use_postgresql_or_a_journal(tiny_data, 
 
 # --- the teacher cache under concurrent writers --------------------------------------------
 
-def _writer(path: str, value: int, rounds: int, start) -> None:  # type: ignore[no-untyped-def]
-    from protege._io import atomic_write
+def _worker(path: str, value: int, rounds: int, folder: str, start, both) -> None:  # type: ignore[no-untyped-def]
+    """One worker: rewrites ``path`` ``rounds`` times, then computes the teacher cache."""
+    from tiny_nets import make_tiny_net
 
-    start.wait()
+    from protege._io import atomic_write
+    from protege.distill import cache_teacher_outputs
+
     payload = {"logits": torch.full((512, 512), float(value))}
+    start.wait()
     for _ in range(rounds):
         with atomic_write(path, binary=True) as handle:
             torch.save(payload, handle)
-
-
-def _cache(folder: str, start) -> None:  # type: ignore[no-untyped-def]
-    from tiny_nets import make_tiny_net
-
-    from protege.distill import cache_teacher_outputs
-
     x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     net = make_tiny_net()
     data = torch.utils.data.TensorDataset(x, net(x).argmax(1).detach())
-    start.wait()
+    both.wait()  # the two workers compute and write the same teacher outputs at once
     cache_teacher_outputs(net, data, cache_dir=folder)
 
 
 def test_the_teacher_cache_written_by_two_workers_at_once_is_never_corrupt(tmp_path):
     context = multiprocessing.get_context("spawn")
-    start = context.Barrier(3)
+    start, both = context.Barrier(3), context.Barrier(2)
     path = tmp_path / "cache" / "teacher_outputs.pt"
-    writers = [context.Process(target=_writer, args=(str(path), value, 40, start))
+    folder = tmp_path / "shared"
+    workers = [context.Process(target=_worker,
+                               args=(str(path), value, 40, str(folder), start, both))
                for value in (1, 2)]
-    for proc in writers:
+    for proc in workers:
         proc.start()
     start.wait()
     reads = 0
-    while any(proc.is_alive() for proc in writers) or reads == 0:
+    while any(proc.is_alive() for proc in workers) or reads == 0:
         if path.exists():
             logits = torch.load(path, weights_only=True)["logits"]  # never half a file
             assert logits.shape == (512, 512) and float(logits.min()) == float(logits.max())
             assert float(logits[0, 0]) in (1.0, 2.0)
             reads += 1
-    assert all(proc.join() is None and proc.exitcode == 0 for proc in writers)
-    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
-
-    # The real cache: two workers computing the same teacher outputs at once.
-    start = context.Barrier(2)
-    folder = tmp_path / "shared"
-    workers = [context.Process(target=_cache, args=(str(folder), start)) for _ in range(2)]
-    for proc in workers:
-        proc.start()
     for proc in workers:
         proc.join(120)
         assert proc.exitcode == 0
+    assert reads > 1
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
     (cached,) = folder.glob("teacher_outputs-*.pt")
     assert torch.load(cached, weights_only=True)["logits"].shape == (64, 10)
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_a_trial_skipped_because_other_workers_spent_the_budget_is_not_reported(
