@@ -129,6 +129,18 @@ def test_export_torchscript_of_another_trial(finished_run, tmp_path, capsys):
     assert (run / f"trial-{other}" / "arch.json").is_file()
 
 
+def test_worker_joins_the_run_and_runs_the_missing_trial(finished_run, tmp_path, capsys):
+    run = _copy(finished_run[0], tmp_path)
+    summary = (run / "summary.json").read_text()
+    argv = ["worker", str(run / "config.yaml"), "--out", str(run), "--set", "n_trials=5",
+            "--storage", f"sqlite:///{run / 'study.db'}"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "[5/5 " in printed and "worker done: the study holds 5 trials" in printed
+    assert (run / "summary.json").read_text() == summary  # a worker never picks
+    assert len((run / "trials.jsonl").read_text().splitlines()) == 5
+
+
 def _read_lines(stream, lines: queue.Queue) -> None:
     for line in stream:
         lines.put(line)
@@ -152,6 +164,11 @@ def test_dashboard_serves_the_study_on_localhost(finished_run):
         with urllib.request.urlopen(api, timeout=30) as answer:
             studies = json.load(answer)["study_summaries"]
         assert [s["study_name"] for s in studies] == ["protege"]
+        study = url.replace("/dashboard/", f"/api/studies/{studies[0]['study_id']}?after=0")
+        with urllib.request.urlopen(study, timeout=30) as answer:
+            trials = json.load(answer)["trials"]
+        attrs = {a["key"] for t in trials for a in t["user_attrs"]}
+        assert {"macs", "params", "arch"} <= attrs  # what the dashboard shows per trial
         server.send_signal(signal.SIGTERM)  # as Ctrl-C: a clean stop, exit code 0
         assert server.wait(timeout=30) == 0
     finally:
