@@ -267,5 +267,7 @@ def _markdown(arms: dict[str, list[dict[str, Any]]], *, teacher: dict[str, Any],
                 f"{'yes' if r['best_macs_ratio_within_1pt'] is not None else 'no'} | "
                 f"{r['hypervolume']:.4f} | {r['sample_passes']} | {r['train_seconds']:.0f} | "
                 f"{r['wall_seconds']:.0f} |")
-    lines += ["", f"![hypervolume]({pngs[0]})", "", f"![fronts]({pngs[1]})"]
+    lines += ["", f"Plots, written next to this file by the command and kept out of git: "
+              f"`{pngs[0]}` (hypervolume against students and time, 95 % intervals over "
+              f"seeds) and `{pngs[1]}` (every arm's front)."]
     return lines
