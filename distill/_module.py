@@ -164,12 +164,15 @@ class DistillModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         terms = self.loss_terms(batch)
-        n = len(batch[1])
+        self.accumulate(terms, len(batch[1]))
+        return terms["loss"]
+
+    def accumulate(self, terms: dict[str, torch.Tensor], n: int) -> None:
+        """Add a batch's loss terms to the epoch sums (logged once at the epoch's end)."""
         for name, value in terms.items():
             total = value.detach() * n
             self._sums[name] = self._sums[name] + total if name in self._sums else total
         self._samples += n
-        return terms["loss"]
 
     def on_train_epoch_end(self) -> None:
         means = {name: float(total) / max(1, self._samples) for name, total in self._sums.items()}

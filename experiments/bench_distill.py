@@ -180,11 +180,7 @@ class _ManualOptimisation(DistillModule):
         terms["loss"].backward()
         optimizer.step()  # type: ignore[union-attr]
         self.lr_schedulers().step()  # type: ignore[union-attr]
-        n = len(batch[1])
-        for name, value in terms.items():
-            total = value.detach() * n
-            self._sums[name] = self._sums[name] + total if name in self._sums else total
-        self._samples += n
+        self.accumulate(terms, len(batch[1]))
         return terms["loss"]
 
 
