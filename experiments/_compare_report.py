@@ -78,6 +78,22 @@ def _test_acc(record: dict[str, Any]) -> float:
     return pick["test_accuracy"] if pick and pick["test_accuracy"] is not None else math.nan
 
 
+def _covered(points_of: Sequence[dict[str, Any]],
+             by: Sequence[dict[str, Any]]) -> tuple[int, int]:
+    """How many front points of ``points_of``'s records the same seed's front in ``by``
+    weakly dominates (at least as accurate, at most as costly), and how many there are,
+    over the seeds both ran."""
+    fronts = {r["seed"]: r["front"] for r in by}
+    covered = total = 0
+    for r in points_of:
+        for point in r["front"] if r["seed"] in fronts else ():
+            total += 1
+            covered += any(q["accuracy"] >= point["accuracy"]
+                           and q["macs_ratio"] <= point["macs_ratio"]
+                           for q in fronts.get(r["seed"], []))
+    return covered, total
+
+
 def _ms(values: Sequence[float], fmt: str = "{:.3f}") -> str:
     vals = [v for v in values if not math.isnan(v)]
     if not vals:
@@ -241,19 +257,16 @@ def _markdown(arms: dict[str, list[dict[str, Any]]], *, teacher: dict[str, Any],
                      f"{cell(t['test_accuracy'], 100, '{:+.2f}')} |")
     lines += ["", f"Fronts (validation accuracy, MACs ratio): how many of each arm's front points "
               f"some point of `{reference}`'s front of the same seed weakly dominates "
-              "(at least as accurate and at most as costly), summed over seeds:", ""]
-    for arm, rows in arms.items():
-        if arm == reference:
-            continue
-        ref = {r["seed"]: r["front"] for r in arms[reference]}
-        covered = total = 0
-        for r in rows:
-            for point in r["front"]:
-                total += 1
-                covered += any(q["accuracy"] >= point["accuracy"]
-                               and q["macs_ratio"] <= point["macs_ratio"]
-                               for q in ref.get(r["seed"], []))
-        lines.append(f"- {arm}: {covered} of {total}")
+              "(at least as accurate and at most as costly), summed over the seeds both ran:",
+              ""]
+    lines += [f"- {arm}: {covered} of {total}" for arm, rows in arms.items() if arm != reference
+              for covered, total in [_covered(rows, arms[reference])]]
+    for peer in (a.name for a in config.arms if a.kind == "torch_pruning" and a.name in arms):
+        lines += ["", f"The peer's points: how many of `{peer}`'s front points each arm's front of "
+                  "the same seed weakly dominates, summed over the seeds both ran (all of them: "
+                  "the arm's front dominates the peer's):", ""]
+        lines += [f"- {arm}: {covered} of {total}" for arm, rows in arms.items() if arm != peer
+                  for covered, total in [_covered(arms[peer], rows)]]
     lines += ["", "Per seed:", "",
               "| arm | seed | pick | × fewer MACs | val acc % | test acc % | within 1 pt | "
               "hypervolume | sample-passes | train s | wall s |",

@@ -25,6 +25,7 @@ from protege.experiments import (
     total_budget,
     write_compare_report,
 )
+from protege.experiments._compare_report import _covered
 from protege.search import ConfigError, hypervolume
 
 FIELDS = ("arm", "seed", "hypervolume", "best_macs_ratio_within_1pt",
@@ -112,6 +113,7 @@ def test_two_arms_two_seeds_equal_budgets_json_and_resume(
     assert payload["paired_tests"]["torch_pruning"]["hypervolume"]["n"] == 2
     text = paths["md"].read_text()
     assert "protege compare toy.yaml" in text and "| torch_pruning |" in text
+    assert "The peer's points: how many of `torch_pruning`'s front points" in text
     assert paths["hv_png"].stat().st_size > 0 and paths["fronts_png"].stat().st_size > 0
 
     again = run_compare(config, out=tmp_path / "cmp", task=toy_task)  # resumes: trains nothing
@@ -166,6 +168,17 @@ def test_hypervolume_matches_brute_force(seed: int) -> None:
         _brute_force_area(inside, reference), abs=1e-12)
 
 
+def test_front_coverage_counts_weakly_dominated_points_over_shared_seeds() -> None:
+    def rec(seed: int, *points: tuple[float, float]) -> dict[str, Any]:
+        return {"seed": seed, "front": [{"accuracy": a, "macs_ratio": m} for a, m in points]}
+
+    peer = [rec(0, (0.90, 0.1), (0.95, 0.5)), rec(1, (0.80, 0.2)), rec(2, (0.99, 0.9))]
+    arm = [rec(0, (0.95, 0.1)), rec(1, (0.79, 0.01), (0.80, 0.2))]
+    # seed 0: (0.95, 0.1) covers both; seed 1: a tie counts; seed 2: the arm never ran it
+    assert _covered(peer, arm) == (3, 3)
+    assert _covered(arm, peer) == (1, 3)  # only the tie at seed 1
+
+
 def test_split_epochs_and_bad_configs() -> None:
     assert split_epochs(180, 9) == [20] * 9
     assert split_epochs(180, 7) == [26, 26, 26, 26, 26, 25, 25]
@@ -179,6 +192,21 @@ def test_split_epochs_and_bad_configs() -> None:
         _config(arms={"x": {"set": ["distill.lr=-1"]}})
     with pytest.raises(ConfigError, match="budget.kind"):
         _config(budget={"kind": "flops"})
+
+
+SHIPPED = sorted(Path(__file__).parents[2].glob("experiments/compare_*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_compare_configs_load_and_name_their_command(path: Path) -> None:
+    config = load_compare_config(path)  # every arm's protege config is validated here
+    assert len(config.seeds) >= 2 and config.arms[0].name == "protege"
+    assert f"protege compare experiments/{path.name}" in path.read_text()
+
+
+def test_both_headline_configs_and_their_quick_variants_ship() -> None:
+    assert [p.stem for p in SHIPPED] == ["compare_fashion_mnist", "compare_fashion_mnist_quick",
+                                         "compare_mnist1d", "compare_mnist1d_quick"]
 
 
 def test_paired_test_reports_exact_wilcoxon_and_bootstrap_interval() -> None:
