@@ -229,3 +229,51 @@ def test_quiet_report_prints_nothing(finished_run, tmp_path, capsys):
 def test_teacher_command_shows_the_cached_teacher(capsys):
     assert main(["teacher", "digits"]) == 0
     assert "digits teacher: val accuracy" in capsys.readouterr().out
+
+
+COMPARE = """
+task: digits
+seeds: [0]
+workers: 1
+report: cli_compare
+budget: {trials: 2}
+search: {distill: {epochs: 1, finetune_epochs: 1}}
+arms:
+  protege: {}
+  torch_pruning: {kind: torch_pruning}
+"""
+
+
+def test_compare_runs_every_arm_writes_the_report_and_reuses_finished_arms(
+        tmp_path, tmp_path_factory, monkeypatch, capsys):
+    import protege.experiments._baselines
+    import protege.experiments._compare
+
+    monkeypatch.setenv("PROTEGE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    config = tmp_path / "compare.yaml"
+    config.write_text(COMPARE)
+    results = tmp_path / "results"
+    argv = ["compare", str(config), "--out", str(tmp_path / "out"), "--results", str(results)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "[1/2," in printed and "[2/2," in printed
+    assert "| protege | search |" in printed and "| torch_pruning | torch_pruning |" in printed
+    records = json.loads((results / "cli_compare.json").read_text())["records"]
+    assert {(r["arm"], r["seed"]) for r in records} == {("protege", 0), ("torch_pruning", 0)}
+    assert f"protege compare {config} --out" in (results / "cli_compare.md").read_text()
+
+    def trains(*args, **kwargs):
+        raise AssertionError("a finished arm trained again")
+
+    monkeypatch.setattr(protege.experiments._compare, "_search_arm", trains)
+    monkeypatch.setattr(protege.experiments._baselines, "run_baseline", trains)
+    assert main(argv) == 0
+    assert "[2/2," in capsys.readouterr().out
+
+
+def test_compare_config_mistake_exits_2_with_one_line(tmp_path, capsys):
+    config = tmp_path / "compare.yaml"
+    config.write_text(COMPARE.replace("kind: torch_pruning", "kind: magic"))
+    assert main(["compare", str(config), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "magic" in err
