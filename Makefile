@@ -25,7 +25,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check protege spaces distill estimators search experiments tests
-	$(BIN)/mypy protege spaces distill estimators search
+	$(BIN)/mypy protege spaces distill estimators search experiments
 
 clean:
 	rm -rf runs .pytest_cache

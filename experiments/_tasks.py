@@ -268,7 +268,9 @@ def _fashion_mnist_arrays(data_dir: Path) -> tuple[_Split, _Split]:
     )
 
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, str] = {
+    0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8",
+}
 
 
 def read_idx(path: str | Path) -> np.ndarray:

@@ -453,10 +453,10 @@ def load_or_train_teacher(
     path = teacher_cache_path(name, seed=seed, cache_dir=cache_dir)
     cached = _load_cached(name, path)
     if cached is not None:
-        model, info = cached
+        model, facts = cached
         logger.info("loaded teacher %s seed %d from %s", name, seed, path)
-        info.update(cache_path=str(path), from_cache=True)
-        return model, info
+        facts.update(cache_path=str(path), from_cache=True)
+        return model, facts
 
     logger.info("training teacher %s seed %d (cache miss: %s)", name, seed, path)
     model, trained = train_teacher(name, train, val, seed=seed)
