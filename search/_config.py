@@ -204,6 +204,13 @@ class Config:
             ``distill.epochs`` in the file, trials get the level's preset
             (:data:`LEVEL_EPOCHS`).
         pruning: Rules that stop hopeless trials (in-process and worker backends).
+        finetunes: Final fine-tunes the pick may spend. 1: fine-tune the smallest
+            trial within the accuracy limit (else the most accurate one). ``k`` > 1:
+            when that student meets the limit after its fine-tune, bisect the smaller
+            students of the (accuracy, MACs) front by their fine-tuned accuracy, up to
+            ``k`` fine-tunes in all, and return the smallest that meets the limit.
+            Brief trials underestimate what a student reaches when fine-tuned; this
+            spends fine-tunes to find the smaller student that still meets it.
         backend: ``optuna`` (in-process, or workers on a shared storage) or ``ray``.
         ray: Settings of the Ray Tune backend.
     """
@@ -221,6 +228,7 @@ class Config:
     constraints: Constraints = dataclasses.field(default_factory=Constraints)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     pruning: PruningConfig = dataclasses.field(default_factory=PruningConfig)
+    finetunes: int = 1
     backend: str = "optuna"
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
@@ -242,6 +250,9 @@ class Config:
                f"unknown objective {unknown[0] if unknown else ''!r}; known costs: "
                f"{', '.join(OBJECTIVES[1:])}")
         _check(len(set(costs)) == len(costs), "objectives", "a cost is listed twice")
+        _check(isinstance(self.finetunes, int) and not isinstance(self.finetunes, bool)
+               and self.finetunes >= 1, "finetunes",
+               f"must be an integer >= 1, got {self.finetunes!r}")
         _check(self.backend in ("optuna", "ray"), "backend",
                f"must be optuna or ray, got {self.backend!r}")
         _check(self.init in INITS, "init", f"must be one of {', '.join(INITS)}, got {self.init!r}")

@@ -94,9 +94,13 @@ class Pick:
         search_accuracy: Validation accuracy after the trial's brief distillation.
         val_accuracy: Validation accuracy after the final fine-tune.
         test_accuracy: Test accuracy after the final fine-tune, if test data was given.
-        meets_constraints: Whether the trial met every limit; when no trial did,
-            the most accurate student within the cost limits is picked instead.
+        meets_constraints: Whether the student returned meets every limit: its
+            fine-tuned validation accuracy is within ``max_accuracy_drop`` of the
+            teacher's (students over a cost limit never train, so never get here).
         finetune_seconds: Wall time of the final fine-tune.
+        finetuned: Every student fine-tuned to choose this one, in order: ``trial``,
+            ``macs``, ``search_accuracy``, ``val_accuracy``, ``meets``, ``seconds``
+            (one entry unless ``Config.finetunes`` > 1).
     """
 
     trial: int
@@ -108,6 +112,7 @@ class Pick:
     test_accuracy: float | None
     meets_constraints: bool
     finetune_seconds: float
+    finetuned: tuple[dict[str, Any], ...] = ()
 
 
 def record_of(trial: FrozenTrial) -> TrialRecord:

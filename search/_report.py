@@ -288,7 +288,7 @@ def _pick_blocks(run: RunFolder, pick: Pick | None, teacher: TeacherProfile) -> 
     if pick is None:
         return [*blocks, ("p", "No trial completed: nothing was picked.")]
     verdict = ("meets the limits" if pick.meets_constraints
-               else "does **not** meet the accuracy limit (most accurate student picked)")
+               else "does **not** meet the accuracy limit after fine-tuning")
     test = f"{pick.test_accuracy:.4f}" if pick.test_accuracy is not None else "n/a"
     latency = _pick_latency(run)
     speed = (f", {latency:.4f} ms per sample against the teacher's {teacher.latency_ms:.4f} "
@@ -299,6 +299,13 @@ def _pick_blocks(run: RunFolder, pick: Pick | None, teacher: TeacherProfile) -> 
                         f"{pick.val_accuracy:.4f} after {run.config.distill.finetune_epochs} "
                         f"fine-tuning epochs; test accuracy {test}; {verdict}. Saved in "
                         "`best/` (`arch.json`, `student.pt`)."))
+    if len(pick.finetuned) > 1:
+        tried = "; ".join(f"trial {f['trial']} ({f['macs'] / teacher.macs:.3f}x MACs): "
+                          f"{f['search_accuracy']:.4f} → {f['val_accuracy']:.4f}, "
+                          f"{'meets' if f['meets'] else 'misses'}" for f in pick.finetuned)
+        blocks.append(("p", f"{len(pick.finetuned)} students were fine-tuned to choose it "
+                            f"(`finetunes: {run.config.finetunes}`, bisecting the front by "
+                            f"fine-tuned accuracy), in order: {tried}."))
     onnx = run.summary.get("onnx") or {}
     if "max_abs_diff" in onnx:
         blocks.append(("p", f"ONNX: `best/{onnx['path']}` ({onnx['size_bytes']:,} bytes), "

@@ -43,7 +43,7 @@ def finetune_trial(run: RunFolder | str | Path, teacher: nn.Module, *, number: i
         folder = run.path / f"trial-{number}"
     if (folder / "arch.json").is_file() and (folder / "student.pt").is_file():
         return folder, load_student(teacher, folder / "arch.json", folder / "student.pt")
-    from protege.search._study import _finetune  # the pick's own fine-tune, not a copy
+    from protege.search._study import _finetune, _floor  # the pick's own, not a copy
 
     record = run.record(number)
     config = run.config
@@ -52,10 +52,8 @@ def finetune_trial(run: RunFolder | str | Path, teacher: nn.Module, *, number: i
                                     config=config.distill)
     val_data = _tensors(val, "validation data")
     assert val_data is not None
-    floor = (run.teacher.val_accuracy - config.constraints.max_accuracy_drop
-             if run.teacher is not None else 0.0)
-    meets = record.state == "complete" and (record.accuracy or 0.0) >= floor - 1e-12
-    pick, student = _finetune(record, meets=meets, space=space, outputs=outputs, val=val_data,
+    floor = (_floor(run.teacher, config) if run.teacher is not None else 0.0)
+    pick, student = _finetune(record, floor=floor, space=space, outputs=outputs, val=val_data,
                               test=_tensors(test, "test data"), config=config,
                               accelerator=accelerator, teacher=teacher)
     save_student(folder, student, record.arch, space, derive_kwargs=config.space.derive_kwargs(),

@@ -351,8 +351,8 @@ def _choose(records: Sequence[TrialRecord], teacher: TeacherProfile,
     done = [r for r in records if r.state == "complete" and r.accuracy is not None]
     if not done:
         return None
-    floor = teacher.val_accuracy - config.constraints.max_accuracy_drop
-    within = [r for r in done if (r.accuracy or 0.0) >= floor - 1e-12]
+    floor = _floor(teacher, config)
+    within = [r for r in done if (r.accuracy or 0.0) >= floor]
     if within:
         return min(within, key=lambda r: (r.macs, -(r.accuracy or 0.0), r.number)), True
     return max(done, key=lambda r: (r.accuracy or 0.0, -(r.macs or 0), -r.number)), False
@@ -433,9 +433,14 @@ def _finish(*, out: Path, records: list[TrialRecord], profile: TeacherProfile,
     if chosen is None:
         logger.warning("no trial completed: nothing to pick")
     else:
-        pick, student = _finetune(chosen[0], meets=chosen[1], space=space, outputs=outputs,
-                                  val=val, test=test, config=config, accelerator=accelerator,
-                                  teacher=teacher)
+        if not chosen[1]:
+            logger.warning("no student met max_accuracy_drop=%s in its trial; fine-tuning the "
+                           "most accurate one (trial %d)",
+                           config.constraints.max_accuracy_drop, chosen[0].number)
+        tune = functools.partial(_finetune, floor=_floor(profile, config), space=space,
+                                 outputs=outputs, val=val, test=test, config=config,
+                                 accelerator=accelerator, teacher=teacher)
+        pick, student = _bisect(chosen[0], done, tune=tune, finetunes=config.finetunes)
         save_student(out / "best", student, pick.arch, space,
                      derive_kwargs=config.space.derive_kwargs(), trial=pick.trial)
         summary["pick"] = dataclasses.asdict(pick) | {
@@ -450,12 +455,44 @@ def _finish(*, out: Path, records: list[TrialRecord], profile: TeacherProfile,
     return SearchResult(out, profile, tuple(records), tuple(front), volume, pick, student)
 
 
-def _finetune(record: TrialRecord, *, meets: bool, space: SearchSpace, outputs: TeacherOutputs,
+def _floor(profile: TeacherProfile, config: Config) -> float:
+    """The lowest validation accuracy within the accuracy limit."""
+    return profile.val_accuracy - config.constraints.max_accuracy_drop - 1e-12
+
+
+def _bisect(first: TrialRecord, done: Sequence[TrialRecord], *,
+            tune: Callable[[TrialRecord], tuple[Pick, nn.Module]],
+            finetunes: int) -> tuple[Pick, nn.Module]:
+    """Fine-tune ``first``; while fine-tunes remain and the best so far meets the limit,
+    bisect the smaller students of the (accuracy, MACs) front for the smallest that
+    meets it after its own fine-tune (fine-tuned accuracy grows with MACs along a front).
+    """
+    best = tune(first)
+    tried = [best[0]]
+    smaller = [r for r in done if (r.macs or 0) < (first.macs or 0) and r.accuracy is not None]
+    front = [smaller[i] for i in pareto_indices([(r.accuracy or 0.0, float(r.macs or 0))
+                                                 for r in smaller])]  # by MACs, ascending
+    lo, hi = 0, len(front)  # the answer is front[lo:hi], or the best so far
+    while best[0].meets_constraints and len(tried) < finetunes and lo < hi:
+        mid = (lo + hi) // 2
+        candidate = tune(front[mid])
+        tried.append(candidate[0])
+        logger.info("bisecting the front: trial %d (%d MACs) %s the limit after fine-tuning",
+                    front[mid].number, front[mid].macs or 0,
+                    "meets" if candidate[0].meets_constraints else "misses")
+        if candidate[0].meets_constraints:
+            best, hi = candidate, mid
+        else:
+            lo = mid + 1
+    finetuned = tuple({"trial": p.trial, "macs": p.macs, "search_accuracy": p.search_accuracy,
+                       "val_accuracy": p.val_accuracy, "meets": p.meets_constraints,
+                       "seconds": p.finetune_seconds} for p in tried)
+    return dataclasses.replace(best[0], finetuned=finetuned), best[1]
+
+
+def _finetune(record: TrialRecord, *, floor: float, space: SearchSpace, outputs: TeacherOutputs,
               val: TensorDataset, test: TensorDataset | None, config: Config,
               accelerator: str, teacher: nn.Module) -> tuple[Pick, nn.Module]:
-    if not meets:
-        logger.warning("no student met max_accuracy_drop=%s; picking the most accurate one "
-                       "(trial %d)", config.constraints.max_accuracy_drop, record.number)
     student = space.materialize(record.arch, init=config.init, seed=config.seed + record.number)
     student = student.to(device_of(accelerator))
     final = config.distill.for_finetune()  # all data, no trial step/seconds budget
@@ -467,6 +504,7 @@ def _finetune(record: TrialRecord, *, meets: bool, space: SearchSpace, outputs: 
         trial=record.number, arch=record.arch, macs=record.macs or 0, params=record.params or 0,
         search_accuracy=record.accuracy or 0.0, val_accuracy=result.val_accuracy,
         test_accuracy=evaluate(student, test) if test is not None else None,
-        meets_constraints=meets, finetune_seconds=round(result.seconds, 3),
+        meets_constraints=result.val_accuracy >= floor,
+        finetune_seconds=round(result.seconds, 3),
     )
     return pick, student

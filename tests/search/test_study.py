@@ -151,3 +151,82 @@ def test_impossible_latency_limit_is_a_clear_error(tiny_data, tmp_path):
     cfg = config(constraints={"max_latency_ms": 1e-6})
     with pytest.raises(ValueError, match="no student can meet the limits.*latency"):
         search(tiny_data, tmp_path / "run", cfg)
+
+
+def _fake_tune(finetuned_accuracy, floor, calls):
+    """A fine-tune that returns a fixed accuracy per trial and records the order."""
+    from protege.search import Pick
+
+    def tune(record):
+        calls.append(record.number)
+        acc = finetuned_accuracy[record.number]
+        pick = Pick(trial=record.number, arch={}, macs=record.macs, params=0,
+                    search_accuracy=record.accuracy, val_accuracy=acc, test_accuracy=None,
+                    meets_constraints=acc >= floor, finetune_seconds=1.0)
+        return pick, torch.nn.Identity()
+
+    return tune
+
+
+def _records(*points):
+    from protege.search import TrialRecord
+
+    return [TrialRecord(number=i, state="complete", arch={}, accuracy=a, macs=m)
+            for i, (a, m) in enumerate(points)]
+
+
+# trial: (brief accuracy, MACs). Trials 0-6 form the front; 7 is dominated by 2.
+FRONT = _records((0.60, 10), (0.65, 20), (0.70, 30), (0.74, 40), (0.78, 50), (0.80, 60),
+                 (0.85, 70), (0.62, 35))
+# after fine-tuning every student gains 0.14: trials 3 (0.88) and up meet a 0.88 floor
+TUNED = {r.number: round(r.accuracy + 0.14, 4) for r in FRONT}
+
+
+def test_bisection_finds_the_smallest_student_that_meets_the_limit_after_fine_tuning():
+    calls = []
+    pick, _ = study_module._bisect(FRONT[6], FRONT, tune=_fake_tune(TUNED, 0.88, calls),
+                                   finetunes=4)
+    # trial 6 first, then the front below it: 0..5 -> mid 3 (meets), 0..3 -> 1 (misses),
+    # 2..3 -> 2 (misses): trial 3 is the smallest that meets, found in 4 fine-tunes
+    assert calls == [6, 3, 1, 2]
+    assert pick.trial == 3 and pick.meets_constraints
+    assert [f["trial"] for f in pick.finetuned] == calls
+    assert [f["meets"] for f in pick.finetuned] == [True, True, False, False]
+
+
+def test_bisection_stops_at_its_fine_tune_budget_and_when_the_first_misses():
+    calls = []
+    pick, _ = study_module._bisect(FRONT[6], FRONT, tune=_fake_tune(TUNED, 0.88, calls),
+                                   finetunes=2)
+    assert calls == [6, 3] and pick.trial == 3
+    calls.clear()
+    pick, _ = study_module._bisect(FRONT[6], FRONT, tune=_fake_tune(TUNED, 0.995, calls),
+                                   finetunes=4)
+    assert calls == [6] and pick.trial == 6 and not pick.meets_constraints
+    calls.clear()
+    pick, _ = study_module._bisect(FRONT[6], FRONT, tune=_fake_tune(TUNED, 0.88, calls),
+                                   finetunes=1)
+    assert calls == [6] and len(pick.finetuned) == 1
+
+
+def test_finetunes_runs_a_search_that_fine_tunes_several_students(tiny_data, tmp_path,
+                                                                   train_calls, monkeypatch):
+    # as if no trial met the limit: the largest student is fine-tuned first
+    monkeypatch.setattr(study_module, "_choose",
+                        lambda done, teacher, cfg: (max(done, key=lambda r: r.macs), False))
+    cfg = config(finetunes=3, n_trials=6, constraints={"max_accuracy_drop": 0.99})
+    result = search(tiny_data, tmp_path / "run", cfg)
+    tried = result.pick.finetuned
+    assert tried[0]["macs"] == max(r.macs for r in result.trials if r.macs)
+    # every fine-tuned student meets a 0.99 drop: the bisection goes down the front (it
+    # stops early once no smaller front member is left)
+    assert all(f["meets"] for f in tried) and 2 <= len(tried) <= 3
+    trained = sum(r.state == "complete" for r in result.trials)  # the gain rule may skip some
+    assert len(train_calls) == trained + len(tried)
+    assert result.pick.trial == tried[-1]["trial"] and result.pick.meets_constraints
+    assert result.pick.macs == min(f["macs"] for f in tried)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [f["trial"] for f in summary["pick"]["finetuned"]] == [f["trial"] for f in tried]
+    assert "students were fine-tuned to choose it" in (tmp_path / "run" / "report.md").read_text()
+    with pytest.raises(protege.search.ConfigError, match="finetunes"):
+        config(finetunes=0)
