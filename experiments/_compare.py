@@ -12,8 +12,9 @@ training samples), fine-tunes included. ``budget.trials`` trials of the base
 config's ``distill.epochs`` plus one fine-tune of ``distill.finetune_epochs`` set
 the total ``B``. A search arm runs trials until what they trained (pruned trials
 count the epochs they ran; rejected and duplicate students cost nothing) leaves
-less than one trial's worth of ``B`` minus its fine-tune, or until it has sampled
-:data:`_CAP` times its nominal ``trials`` students, then picks and fine-tunes. Rules
+less than one trial's worth of ``B`` minus its fine-tunes (one, or the arm's
+``finetunes``), or until it has sampled :data:`_CAP` times its nominal ``trials``
+students, then picks and fine-tunes (every fine-tuned student joins the front). Rules
 that skip students before training (protege's default gain rule) can thus leave
 part of the budget unspent: a record's ``sample_passes`` is what the arm used.
 A sweep of ``k`` students shares ``B`` out as equal epoch counts (the remainder
@@ -181,8 +182,17 @@ class CompareConfig:
         _check(self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
         _check(self.train_subset is None or self.train_subset >= 1, "train_subset",
                f"must be >= 1, got {self.train_subset}")
+        base = self.base_config(self.seeds[0]).distill
+        budget_epochs = self.budget.trials * base.epochs + (base.finetune_epochs or base.epochs)
         for arm in self.arms:
-            distill = self.arm_config(arm, self.seeds[0]).distill  # every arm's config is valid
+            arm_config = self.arm_config(arm, self.seeds[0])  # every arm's config is valid
+            distill = arm_config.distill
+            if arm.kind == "search" and self.budget.kind == "compute":
+                reserved = arm_config.finetunes * (distill.finetune_epochs or distill.epochs)
+                _check(budget_epochs - reserved >= distill.epochs, f"arms.{arm.name}",
+                       f"its {arm_config.finetunes} fine-tunes ({reserved} epochs) leave no "
+                       f"trial in a budget of {budget_epochs} epochs; raise budget.trials or "
+                       "lower finetunes")
             partial = [key for key in ("samples", "max_steps", "max_seconds")
                        if getattr(distill, key, None) is not None]
             _check(not partial, f"arms.{arm.name}",
@@ -403,11 +413,12 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
     kwargs: dict[str, Any] = dict(train=task.train, val=task.val, test=task.test,
                                   example_input=task.example_input, out=out)
     finetune = (config.distill.finetune_epochs or config.distill.epochs) * samples
+    finetunes = finetune * config.finetunes  # the pick's fine-tunes, all reserved up front
     if budget.kind == "time":
         config = dataclasses.replace(config, timeout=budget.seconds, n_trials=100_000)
     else:
         assert total is not None
-        per_trial, for_trials = config.distill.epochs * samples, total - finetune
+        per_trial, for_trials = config.distill.epochs * samples, total - finetunes
         records = out / "trials.jsonl"
 
         def spent(_record: TrialRecord | None = None) -> None:
@@ -437,8 +448,12 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
     pick = None
     if result.pick is not None:
         p = result.pick
-        students.append(Student(p.val_accuracy, p.macs, p.finetune_seconds, finetune,
-                                f"pick (trial {p.trial}, fine-tuned)"))
+        # every fine-tuned student is a point of the front, at its fine-tuned accuracy
+        for f in p.finetuned or ({"trial": p.trial, "macs": p.macs, "val_accuracy":
+                                  p.val_accuracy, "seconds": p.finetune_seconds},):
+            name = "pick" if f["trial"] == p.trial else "fine-tuned"
+            students.append(Student(f["val_accuracy"], f["macs"], f["seconds"], finetune,
+                                    f"{name} (trial {f['trial']}, fine-tuned)"))
         pick = {"source": f"trial {p.trial}", "macs": p.macs,
                 "macs_ratio": p.macs / teacher["macs"],
                 "val_accuracy": p.val_accuracy, "test_accuracy": p.test_accuracy,

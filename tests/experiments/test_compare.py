@@ -121,6 +121,19 @@ def test_two_arms_two_seeds_equal_budgets_json_and_resume(
     assert [r.to_dict() for r in again] == [r.to_dict() for r in records]
 
 
+def test_a_search_arm_with_several_fine_tunes_reserves_them_in_its_budget(
+        toy_task: CompareTask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _config(seeds=[0], budget={"trials": 4},
+                     arms={"protege_bisect": {"set": ["finetunes=2"]}})
+    meter = _Meter(monkeypatch)
+    [record] = run_compare(config, out=tmp_path / "cmp", task=toy_task)
+    budget = total_budget(config, len(toy_task.train))
+    assert budget == (4 * 1 + 2) * 192
+    # two 2-epoch fine-tunes are reserved: at most 2 one-epoch trials run before them
+    assert record.sample_passes == meter.take() <= budget
+    assert record.pick is not None and record.students_trained <= 2 + 2
+
+
 @pytest.mark.slow  # two more searches: ~10 s on a quiet 2-core machine
 def test_uniform_arm_and_pruned_trials_spend_the_budget(
         toy_task: CompareTask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -190,6 +203,8 @@ def test_split_epochs_and_bad_configs() -> None:
         _config(arms={"x": {"ratio": [0.5]}})
     with pytest.raises(ConfigError, match="distill.lr"):
         _config(arms={"x": {"set": ["distill.lr=-1"]}})
+    with pytest.raises(ConfigError, match="leave no trial"):
+        _config(arms={"x": {"set": ["finetunes=3"]}}, budget={"trials": 3})
     with pytest.raises(ConfigError, match="budget.kind"):
         _config(budget={"kind": "flops"})
 
