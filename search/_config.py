@@ -206,11 +206,11 @@ class Config:
         pruning: Rules that stop hopeless trials (in-process and worker backends).
         finetunes: Final fine-tunes the pick may spend. 1: fine-tune the smallest
             trial within the accuracy limit (else the most accurate one). ``k`` > 1:
-            when that student meets the limit after its fine-tune, bisect the smaller
-            students of the (accuracy, MACs) front by their fine-tuned accuracy, up to
-            ``k`` fine-tunes in all, and return the smallest that meets the limit.
-            Brief trials underestimate what a student reaches when fine-tuned; this
-            spends fine-tunes to find the smaller student that still meets it.
+            then bisect the (accuracy, MACs) front by fine-tuned accuracy, below that
+            student when it meets the limit after its fine-tune and above it when it
+            misses, up to ``k`` fine-tunes in all; return the smallest that met (else
+            the most accurate). Brief trials misjudge what a student reaches when
+            fine-tuned; this spends fine-tunes to find the smallest that meets it.
         backend: ``optuna`` (in-process, or workers on a shared storage) or ``ray``.
         ray: Settings of the Ray Tune backend.
     """

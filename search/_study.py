@@ -463,30 +463,31 @@ def _floor(profile: TeacherProfile, config: Config) -> float:
 def _bisect(first: TrialRecord, done: Sequence[TrialRecord], *,
             tune: Callable[[TrialRecord], tuple[Pick, nn.Module]],
             finetunes: int) -> tuple[Pick, nn.Module]:
-    """Fine-tune ``first``; while fine-tunes remain and the best so far meets the limit,
-    bisect the smaller students of the (accuracy, MACs) front for the smallest that
-    meets it after its own fine-tune (fine-tuned accuracy grows with MACs along a front).
+    """Fine-tune ``first``, then, while fine-tunes remain, bisect the (accuracy, MACs)
+    front for the smallest student that meets the limit after its own fine-tune:
+    below ``first`` when it meets, above it when it misses (fine-tuned accuracy grows
+    with MACs along a front). Returns the smallest that met, else the most accurate.
     """
-    best = tune(first)
-    tried = [best[0]]
-    smaller = [r for r in done if (r.macs or 0) < (first.macs or 0) and r.accuracy is not None]
-    front = [smaller[i] for i in pareto_indices([(r.accuracy or 0.0, float(r.macs or 0))
-                                                 for r in smaller])]  # by MACs, ascending
-    lo, hi = 0, len(front)  # the answer is front[lo:hi], or the best so far
-    while best[0].meets_constraints and len(tried) < finetunes and lo < hi:
+    front = [done[i] for i in pareto_indices([(r.accuracy or 0.0, float(r.macs or 0))
+                                              for r in done])]  # by MACs, ascending
+    if first not in front:
+        front = sorted([*front, first], key=lambda r: (r.macs or 0, r.number))
+    at = front.index(first)
+    tried = [tune(first)]
+    lo, hi = (0, at) if tried[0][0].meets_constraints else (at + 1, len(front))
+    while len(tried) < finetunes and lo < hi:  # the answer lies in front[lo:hi]
         mid = (lo + hi) // 2
-        candidate = tune(front[mid])
-        tried.append(candidate[0])
+        tried.append(tune(front[mid]))
+        meets = tried[-1][0].meets_constraints
         logger.info("bisecting the front: trial %d (%d MACs) %s the limit after fine-tuning",
-                    front[mid].number, front[mid].macs or 0,
-                    "meets" if candidate[0].meets_constraints else "misses")
-        if candidate[0].meets_constraints:
-            best, hi = candidate, mid
-        else:
-            lo = mid + 1
+                    front[mid].number, front[mid].macs or 0, "meets" if meets else "misses")
+        lo, hi = (lo, mid) if meets else (mid + 1, hi)
+    met = [t for t in tried if t[0].meets_constraints]
+    best = (min(met, key=lambda t: t[0].macs) if met
+            else max(tried, key=lambda t: t[0].val_accuracy))
     finetuned = tuple({"trial": p.trial, "macs": p.macs, "search_accuracy": p.search_accuracy,
                        "val_accuracy": p.val_accuracy, "meets": p.meets_constraints,
-                       "seconds": p.finetune_seconds} for p in tried)
+                       "seconds": p.finetune_seconds} for p, _ in tried)
     return dataclasses.replace(best[0], finetuned=finetuned), best[1]
 
 
