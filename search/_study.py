@@ -463,16 +463,19 @@ def _floor(profile: TeacherProfile, config: Config) -> float:
 def _bisect(first: TrialRecord, done: Sequence[TrialRecord], *,
             tune: Callable[[TrialRecord], tuple[Pick, nn.Module]],
             finetunes: int) -> tuple[Pick, nn.Module]:
-    """Fine-tune ``first``, then, while fine-tunes remain, bisect the (accuracy, MACs)
-    front for the smallest student that meets the limit after its own fine-tune:
-    below ``first`` when it meets, above it when it misses (fine-tuned accuracy grows
-    with MACs along a front). Returns the smallest that met, else the most accurate.
+    """Fine-tune ``first``, then, while fine-tunes remain, bisect for the smallest student
+    that meets the limit after its own fine-tune, assuming fine-tuned accuracy grows with
+    MACs: below ``first`` (among the smaller members of the (accuracy, MACs) front) when
+    it meets, above it (among every larger student, by MACs: brief accuracy says little
+    about them) when it misses. Returns the smallest that met, else the most accurate.
     """
-    front = [done[i] for i in pareto_indices([(r.accuracy or 0.0, float(r.macs or 0))
-                                              for r in done])]  # by MACs, ascending
-    if first not in front:
-        front = sorted([*front, first], key=lambda r: (r.macs or 0, r.number))
-    at = front.index(first)
+    macs = first.macs or 0
+    smaller = [r for r in done if (r.macs or 0) < macs]
+    below = [smaller[i] for i in pareto_indices([(r.accuracy or 0.0, float(r.macs or 0))
+                                                 for r in smaller])]  # by MACs, ascending
+    above = sorted((r for r in done if (r.macs or 0) > macs), key=lambda r: (r.macs, r.number))
+    front = [*below, first, *above]
+    at = len(below)
     tried = [tune(first)]
     lo, hi = (0, at) if tried[0][0].meets_constraints else (at + 1, len(front))
     while len(tried) < finetunes and lo < hi:  # the answer lies in front[lo:hi]

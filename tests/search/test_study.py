@@ -194,21 +194,22 @@ def test_bisection_finds_the_smallest_student_that_meets_the_limit_after_fine_tu
     assert [f["meets"] for f in pick.finetuned] == [True, True, False, False]
 
 
-def test_bisection_goes_up_the_front_when_the_first_student_misses_after_fine_tuning():
+def test_bisection_goes_up_by_macs_when_the_first_student_misses_after_fine_tuning():
     calls = []
     pick, _ = study_module._bisect(FRONT[2], FRONT, tune=_fake_tune(TUNED, 0.88, calls),
                                    finetunes=4)
-    # trial 2 misses (0.84): 3..6 -> mid 5 (meets), 3..5 -> 4 (meets), 3..4 -> 3 (meets)
-    assert calls == [2, 5, 4, 3] and pick.trial == 3 and pick.meets_constraints
+    # trial 2 misses (0.84); above it, by MACs, every larger student (dominated trial 7
+    # too): [7, 3, 4, 5, 6] -> trial 4 (meets), trial 3 (meets), trial 7 (misses)
+    assert calls == [2, 4, 3, 7] and pick.trial == 3 and pick.meets_constraints
     calls.clear()
     pick, _ = study_module._bisect(FRONT[2], FRONT, tune=_fake_tune(TUNED, 0.88, calls),
                                    finetunes=2)
-    assert calls == [2, 5] and pick.trial == 5  # the smallest that met so far
+    assert calls == [2, 4] and pick.trial == 4  # the smallest that met so far
     calls.clear()
     pick, _ = study_module._bisect(FRONT[2], FRONT, tune=_fake_tune(TUNED, 0.995, calls),
                                    finetunes=3)
     # nothing meets 0.995: the most accurate fine-tuned student is returned, marked so
-    assert calls == [2, 5, 6] and pick.trial == 6 and not pick.meets_constraints
+    assert calls == [2, 4, 6] and pick.trial == 6 and not pick.meets_constraints
 
 
 def test_bisection_stops_at_its_fine_tune_budget_and_when_the_first_misses():
