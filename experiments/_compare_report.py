@@ -107,11 +107,12 @@ def _ms(values: Sequence[float], fmt: str = "{:.3f}") -> str:
 def _plots(arms: dict[str, list[dict[str, Any]]], *, teacher: dict[str, Any], stem: Path,
            title: str) -> list[str]:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = plt.get_cmap("tab10")
+    colors = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20")  # one colour per arm
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for i, (arm, rows) in enumerate(arms.items()):
         for ax, x in zip(axes, ("students", "seconds"), strict=True):
@@ -131,24 +132,28 @@ def _plots(arms: dict[str, list[dict[str, Any]]], *, teacher: dict[str, Any], st
     fig.savefig(hv_path, dpi=80)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8, 4.2))
     for i, (arm, rows) in enumerate(arms.items()):
         for j, record in enumerate(rows):
             front = sorted(record["front"], key=lambda p: p["macs_ratio"])
             ax.step([p["macs_ratio"] for p in front], [100 * p["accuracy"] for p in front],
                     where="post", color=colors(i), alpha=0.8, marker="o", markersize=3,
+                    ls="-" if record["kind"] == "search" else "--",  # baselines dashed
                     label=arm if j == 0 else None)
     ax.axhline(100 * teacher["val_accuracy"], color="k", lw=0.8, ls="--", label="teacher (val)")
     ax.axhline(100 * (teacher["val_accuracy"] - 0.01), color="k", lw=0.6, ls=":",
                label="teacher - 1 pt")
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded minor labels
     ax.set_xlabel("MACs / teacher MACs (log)")
     ax.set_ylabel("validation accuracy (%)")
     lows = [100 * p["accuracy"] for rows in arms.values() for r in rows for p in r["front"]]
     ax.set_ylim(max(min(lows, default=0), 100 * teacher["val_accuracy"] - 6),
                 100 * teacher["val_accuracy"] + 1)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"{title}: fronts of every arm and seed", fontsize=10)
     fig.tight_layout()
     front_path = stem.with_name(stem.name + "_fronts.png")
