@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = ["dominates", "hypervolume", "pareto_indices"]
 
@@ -45,6 +45,18 @@ def hypervolume(points: Sequence[Point], *, reference: Point) -> float:
     flipped = [(-p[0], *p[1:]) for p in points if len(p) == dims]
     inside = [p for p in flipped if all(x < r for x, r in zip(p, ref, strict=True))]
     return _volume([tuple(map(float, p)) for p in inside], tuple(map(float, ref)))
+
+
+def scaled_hypervolume(points: Iterable[tuple[float, Mapping[str, float]]], *,
+                       teacher_costs: Mapping[str, float], chance: float) -> float:
+    """Hypervolume of ``(accuracy, costs)`` points, every cost divided by the teacher's,
+    against the reference (``chance``, the teacher's costs): the study's reported volume
+    and the gain rule's bound are both this one.
+    """
+    names = list(teacher_costs)
+    scaled = [(accuracy, *(float(costs[n]) / teacher_costs[n] for n in names))
+              for accuracy, costs in points]
+    return hypervolume(scaled, reference=(chance, *([1.0] * len(names))))
 
 
 def _volume(points: list[tuple[float, ...]], ref: tuple[float, ...]) -> float:

@@ -14,7 +14,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from protege.search._pareto import hypervolume
+from protege.search._pareto import scaled_hypervolume
 
 __all__ = ["CurveRule", "GainRule", "PredictorRule", "PruningRule"]
 
@@ -158,23 +158,17 @@ class GainRule(PruningRule):
         self.margin = margin
         self.min_trials = min_trials
 
-    def _point(self, accuracy: float, costs: Mapping[str, float]) -> tuple[float, ...]:
-        return (accuracy, *(float(costs[name]) / self.teacher_costs[name]
-                            for name in self.teacher_costs))
-
     def before_training(self, study: optuna.Study, *, features: Sequence[float],
                         costs: Mapping[str, float]) -> str | None:
         finished = _finished(study)
         if len(finished) < self.min_trials:
             return None
-        names = list(self.teacher_costs)
-        points = [self._point(t.values[0], {n: t.user_attrs.get(n, math.inf) for n in names})
+        points = [(t.values[0], {n: t.user_attrs.get(n, math.inf) for n in self.teacher_costs})
                   for t in finished]
-        reference = (self.chance, *([1.0] * len(names)))
-        volume = hypervolume(points, reference=reference)
-        best = min(1.0, max(p[0] for p in points) + self.margin)
-        candidate = self._point(best, costs)
-        gain = hypervolume([*points, candidate], reference=reference) - volume
+        scale = {"teacher_costs": self.teacher_costs, "chance": self.chance}
+        volume = scaled_hypervolume(points, **scale)
+        best = min(1.0, max(accuracy for accuracy, _ in points) + self.margin)
+        gain = scaled_hypervolume([*points, (best, costs)], **scale) - volume
         if volume <= 0.0 or gain >= self.min_gain * volume:
             return None
         return (f"gain: even at accuracy {best:.4f} (best finished + margin {self.margin}) this "

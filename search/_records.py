@@ -76,6 +76,10 @@ class TrialRecord:
     duplicate_of: int | None = None
     error: str | None = None
 
+    def costs(self) -> dict[str, float | None]:
+        """The value of every cost objective, by name (None where not measured)."""
+        return {"macs": self.macs, "params": self.params, "latency": self.latency_ms}
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["history"] = list(self.history)

@@ -22,7 +22,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from protege._io import atomic_write
-from protege._modes import eval_mode
 from protege.distill import TeacherOutputs, as_tensors, cache_teacher_outputs, evaluate
 from protege.distill import train_student as _train_student
 from protege.estimators import (
@@ -48,7 +47,7 @@ from protege.search._objective import (
     device_of,
 )
 from protege.search._onnx import export_pick_onnx
-from protege.search._pareto import hypervolume, pareto_indices
+from protege.search._pareto import pareto_indices, scaled_hypervolume
 from protege.search._pruning import CurveRule, GainRule, PredictorRule, PruningRule
 from protege.search._records import Pick, TeacherProfile, TrialRecord, load_records
 from protege.search._report import write_report
@@ -107,10 +106,8 @@ def _write_records(path: Path, records: Sequence[TrialRecord]) -> None:
 
 
 def _profile(teacher: nn.Module, example_input: torch.Tensor, val: TensorDataset,
-             test: TensorDataset | None) -> TeacherProfile:
+             test: TensorDataset | None, *, classes: int) -> TeacherProfile:
     macs, params = count_macs(teacher, example_input)
-    with torch.no_grad(), eval_mode(teacher):
-        classes = int(teacher(example_input).shape[-1])
     return TeacherProfile(
         macs=macs, params=params, val_accuracy=evaluate(teacher, val),
         test_accuracy=evaluate(teacher, test) if test is not None else None, classes=classes,
@@ -243,7 +240,7 @@ def run_search(
         raise ValueError("backend: ray schedules its own workers; use `protege run` "
                          "with ray.address instead of `protege worker`")
     space = _derive(teacher, example_input, config)
-    profile = _profile(teacher, example_input, val_data, test_data)
+    profile = _profile(teacher, example_input, val_data, test_data, classes=classes)
     limits = Limits(*config.constraints.resolve(profile.macs, profile.params),
                     max_latency_ms=config.constraints.max_latency_ms or float("inf"))
     latency = None
@@ -359,9 +356,8 @@ def _choose(records: Sequence[TrialRecord], teacher: TeacherProfile,
 
 
 def _point(record: TrialRecord, config: Config) -> tuple[float, ...]:
-    costs = {"macs": record.macs or 0, "params": record.params or 0,
-             "latency": record.latency_ms or 0.0}
-    return (record.accuracy or 0.0, *(float(costs[name]) for name in config.objectives[1:]))
+    costs = record.costs()
+    return (record.accuracy or 0.0, *(float(costs[name] or 0) for name in config.objectives[1:]))
 
 
 def front_hypervolume(records: Sequence[TrialRecord], teacher: TeacherProfile,
@@ -370,16 +366,15 @@ def front_hypervolume(records: Sequence[TrialRecord], teacher: TeacherProfile,
 
     The reference point is fixed per task: chance accuracy and the teacher's costs.
     """
-    costs = teacher.costs()
-    names = [name for name in objectives[1:] if name in costs]
+    teacher_costs = teacher.costs()
+    scale = {n: teacher_costs[n] for n in objectives[1:] if n in teacher_costs}
     points = []
     for r in records:
-        if r.state != "complete" or r.accuracy is None:
-            continue
-        value = {"macs": r.macs, "params": r.params, "latency": r.latency_ms}
-        if all(value[n] is not None for n in names):
-            points.append((r.accuracy, *(float(value[n]) / costs[n] for n in names)))
-    return hypervolume(points, reference=(teacher.chance, *([1.0] * len(names))))
+        costs = r.costs()
+        if r.state == "complete" and r.accuracy is not None and \
+                all(costs[n] is not None for n in scale):
+            points.append((r.accuracy, costs))
+    return scaled_hypervolume(points, teacher_costs=scale, chance=teacher.chance)
 
 
 def _front_member(record: TrialRecord, space: SearchSpace, config: Config) -> dict[str, Any]:
