@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from protege._errors import describe
 from protege._io import atomic_write
 from protege._modes import eval_mode
 from protege.distill._config import DistillConfig
@@ -181,8 +182,8 @@ def cache_teacher_outputs(
             if not isinstance(logits, torch.Tensor) or len(logits) != len(targets):
                 raise ValueError(f"logits for {len(logits)} samples, not {len(targets)}")
         except Exception as exc:  # a damaged file (disk full, killed copy): compute it again
-            logger.warning("teacher cache %s is unreadable (%s: %s); computing it again",
-                           path, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            logger.warning("teacher cache %s is unreadable (%s); computing it again",
+                           path, describe(exc))
         else:
             logger.info("teacher outputs loaded from %s", path)
             return TeacherOutputs(inputs, targets, logits, key, dict(saved["hints"]),

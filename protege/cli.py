@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from protege._cli_runs import add_run_folder_commands
+from protege._errors import describe
 from protege._logging import set_verbosity
 
 __all__ = ["main"]
@@ -275,8 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug, not a user mistake: one line unless -v
         if args.verbose:
             raise
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"protege: unexpected error: {type(exc).__name__}: {first} (run with -v for "
+        print(f"protege: unexpected error: {describe(exc)} (run with -v for "
               "the traceback)", file=sys.stderr)
         return 1
 

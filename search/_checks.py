@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from protege._errors import describe
 from protege._modes import eval_mode
 from protege.search._config import Config
 from protege.search._objective import Limits, student_costs
@@ -78,7 +79,7 @@ def check_teacher(teacher: Any, example_input: Any) -> int:
         kind = f" ({type(teacher.get_submodule(where)).__name__})" if where else ""
         raise ValueError(
             f"the teacher fails on example_input of shape {tuple(example_input.shape)} in module "
-            f"{where or '<top level>'!r}{kind}: {type(exc).__name__}: {_first_line(exc)}; "
+            f"{where or '<top level>'!r}{kind}: {describe(exc)}; "
             "pass an example_input the teacher accepts (a batch of training inputs)") from exc
     if not isinstance(output, torch.Tensor):
         raise ValueError(f"the teacher must return a tensor of logits (batch, classes), got "
@@ -122,10 +123,6 @@ def check_data(classes: int, example_input: torch.Tensor, **datasets: TensorData
             raise ValueError(f"labels of the {what} range over [{low}, {high}] but the teacher "
                              f"has {classes} outputs: labels must be class indices 0..{classes - 1}"
                              " (is this the teacher of this data?)")
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0]
 
 
 def _ratio(value: float, reference: float) -> str:

@@ -14,6 +14,7 @@ import torch
 from optuna.trial import TrialState
 from torch.utils.data import TensorDataset
 
+from protege._errors import describe
 from protege.distill import TeacherOutputs, TrainResult, train_student
 from protege.estimators import count_macs
 from protege.search._config import Config
@@ -229,7 +230,7 @@ _OOM = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
 
 def failure_reason(exc: BaseException) -> str:
     """One line for ``trials.jsonl``: the error, and for memory or NaN what may help."""
-    text = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+    text = describe(exc)
     if isinstance(exc, _OOM):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # give the next trial the memory back

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from protege._errors import describe
 from protege._modes import eval_mode
 
 __all__ = [
@@ -205,7 +206,7 @@ def export_pick_onnx(folder: Path, student: nn.Module, example_input: torch.Tens
         return {"error": str(exc)}
     except Exception as exc:  # the exporter raises many kinds; none may cost the run
         logger.warning("ONNX export failed: %s: %s", type(exc).__name__, exc)
-        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+        return {"error": describe(exc)}
     logger.info("ONNX export: max abs difference %.3g on %d inputs", check.max_abs_diff,
                 check.samples)
     return {"path": check.path.name, "max_abs_diff": check.max_abs_diff,

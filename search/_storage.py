@@ -19,6 +19,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from protege._errors import describe
+
 __all__ = ["WORKER_ATTR", "StorageError", "fail_dead_trials", "open_storage", "storage_errors",
            "worker_id"]
 
@@ -123,8 +125,7 @@ def open_storage(url: str | None, out: Path) -> optuna.storages.BaseStorage:
     if isinstance(last, ImportError):
         raise StorageError(f"cannot open storage {shown}: its database driver is not installed; "
                            "for PostgreSQL: pip install 'protege[postgres]' (psycopg2)") from last
-    raise StorageError(f"cannot open storage {shown}: {type(last).__name__}: "
-                       f"{_first_line(last)}") from last
+    raise StorageError(f"cannot open storage {shown}: {describe(last)}") from last
 
 
 def _hide_password(url: str) -> str:
@@ -147,10 +148,6 @@ def _with_driver(url: str) -> str:
         if importlib.util.find_spec(module) is not None:
             return f"postgresql+{dialect}://" + url.removeprefix("postgresql://")
     return url
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0]
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from protege._errors import describe
 from protege.spaces._blocks import ResidualBlock, Trace, trace_teacher
 from protege.spaces._groups import GraphError, find_channel_groups
 from protege.spaces._lowrank import MIN_RANK_PARAMS, RANK_OPTIONS, rank_candidates
@@ -238,7 +239,7 @@ def _fails(space: SearchSpace, arch: dict[str, Any], trace: Trace) -> str | None
         with torch.no_grad():
             output = space.materialize(arch)(space.example_input)
     except Exception as exc:
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return describe(exc)
     shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
     if shape != trace.output_shape:
         return f"output shape {shape}, not {trace.output_shape}"
