@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import logging
 import math
-import re
 import shlex
 import statistics
 import sys
@@ -41,6 +40,7 @@ from protege.distill import (
 )
 from protege.estimators import count_macs
 from protege.experiments import load_task
+from protege.experiments._results import write_section
 from protege.spaces import Architecture, SearchSpace, derive
 
 RESULTS = Path(__file__).resolve().parent / "results" / "distill.md"
@@ -349,18 +349,6 @@ def part_tune(setup: _Setup, base: DistillConfig, seeds: int,
     return lines
 
 
-def _write_section(part: str, task: str, command: str, body: list[str]) -> None:
-    text = RESULTS.read_text() if RESULTS.is_file() else "# Distillation engine benchmark\n"
-    begin, end = f"<!-- {part}:{task} -->", f"<!-- /{part}:{task} -->"
-    section = "\n".join([begin, f"## {part} ({task})", "", "```", command, "```", "", *body,
-                         end])
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: section, text) if begin in text else \
-        text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("cost", "quality", "sweep", "tune"), required=True)
@@ -409,7 +397,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                  f"part took {time.perf_counter() - start:.0f} s."]
     print("\n".join(body))
     part = args.part if args.label is None else f"{args.part}-{args.label}"
-    _write_section(part, args.task, command, body)
+    write_section(RESULTS, title="Distillation engine benchmark", key=f"{part}:{args.task}",
+                  heading=f"{part} ({args.task})", command=command, body=body)
 
 
 if __name__ == "__main__":
