@@ -420,10 +420,13 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
         assert total is not None
         per_trial, for_trials = config.distill.epochs * samples, total - finetunes
         records = out / "trials.jsonl"
+        used = _passes(records, samples)  # a resumed arm's earlier trials, read once
 
-        def spent(_record: TrialRecord | None = None) -> None:
-            # trials.jsonl holds every trial (resumed ones too) when callbacks run
-            if for_trials - _passes(records, samples) < per_trial:
+        def spent(record: TrialRecord | None = None) -> None:
+            nonlocal used
+            if record is not None and record.duplicate_of is None:
+                used += len(record.history) * samples
+            if for_trials - used < per_trial:
                 raise _BudgetSpent
 
         # One sampler for the whole search (a restarted seeded sampler repeats itself):
