@@ -15,6 +15,7 @@ the same examples. The ``seed`` of :func:`load_task` only seeds the teacher's tr
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import os
@@ -39,6 +40,8 @@ __all__ = [
     "TASKS",
     "Task",
     "available_tasks",
+    "benchmark_data",
+    "benchmark_teacher",
     "default_cache_dir",
     "load_task",
     "read_idx",
@@ -199,6 +202,27 @@ def load_task(
         task.input_shape,
     )
     return task
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded(name: str, seed: int, cache_dir: Path) -> Task:
+    return load_task(name, seed=seed, cache_dir=cache_dir)
+
+
+def benchmark_teacher(*, task: str, seed: int = 0) -> nn.Module:
+    """The benchmark task's trained teacher (cached), as a run file's ``teacher:`` names it.
+
+    ``task: mnist1d`` in a run file is shorthand for ``teacher: {class_path:
+    protege.experiments:benchmark_teacher, init_args: {task: mnist1d, seed: SEED}}``.
+    """
+    return _loaded(task, seed, default_cache_dir()).teacher
+
+
+def benchmark_data(*, task: str) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+    """The benchmark task's fixed (train, val, test) splits, as a run file's ``data:`` names
+    them (see :func:`benchmark_teacher`)."""
+    loaded = _loaded(task, 0, default_cache_dir())
+    return loaded.train, loaded.val, loaded.test
 
 
 # --------------------------------------------------------------------------- datasets

@@ -6,29 +6,15 @@ import argparse
 import json
 import signal
 import threading
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from protege._io import atomic_write
 
-__all__ = ["add_run_folder_commands", "task_of"]
+__all__ = ["add_run_folder_commands"]
 
 _RUN_DIR = "run folder written by `protege run`, e.g. runs/mnist1d"
-
-
-def task_of(config: Any, path: Path) -> Any:
-    """The benchmark task a run was made on; a run made from Python has none."""
-    from protege.experiments import available_tasks, load_task
-
-    if config.task not in available_tasks():
-        raise ValueError(
-            f"{path}: task {config.task!r} is not a protege benchmark task (a run made from "
-            "Python): the CLI cannot rebuild its teacher. From Python: student = "
-            "protege.load_student(teacher, 'best/arch.json', 'best/student.pt'), then "
-            "protege.search.export_onnx(student, example_input, 'student.onnx')")
-    return load_task(config.task, seed=config.seed)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -79,27 +65,30 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if number is None:
         raise ValueError(f"{run.path}: no student was picked yet (finish the search with "
                          f"`protege resume {run.path}`), or pass --trial N")
-    task = task_of(run.config, run.path)
+    from protege.experiments import load_inputs
+
+    inputs = load_inputs(run.path)
     if not args.quiet and not (run.pick is not None and run.pick.trial == number):
         print(f"fine-tuning trial {number} as the pick was "
               f"({run.config.distill.finetune_epochs} epochs)...", flush=True)
-    folder, student = finetune_trial(run, task.teacher, number=number, train=task.train,
-                                     val=task.val, example_input=task.example_input,
-                                     test=task.test, accelerator=args.accelerator)
+    folder, student = finetune_trial(run, inputs.teacher, number=number, train=inputs.train,
+                                     val=inputs.val, example_input=inputs.example_input,
+                                     test=inputs.test, accelerator=args.accelerator)
     student = student.cpu().eval()
-    evaluation = task.test if task.test is not None else task.val
+    evaluation = inputs.test if inputs.test is not None else inputs.val
     check_inputs = _first(evaluation, 256)
     if args.format == "onnx":
-        check = export_onnx(student, task.example_input, folder / "student.onnx",
+        check = export_onnx(student, inputs.example_input, folder / "student.onnx",
                             check_inputs=check_inputs)
     else:
-        check = export_torchscript(student, task.example_input, folder / "student.torchscript.pt",
+        check = export_torchscript(student, inputs.example_input,
+                                   folder / "student.torchscript.pt",
                                    check_inputs=check_inputs)
     print(f"{check.path}: {check.size_bytes:,} bytes; max abs difference against PyTorch "
           f"{check.max_abs_diff:.3g} on {check.samples} test inputs")
     results: dict[str, Any] = {args.format: check.to_dict()}
     if args.int8:
-        calibration = _sample(task.train, args.calibration, run.config.seed)
+        calibration = _sample(inputs.train, args.calibration, run.config.seed)
         result = quantize_int8(check.path, folder / "student.int8.onnx", calibration=calibration,
                                evaluation=evaluation)
         results["int8"] = result.to_dict()

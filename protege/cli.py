@@ -1,6 +1,6 @@
 """The ``protege`` command line.
 
-``run``, ``resume``, ``worker``, ``teacher`` and ``compare`` are here; the commands on a
+``init``, ``run``, ``resume``, ``worker``, ``teacher`` and ``compare`` are here; the commands on a
 run folder (``report``, ``export``, ``dashboard``) are in ``protege._cli_runs``. Each
 command is one ``_add_*`` registration plus one ``_cmd_*`` function that returns the
 exit code.
@@ -44,30 +44,45 @@ def _front_table(result) -> str:  # type: ignore[no-untyped-def]
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from protege._progress import TrialProgress
+    from protege.distill import evaluate
     from protege.estimators import count_macs
-    from protege.experiments import load_task
-    from protege.search import load_config, load_run, run_search
+    from protege.experiments import load_inputs, recording_source
+    from protege.search import load_run, run_search
 
     overrides = list(args.set)
     if args.storage:
         overrides.append(f"storage={args.storage}")
-    config = load_config(args.config, overrides)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    task = load_task(config.task, seed=config.seed)
+    resume = args.command == "resume"
+    if resume:
+        inputs = load_inputs(Path(args.run_dir), overrides)
+        out = Path(args.run_dir)
+    else:
+        inputs = load_inputs(args.config, overrides)
+        out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    config = inputs.config
     quiet = args.quiet
+    teacher_macs = count_macs(inputs.teacher, inputs.example_input)[0]
+    teacher_accuracy = evaluate(inputs.teacher, inputs.val)
     if not quiet:
-        print(f"task {task.name}: teacher ready ({_teacher_line(task)})", flush=True)
+        sizes = ", ".join(f"{len(data)} {name}" for name, data in
+                          (("train", inputs.train), ("val", inputs.val), ("test", inputs.test))
+                          if data is not None)
+        print(f"{inputs.source.describe()}: {inputs.classes} classes, input "
+              f"{list(inputs.example_input.shape[1:])} "
+              f"{str(inputs.example_input.dtype).removeprefix('torch.')}, "
+              f"{_millions(teacher_macs)} MACs, val accuracy {teacher_accuracy:.4f}; "
+              f"data {sizes}", flush=True)
     progress = TrialProgress(
-        total=config.n_trials, teacher_accuracy=task.teacher_info.get("val_accuracy"),
-        teacher_macs=count_macs(task.teacher, task.example_input)[0],
+        total=config.n_trials, teacher_accuracy=teacher_accuracy, teacher_macs=teacher_macs,
         max_accuracy_drop=config.constraints.max_accuracy_drop,
         records_file=out / "trials.jsonl")
     start = time.perf_counter()
     worker = args.command == "worker"
-    result = run_search(task.teacher, train=task.train, val=task.val, test=task.test,
-                        example_input=task.example_input, config=config, out=out,
-                        callbacks=[] if quiet else [progress], accelerator=args.accelerator,
-                        worker=worker)
+    with recording_source(out, inputs.source, write=not worker):
+        result = run_search(inputs.teacher, train=inputs.train, val=inputs.val,
+                            test=inputs.test, example_input=inputs.example_input,
+                            config=config, out=out, callbacks=[] if quiet else [progress],
+                            accelerator=args.accelerator, worker=worker)
     if worker:
         print(f"worker done: the study holds {len(result.trials)} trials")
         return 0
@@ -98,8 +113,26 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a protege run folder (no config.yaml)")
-    args.config, args.out, args.storage = str(run_dir / "config.yaml"), str(run_dir), None
+    args.storage = None
     return _cmd_run(args)
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from protege.experiments import starter_config
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.force:
+        raise ValueError(f"{out} exists; pass --force to overwrite it")
+    text = starter_config(args.model, root=Path.cwd())
+    if out is None:
+        print(text, end="")
+        return 0
+    from protege._io import atomic_write
+
+    with atomic_write(out) as handle:
+        handle.write(text)
+    print(f"wrote {out}: set teacher.weights and data:, then `protege run {out}`")
+    return 0
 
 
 def _teacher_line(task) -> str:  # type: ignore[no-untyped-def]
@@ -164,7 +197,8 @@ _EXIT_CODES = """exit codes:
 
 def _add_search(commands: Any, common: argparse.ArgumentParser, name: str, text: str) -> None:
     run = commands.add_parser(name, help=text, description=text, parents=[common])
-    run.add_argument("config", help="YAML experiment file, e.g. experiments/mnist1d.yaml")
+    run.add_argument("config", help="YAML run file, e.g. experiments/mnist1d.yaml or "
+                                    "examples/fashion_folder.yaml")
     run.add_argument("--out", help="run folder (default: runs/<config name>); reusing it "
                                    "resumes")
     run.add_argument("--storage", required=name == "worker", metavar="URL",
@@ -199,6 +233,18 @@ def _add_resume(commands: Any, common: argparse.ArgumentParser) -> None:
 def _add_worker(commands: Any, common: argparse.ArgumentParser) -> None:
     _add_search(commands, common, "worker",
                 "join a running search on a shared --storage and run trials (no pick)")
+
+
+def _add_init(commands: Any, common: argparse.ArgumentParser) -> None:
+    text = ("write a commented starter run file for your model (teacher:, data: and every "
+            "search key at its default)")
+    init = commands.add_parser("init", help=text, description=text, parents=[common])
+    init.add_argument("model", metavar="MODEL",
+                      help="import path of the model's class or factory, e.g. "
+                           "torchvision.models.resnet18 or my_models:SmallCNN")
+    init.add_argument("--out", "-o", help="file to write (default: print it)")
+    init.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    init.set_defaults(func=_cmd_init)
 
 
 def _add_teacher(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -245,8 +291,8 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_verbosity(common, default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_resume, _add_worker, add_run_folder_commands, _add_compare,
-                _add_teacher):
+    for add in (_add_init, _add_run, _add_resume, _add_worker, add_run_folder_commands,
+                _add_compare, _add_teacher):
         add(commands, common)
     return parser
 

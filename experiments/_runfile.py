@@ -1,0 +1,453 @@
+"""A YAML run file, or a run folder, turned into a teacher, its data and a search config.
+
+A run file is one search config plus the keys that say what to search on:
+
+- ``task: NAME``: a benchmark task (shorthand for its teacher and data);
+- ``teacher:`` and ``data:``: the user's own (see :mod:`protege.experiments._sources`).
+
+:func:`load_inputs` reads either a run file or a run folder and returns
+:class:`RunInputs`; :func:`recording_source` writes the resolved ``teacher:`` and
+``data:`` sections (absolute paths) to the run folder's ``source.yaml``, so that
+``resume``, ``worker``, ``export`` and the rest need only the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import logging
+import re
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from protege._io import atomic_write
+from protege.experiments._sources import (
+    DataSource,
+    SourceError,
+    Splits,
+    TeacherSource,
+    import_object,
+    parse_data,
+    parse_teacher,
+)
+from protege.experiments._tasks import TASKS
+from protege.search import Config, ConfigError, apply_overrides, load_config
+
+__all__ = [
+    "SOURCE_FILE",
+    "RunInputs",
+    "Source",
+    "benchmark_source",
+    "build_inputs",
+    "load_inputs",
+    "load_source",
+    "read_run_file",
+    "recording_source",
+    "starter_config",
+]
+
+logger = logging.getLogger(__name__)
+
+SOURCE_FILE = "source.yaml"
+"""The run folder's record of how to rebuild its teacher and data."""
+RUN_KEYS = ("task", "teacher", "data")
+"""Keys of a run file that are not search settings."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Source:
+    """What a run searches on: the teacher and the data, resolved.
+
+    Attributes:
+        teacher: How to build the teacher.
+        data: Where the data comes from.
+        root: The config file's folder: imports look there first.
+        task: The benchmark task's name when the run file said ``task:``, else None.
+    """
+
+    teacher: TeacherSource
+    data: DataSource
+    root: Path
+    task: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``source.yaml`` mapping (absolute paths, so the folder needs nothing else)."""
+        return {"root": str(self.root), "task": self.task, "teacher": self.teacher.to_dict(),
+                "data": self.data.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, root: Path) -> Source:
+        """Read ``teacher:`` and ``data:`` sections; relative paths resolve against ``root``."""
+        return cls(teacher=parse_teacher(data.get("teacher"), root=root),
+                   data=parse_data(data.get("data"), root=root), root=root,
+                   task=data.get("task"))
+
+    def describe(self) -> str:
+        """One phrase naming the teacher and the data, for the CLI."""
+        if self.task is not None:
+            return f"task {self.task}"
+        data = self.data.to_dict()
+        where = data.get("image_folder") or data.get("table") or data.get("class_path")
+        weights = f" ({self.teacher.weights.name})" if self.teacher.weights else ""
+        return f"teacher {self.teacher.class_path}{weights} on {where}"
+
+
+def benchmark_source(task: str, *, seed: int = 0, root: Path | None = None) -> Source:
+    """The benchmark ``task`` written as ``teacher:`` / ``data:`` sections (one code path).
+
+    Raises:
+        ConfigError: If ``task`` is not a benchmark task.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)} (or name "
+                          "your own with teacher: and data:)")
+    return Source.from_dict({
+        "task": task,
+        "teacher": {"class_path": "protege.experiments:benchmark_teacher",
+                    "init_args": {"task": task, "seed": seed}},
+        "data": {"class_path": "protege.experiments:benchmark_data",
+                 "init_args": {"task": task}},
+    }, root=root or Path.cwd())
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return data
+
+
+def split_run_file(data: Mapping[str, Any], *, root: Path) -> tuple[Config, Source]:
+    """The search config and the source of a run file's mapping.
+
+    Raises:
+        ConfigError: A bad search key first (cheap to find), then a bad source key.
+    """
+    settings = {key: value for key, value in data.items() if key not in RUN_KEYS}
+    task = data.get("task")
+    has_own = "teacher" in data or "data" in data
+    if task is not None and has_own:
+        raise ConfigError("task: give either task: (a benchmark) or teacher: and data: "
+                          "(your own), not both")
+    if task is None and not has_own:
+        raise ConfigError("name what to search on: teacher: and data: (your own model and "
+                          "data; `protege init MODEL` writes a starter), or task: mnist1d")
+    if task is None and ("teacher" not in data or "data" not in data):
+        missing = "teacher" if "teacher" not in data else "data"
+        raise ConfigError(f"{missing}: missing; a run file needs both teacher: and data:")
+    # The search config (`Config`) still has a task name; "custom" marks the user's own.
+    config = Config.from_dict({**settings, "task": task if isinstance(task, str) else "custom"})
+    if task is not None:
+        if not isinstance(task, str):
+            raise ConfigError(f"task: expected a task name, got {task!r}")
+        return config, benchmark_source(task, seed=config.seed, root=root)
+    return config, Source.from_dict(data, root=root)
+
+
+def read_run_file(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, Source]:
+    """Read a run file with a safe loader and apply ``--set`` overrides (any key).
+
+    Relative paths in ``teacher:`` and ``data:`` are relative to the file's folder.
+    """
+    path = Path(path)
+    data = apply_overrides(_read_yaml(path), list(overrides))
+    return split_run_file(data, root=path.resolve().parent)
+
+
+def load_source(run_dir: str | Path) -> Source:
+    """The teacher and data a run folder was made on (its ``source.yaml``).
+
+    A folder from before ``source.yaml`` existed falls back to its config's benchmark task.
+
+    Raises:
+        FileNotFoundError: If ``run_dir`` is not a run folder.
+        ConfigError: If it records no source the CLI can rebuild.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a protege run folder (no config.yaml)")
+    path = run_dir / SOURCE_FILE
+    if path.is_file():
+        data = _read_yaml(path)
+        root = Path(data.get("root") or run_dir)
+        if data.get("task") is not None and "teacher" not in data:
+            return benchmark_source(str(data["task"]), root=root)
+        return Source.from_dict(data, root=root)
+    task = _read_yaml(run_dir / "config.yaml").get("task")
+    if task in TASKS:
+        return benchmark_source(str(task), seed=int(load_config(run_dir / "config.yaml").seed))
+    raise ConfigError(
+        f"{run_dir}: no {SOURCE_FILE} (a run made from Python): the CLI cannot rebuild its "
+        "teacher. From Python: student = protege.load_student(teacher, 'best/arch.json', "
+        "'best/student.pt'), then protege.search.export_onnx(student, example_input, "
+        "'student.onnx')")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class RunInputs:
+    """Everything a search needs, built from a run file or a run folder.
+
+    Attributes:
+        teacher: The trained teacher, in eval mode.
+        example_input: A batch of one training input (shape and dtype kept).
+        train: Training data.
+        val: Validation data (carved from training with a fixed seed when none was given).
+        test: Test data, or None.
+        config: The search config.
+        source: How the teacher and data were built (what ``source.yaml`` records).
+        classes: The teacher's number of outputs.
+    """
+
+    teacher: nn.Module
+    example_input: torch.Tensor
+    train: TensorDataset
+    val: TensorDataset
+    test: TensorDataset | None
+    config: Config
+    source: Source
+    classes: int
+
+
+def build_inputs(config: Config, source: Source) -> RunInputs:
+    """Load the data, build the teacher, and check that they belong together.
+
+    Raises:
+        SourceError: One line for each mistake: an import, the weights, what the data
+            yields, a missing folder or column, a class count the teacher lacks, an
+            input shape or dtype other than ``teacher.input_shape`` / ``input_dtype``.
+    """
+    splits = source.data.load(dtype=source.teacher.dtype)
+    teacher = source.teacher.build()
+    example = splits.train.tensors[0][:1].clone()
+    shape = source.teacher.input_shape
+    if shape is not None and tuple(example.shape[1:]) != shape:
+        raise SourceError(f"teacher.input_shape is {list(shape)} but the training inputs have "
+                          f"shape {list(example.shape[1:])} (check data.image_size, "
+                          "data.features or the input shape)")
+    classes = _outputs(teacher, example)
+    _check_classes(splits, classes, source)
+    return RunInputs(teacher=teacher, example_input=example, train=splits.train, val=splits.val,
+                     test=splits.test, config=config, source=source, classes=classes)
+
+
+def _outputs(teacher: nn.Module, example: torch.Tensor) -> int:
+    try:
+        with torch.no_grad():
+            output = teacher(example)
+    except Exception as exc:
+        dtype = str(example.dtype).removeprefix("torch.")
+        raise SourceError(f"the teacher fails on one training input of shape "
+                          f"{list(example.shape[1:])} ({dtype}): "
+                          f"{type(exc).__name__}: {' '.join(str(exc).split())}") from exc
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        what = (f"shape {list(output.shape)}" if isinstance(output, torch.Tensor)
+                else type(output).__name__)
+        raise SourceError(f"the teacher must return logits of shape (batch, classes), got "
+                          f"{what}")
+    return int(output.shape[1])
+
+
+def _check_classes(splits: Splits, classes: int, source: Source) -> None:
+    if splits.classes is not None and splits.classes != classes:
+        raise SourceError(f"the data has {splits.classes} classes but the teacher has "
+                          f"{classes} outputs (check teacher.init_args, e.g. num_classes)")
+    for name, data in (("training", splits.train), ("validation", splits.val),
+                       ("test", splits.test)):
+        if data is None:
+            continue
+        labels = data.tensors[1]
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= classes:
+            raise SourceError(f"the {name} labels range over [{low}, {high}] but the teacher "
+                              f"has {classes} outputs: labels must be class indices "
+                              f"0..{classes - 1} (is this the teacher of this data?)")
+
+
+def load_inputs(path: str | Path, overrides: Sequence[str] = ()) -> RunInputs:
+    """Build teacher, data and config from a run file or a run folder.
+
+    In a run folder the config is its ``config.yaml`` (``--set`` may change search
+    settings, e.g. ``n_trials``) and the source its ``source.yaml`` (fixed).
+
+    Raises:
+        ConfigError: For a bad key or a source that cannot be built (one line).
+        FileNotFoundError: If ``path`` does not exist.
+    """
+    path = Path(path)
+    if path.is_dir():
+        fixed = [item for item in overrides if item.split("=")[0].split(".")[0] in RUN_KEYS]
+        if fixed:
+            raise ConfigError(f"--set {fixed[0]!r}: a run folder's teacher and data are fixed; "
+                              "start a new run to change them")
+        source = load_source(path)
+        config = load_config(path / "config.yaml", list(overrides))
+    else:
+        config, source = read_run_file(path, overrides)
+    return build_inputs(config, source)
+
+
+@contextlib.contextmanager
+def recording_source(out: str | Path, source: Source, *, write: bool = True) -> Iterator[None]:
+    """Write ``source.yaml`` into the run folder ``out`` for the duration of a search.
+
+    If the search fails on its input and the folder did not exist before, the file
+    (and the then empty folder) is removed again: a failed start leaves nothing.
+    ``write=False`` (a worker, whose folder the owner writes) writes nothing.
+    """
+    out = Path(out)
+    fresh = not out.exists()
+    if not write:
+        yield
+        return
+    with atomic_write(out / SOURCE_FILE) as handle:
+        yaml.safe_dump(source.to_dict(), handle, sort_keys=False)
+    try:
+        yield
+    except (ValueError, FileNotFoundError, ImportError):
+        if fresh and not (out / "config.yaml").exists():
+            (out / SOURCE_FILE).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+# --------------------------------------------------------------------------- protege init
+
+
+def _arg_lines(factory: Any) -> list[str]:
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return ["    {}"]
+    lines = []
+    for p in parameters:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name == "self":
+            continue
+        if p.default is inspect.Parameter.empty:
+            lines.append(f"    {p.name}: null   # required")
+            continue
+        default = p.default
+        if not isinstance(default, (int, float, str, bool, list, tuple, type(None))):
+            lines.append(f"    # {p.name}: {default!r}   (default; not expressible in YAML)")
+            continue
+        text = yaml.safe_dump({p.name: list(default) if isinstance(default, tuple)
+                               else default}, default_flow_style=True).strip()[1:-1]
+        lines.append(f"    {text}")
+    return lines or ["    {}"]
+
+
+def _docs(cls: type) -> dict[str, str]:
+    """First sentence of each ``Args:`` entry of a Google-style docstring."""
+    docs: dict[str, str] = {}
+    names = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    current = None
+    for line in (inspect.getdoc(cls) or "").splitlines():
+        head, sep, text = line.strip().partition(": ")
+        if sep and head in names and line.startswith("    ") and not line.startswith("     "):
+            current = head
+            docs[current] = text
+        elif current is not None and line.startswith("        "):
+            docs[current] += " " + line.strip()
+        else:
+            current = None
+    return {key: re.split(r"(?<!e\.g)(?<!i\.e)\. ", value)[0].rstrip(".")
+            for key, value in docs.items()}
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """Each field's declared default (nested dataclasses as mappings), before any resolving."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if field.default is not dataclasses.MISSING:
+            value = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+        else:
+            continue
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = _defaults(type(value))
+        values[field.name] = list(value) if isinstance(value, tuple) else value
+    return values
+
+
+_RESOLVED = {"distill.epochs"}
+"""Keys whose default depends on another key (the level): written commented out."""
+
+
+def _settings_lines(cls: type, values: Mapping[str, Any], indent: str = "",
+                    prefix: str = "") -> list[str]:
+    docs = _docs(cls)
+    hints = typing.get_type_hints(cls)
+    lines = []
+    for name, value in values.items():
+        note = f"   # {docs[name]}" if name in docs else ""
+        nested = hints.get(name)
+        if isinstance(nested, type) and dataclasses.is_dataclass(nested):
+            lines.append(f"{indent}{name}:{note}")
+            lines += _settings_lines(nested, value, indent + "  ", f"{prefix}{name}.")
+            continue
+        text = yaml.safe_dump({name: value}, default_flow_style=True, width=10_000)
+        comment = "# " if f"{prefix}{name}" in _RESOLVED else ""
+        lines.append(f"{indent}{comment}{text.strip()[1:-1]}{note}")
+    return lines
+
+
+def starter_config(class_path: str, *, root: Path | None = None) -> str:
+    """A commented run file for the model ``class_path``, every key at its default.
+
+    Raises:
+        SourceError: If ``class_path`` does not import.
+    """
+    factory = import_object(class_path, key="MODEL", root=root)
+    settings = _defaults(Config)
+    settings.pop("task", None)
+    lines = [
+        f"# protege run file for {class_path}, written by `protege init`.",
+        "# Run it with: protege run THIS_FILE   (relative paths are relative to this file)",
+        "teacher:",
+        f"  class_path: {class_path}   # a class or factory: module.Name or module:name",
+        "  init_args:                  # its keyword arguments (defaults shown)",
+        *_arg_lines(factory),
+        "  weights: teacher.pt         # a state dict, or a checkpoint with a state_dict "
+        "(Lightning .ckpt); loaded with weights_only=True",
+        "  input_shape: null           # one sample, e.g. [3, 32, 32]; null: the shape of one "
+        "training input",
+        "  input_dtype: null           # float32, or int64 for token ids; null: the data's",
+        "data:                         # exactly one of image_folder, table, class_path",
+        "  image_folder: images/       # train/ val/ [test/] folders of class folders "
+        "(torchvision ImageFolder)",
+        "  image_size: null            # resize to this size (or [height, width])",
+        "  mean: null                  # per-channel normalisation, e.g. [0.5, 0.5, 0.5]",
+        "  std: null",
+        "  grayscale: false            # read one channel instead of RGB",
+        "  # table: data.csv           # CSV or Parquet (pandas); one row per sample",
+        "  # label: y                  # the label column (class indices or names)",
+        "  # features: null            # feature columns; null: all but the label",
+        "  # val_table: null           # validation rows; null: carved from table",
+        "  # test_table: null          # test rows, optional",
+        "  # class_path: my_data.make  # returns (train, val[, test]) datasets or loaders, "
+        "or a LightningDataModule",
+        "  # init_args: {}",
+        "  val_fraction: 0.1           # carved from training (fixed split_seed) when there "
+        "is no validation data",
+        "  split_seed: 0",
+        "# Search settings, each at its default:",
+        *_settings_lines(Config, settings),
+    ]
+    return "\n".join(lines) + "\n"
