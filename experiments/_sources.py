@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 
 from protege.search import ConfigError
 
@@ -637,6 +637,11 @@ def materialize(data: Any, what: str, *, dtype: torch.dtype | None = None) -> Te
                 raise SourceError(f"the {what} yields {_describe(first)}, not (input, label) "
                                   "pairs")
             data = DataLoader(data, batch_size=256)
+        if isinstance(data, DataLoader) and isinstance(data.sampler, RandomSampler):
+            # a shuffling loader (as Lightning users write train_dataloader): read it in
+            # order, so that the same source always gives the same tensors
+            data = DataLoader(data.dataset, batch_size=data.batch_size or 256,
+                              collate_fn=data.collate_fn)
         xs, ys = [], []
         for batch in data:
             if not _is_pair(batch):

@@ -1,0 +1,242 @@
+"""Run files that name a user's own teacher and data, end to end through the CLI entry point."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from user_project import write_project
+
+from protege.cli import main
+from protege.experiments import SourceError, load_inputs, read_run_file, starter_config
+
+SEARCH = """
+n_trials: 2
+strategy: random
+constraints: {max_accuracy_drop: 0.5}
+distill: {epochs: 1, finetune_epochs: 1}
+"""
+
+SOURCES = {
+    "image_folder": """
+teacher:
+  class_path: my_models.SmallCNN
+  init_args: {num_classes: 3}
+  weights: cnn.pt
+  input_shape: [3, 8, 8]
+data:
+  image_folder: images
+""",
+    "table": """
+teacher:
+  class_path: my_models:mlp
+  init_args: {in_features: 6}
+  weights: mlp.pt
+data:
+  table: table.csv
+  label: y
+  val_fraction: 0.2
+""",
+    "datamodule": """
+teacher:
+  class_path: my_models:mlp
+  init_args: {in_features: 6}
+  weights: mlp.pt
+data:
+  class_path: my_models.TinyDataModule
+  init_args: {samples: 240}
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_project(tmp_path_factory.mktemp("project"))
+
+
+def _config(project: Path, text: str, name: str = "my.yaml") -> Path:
+    path = project / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def _cli(*argv: str) -> tuple[int, str]:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(list(argv))
+    return code, printed.getvalue()
+
+
+@pytest.mark.parametrize("kind", list(SOURCES))
+def test_own_teacher_and_data_run_resume_export_and_report_from_the_cli(
+        kind, project, tmp_path, monkeypatch):
+    config = _config(project, SOURCES[kind] + SEARCH, f"{kind}.yaml")
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)  # relative paths resolve against the config, not the cwd
+    code, printed = _cli("run", str(config), "--out", str(out))
+    assert code == 0, printed
+    assert "pick: trial" in printed and "3 classes" in printed
+    source = yaml.safe_load((out / "source.yaml").read_text())
+    assert Path(source["teacher"]["weights"]).is_absolute()
+
+    code, printed = _cli("resume", str(out), "--set", "n_trials=3")
+    assert code == 0, printed
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert len(trials) == 3
+    done = next(t["number"] for t in trials if t["state"] == "complete")
+    code, printed = _cli("export", str(out), "--trial", str(done))
+    assert code == 0, printed
+    assert (out / f"trial-{done}" / "student.onnx").stat().st_size > 0
+    code, printed = _cli("report", str(out))
+    assert code == 0 and "report.html" in printed
+
+
+def test_the_benchmark_shorthand_is_the_same_mechanism(tmp_path):
+    config = _config(tmp_path, "task: digits\nseed: 3\n")
+    _, source = read_run_file(config)
+    assert source.teacher.class_path == "protege.experiments:benchmark_teacher"
+    assert dict(source.teacher.init_args) == {"task": "digits", "seed": 3}
+    assert source.data.to_dict()["class_path"] == "protege.experiments:benchmark_data"
+
+
+def test_a_lightning_checkpoint_loads_its_state_dict(project, tmp_path):
+    state = torch.load(project / "mlp.pt", weights_only=True)
+    torch.save({"epoch": 3, "state_dict": {f"model.{k}": v for k, v in state.items()}},
+               tmp_path / "mlp.ckpt")
+    text = SOURCES["table"].replace("weights: mlp.pt", f"weights: {tmp_path / 'mlp.ckpt'}")
+    inputs = load_inputs(_config(project, text, "ckpt.yaml"))
+    for name, value in inputs.teacher.state_dict().items():
+        assert torch.equal(value, state[name])
+
+
+def test_integer_token_ids_stay_integers(project):
+    inputs = load_inputs(_config(project, """
+        teacher: {class_path: my_models.TokenNet, input_dtype: int64}
+        data: {class_path: my_models.tokens, val_fraction: 0.25}
+        """, "tokens.yaml"))
+    assert inputs.example_input.dtype == torch.int64
+    assert inputs.train.tensors[0].dtype == torch.int64
+    assert len(inputs.val) == 15 and len(inputs.train) == 45
+
+
+def test_a_missing_validation_split_is_carved_with_a_fixed_seed(project):
+    config = _config(project, SOURCES["table"] + SEARCH, "carve.yaml")
+    first, second = load_inputs(config), load_inputs(config)
+    assert len(first.val) == 48 and len(first.train) == 192
+    assert torch.equal(first.val.tensors[0], second.val.tensors[0])
+
+
+def test_image_folder_transforms_resize_and_normalise(project):
+    text = SOURCES["image_folder"].replace("input_shape: [3, 8, 8]", "input_shape: [3, 6, 6]")
+    inputs = load_inputs(_config(project, text + "  image_size: 6\n  mean: [0.5, 0.5, 0.5]\n"
+                                 "  std: [0.25, 0.25, 0.25]\n", "resize.yaml"))
+    assert tuple(inputs.example_input.shape) == (1, 3, 6, 6)
+    assert float(inputs.train.tensors[0].min()) < 0  # normalised
+    assert inputs.test is not None and len(inputs.test) == 30
+
+
+ERRORS = {
+    "module does not import": (
+        ("my_models.SmallCNN", "my_modelz.SmallCNN"),
+        "teacher.class_path: cannot import module 'my_modelz'"),
+    "name is missing": (("my_models.SmallCNN", "my_models.SmallCNX"),
+                        "module 'my_models' has no name 'SmallCNX'"),
+    "weights do not fit": (("num_classes: 3}", "num_classes: 3, width: 4}"),
+                           "cnn.pt does not fit my_models.SmallCNN: shapes differ:"),
+    "weights of another model": (("weights: cnn.pt", "weights: mlp.pt"),
+                                 "missing keys features.0.weight"),
+    "missing folder": (("image_folder: images", "image_folder: imagez"),
+                       "imagez/train not found"),
+    "class count": (("num_classes: 3}\n  weights: cnn.pt", "num_classes: 4}"),
+                    "the data has 3 classes but the teacher has 4 outputs"),
+    "input shape": (("[3, 8, 8]", "[3, 9, 9]"),
+                    "teacher.input_shape is [3, 9, 9] but the training inputs have shape"),
+    "init_args": (("{num_classes: 3}", "{classes: 3}"),
+                  "teacher.init_args do not fit my_models.SmallCNN"),
+    "two sources": (("image_folder: images", "image_folder: images\n  table: table.csv"),
+                    "data: name exactly one source"),
+    "unknown key": (("image_folder: images", "image_folder: images\n  size: 3"),
+                    "unknown key 'data.size'"),
+}
+
+TABLE_ERRORS = {
+    "missing column": (("label: y", "label: target"), "data.label: column 'target' is not in"),
+    "missing feature": (("label: y", "label: y\n  features: [f0, f9]"),
+                        "data.features: column 'f9' is not in table.csv"),
+    "not (input, label)": (("table: table.csv\n  label: y", "class_path: my_models.dict_data"),
+                           "the training data yields a dict with keys image, label, not "
+                           "(input, label) pairs"),
+    "missing table": (("table: table.csv", "table: nothing.csv"), "data.table: file not found"),
+}
+
+
+def _cases() -> list[tuple[str, str, tuple[str, str], str]]:
+    cases = [("image_folder", name, change, message)
+             for name, (change, message) in ERRORS.items()]
+    cases += [("table", name, change, message)
+              for name, (change, message) in TABLE_ERRORS.items()]
+    return cases
+
+
+@pytest.mark.parametrize("kind, name, change, message", _cases(),
+                         ids=[case[1] for case in _cases()])
+def test_every_mistake_exits_2_with_one_line_before_the_run_folder(
+        kind, name, change, message, project, tmp_path, capsys):
+    text = SOURCES[kind].replace(*change)
+    assert text != SOURCES[kind]
+    config = _config(tmp_path, text + SEARCH)
+    for path in ("my_models.py", "cnn.pt", "mlp.pt", "table.csv"):
+        (tmp_path / path).symlink_to(project / path)
+    (tmp_path / "images").symlink_to(project / "images")
+    assert main(["run", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("protege: error: ") and message in err, err
+    assert "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_file_needs_a_teacher_and_data(tmp_path, capsys):
+    for text, message in (("n_trials: 2\n", "name what to search on"),
+                          ("task: digits\nteacher: {class_path: a.B}\n", "not both"),
+                          ("teacher: {class_path: a.B}\n", "data: missing")):
+        assert main(["run", str(_config(tmp_path, text)), "--out", str(tmp_path / "r")]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_a_run_folder_keeps_its_teacher_and_data(project, tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("task: custom\n")
+    (tmp_path / "source.yaml").write_text(yaml.safe_dump(
+        {"root": str(project), "teacher": {"class_path": "my_models:mlp"},
+         "data": {"table": "table.csv", "label": "y"}}))
+    assert main(["resume", str(tmp_path), "--set", "data.label=z"]) == 2
+    assert "teacher and data are fixed" in capsys.readouterr().err
+
+
+def test_init_writes_a_commented_starter_that_reads_back(project, tmp_path, monkeypatch):
+    monkeypatch.chdir(project)
+    out = tmp_path / "starter.yaml"
+    code, printed = _cli("init", "my_models.SmallCNN", "--out", str(out))
+    assert code == 0 and "wrote" in printed
+    text = out.read_text()
+    assert "num_classes: 3" in text and "width: 8" in text and "# " in text
+    for key in ("max_accuracy_drop: 0.01", "strategy: tpe", "finetune_epochs:", "val_fraction"):
+        assert key in text
+    config, source = read_run_file(out)
+    assert config.strategy == "tpe" and source.teacher.class_path == "my_models.SmallCNN"
+    assert main(["init", "my_models.SmallCNN", "--out", str(out)]) == 2  # never overwrites
+    assert "numpy" not in starter_config("torchvision.models.resnet18")
+
+
+def test_init_names_a_model_that_does_not_import(tmp_path, capsys):
+    assert main(["init", "no_such_module.Net"]) == 2
+    assert "cannot import module 'no_such_module'" in capsys.readouterr().err
+
+
+def test_source_error_is_a_value_error():
+    assert issubclass(SourceError, ValueError)
