@@ -147,7 +147,8 @@ class CompareConfig:
     """A comparison, as written in its YAML file.
 
     Args:
-        task: Benchmark task name (``protege.experiments.load_task``).
+        task: Benchmark task name (``protege.experiments.load_task``), or ``custom``
+            when ``source`` names the teacher and data.
         arms: The contenders; the first is the reference of the paired tests.
         seeds: One run of every arm per seed (sampler, trial and fine-tune seeds).
         budget: What each arm of a seed may spend.
@@ -159,6 +160,8 @@ class CompareConfig:
         workers: Arm-seed runs in parallel processes.
         threads: Torch threads of each worker.
         report: Base name of the result files (default ``compare_<task>``).
+        source: The teacher and data named by ``teacher:`` and ``data:`` keys, resolved
+            (what a run folder's ``source.yaml`` holds); None for a benchmark task.
     """
 
     task: str
@@ -171,6 +174,7 @@ class CompareConfig:
     workers: int = 1
     threads: int = 1
     report: str | None = None
+    source: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _check(len(self.arms) >= 1, "arms", "name at least one arm")
@@ -226,19 +230,35 @@ _TOP_KEYS = {f.name for f in dataclasses.fields(CompareConfig)}
 
 def load_compare_config(source: str | Path | Mapping[str, Any],
                         overrides: Sequence[str] = ()) -> CompareConfig:
-    """Read a comparison config (YAML path or mapping), apply ``KEY=VALUE`` overrides."""
+    """Read a comparison config (YAML path or mapping), apply ``KEY=VALUE`` overrides.
+
+    Like a run file, it names a benchmark ``task:`` or its own ``teacher:`` and ``data:``
+    (relative paths relative to the file).
+    """
     if isinstance(source, Mapping):
         data = dict(source)
+        root = Path.cwd()
     else:
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         data = yaml.safe_load(path.read_text()) or {}
+        root = path.resolve().parent
     data = apply_overrides(data, list(overrides))
-    unknown = sorted(set(data) - _TOP_KEYS)
+    known = _TOP_KEYS | {"teacher", "data"}
+    unknown = sorted(set(data) - known)
     _check(not unknown, unknown[0] if unknown else "", f"unknown key; known: "
-           f"{', '.join(sorted(_TOP_KEYS))}")
-    _check("task" in data, "task", "name the benchmark task")
+           f"{', '.join(sorted(known))}")
+    own = data.get("source")
+    if "teacher" in data or "data" in data:
+        from protege.experiments._runfile import Source
+
+        _check("task" not in data, "task", "give either task: or teacher: and data:, not both")
+        _check("teacher" in data and "data" in data, "teacher" if "teacher" not in data
+               else "data", "missing; a comparison on your own model needs teacher: and data:")
+        own = Source.from_dict(data, root=root).to_dict()
+        data["task"] = "custom"
+    _check("task" in data, "task", "name the benchmark task, or teacher: and data:")
     arms_raw = data.get("arms") or {}
     _check(isinstance(arms_raw, Mapping), "arms", "must map arm names to their settings")
     arms = []
@@ -259,7 +279,7 @@ def load_compare_config(source: str | Path | Mapping[str, Any],
         budget=Budget(**budget), search=dict(data.get("search") or {}),
         teacher_seed=int(data.get("teacher_seed", 0)),
         train_subset=data.get("train_subset"), workers=int(data.get("workers", 1)),
-        threads=int(data.get("threads", 1)), report=data.get("report"),
+        threads=int(data.get("threads", 1)), report=data.get("report"), source=own,
     )
 
 
@@ -490,16 +510,29 @@ def run_arm(task: CompareTask, config: CompareConfig, arm: Arm, seed: int, *,
 
 
 def prepare_task(config: CompareConfig) -> CompareTask:
-    """Load the benchmark task and its teacher (cached), cut to ``train_subset``."""
-    from protege.experiments._tasks import load_task
+    """Build the teacher and data (a benchmark's teacher is cached), cut to ``train_subset``.
 
-    task = load_task(config.task, seed=config.teacher_seed)
-    train = task.train
+    A benchmark task and the user's own ``teacher:`` / ``data:`` take the same path
+    (``protege.experiments.build_inputs``).
+    """
+    from protege.experiments._runfile import Source, benchmark_source, build_inputs
+    from protege.experiments._sources import SourceError
+
+    if config.source is not None:
+        source = Source.from_dict(config.source, root=Path(config.source["root"]))
+    else:
+        source = benchmark_source(config.task, seed=config.teacher_seed)
+    inputs = build_inputs(config.base_config(config.seeds[0]), source)
+    if inputs.test is None:
+        raise SourceError("a comparison reports test accuracy: give test data (an image "
+                          "folder's test/, data.test_table, or a factory's third split)")
+    train = inputs.train
     if config.train_subset is not None and config.train_subset < len(train):
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
         keep = order[:config.train_subset].sort().values
         train = TensorDataset(*(t[keep] for t in train.tensors))
-    return CompareTask(task.name, task.teacher, train, task.val, task.test, task.example_input)
+    return CompareTask(source.task or "custom", inputs.teacher, train, inputs.val, inputs.test,
+                       inputs.example_input)
 
 
 def _job(config_data: dict[str, Any], arm_name: str, seed: int, out: str) -> dict[str, Any]:

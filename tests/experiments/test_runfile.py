@@ -240,3 +240,23 @@ def test_init_names_a_model_that_does_not_import(tmp_path, capsys):
 
 def test_source_error_is_a_value_error():
     assert issubclass(SourceError, ValueError)
+
+
+@pytest.mark.slow  # about a minute on 2 shared cores: a search arm, a baseline and the report
+def test_compare_names_its_teacher_and_data_the_same_way(project, tmp_path):
+    text = SOURCES["table"] + "  test_table: table.csv\n" + textwrap.dedent("""
+        seeds: [0]
+        report: own_compare
+        budget: {trials: 2}
+        search: {distill: {epochs: 1, finetune_epochs: 1}}
+        arms:
+          protege: {}
+          uniform: {kind: uniform, ratios: [0.5]}
+        """)
+    config = _config(project, text, "compare.yaml")
+    code, printed = _cli("compare", str(config), "--out", str(tmp_path / "out"),
+                         "--results", str(tmp_path / "results"))
+    assert code == 0, printed
+    assert "| protege | search |" in printed and "| uniform | uniform |" in printed
+    saved = yaml.safe_load((tmp_path / "out" / "compare.yaml").read_text())
+    assert Path(saved["source"]["teacher"]["weights"]).is_absolute()
