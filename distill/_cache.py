@@ -97,7 +97,8 @@ def as_tensors(data: Dataset | DataLoader, *, what: str = "dataset") -> tuple[to
         inputs, targets = torch.cat(xs), torch.cat(ys)
     if len(inputs) == 0:
         raise ValueError(f"the {what} is empty")
-    return inputs.float(), targets.long()
+    # integer inputs (token ids for an embedding) stay integers; floating ones become float32
+    return (inputs.float() if inputs.is_floating_point() else inputs), targets.long()
 
 
 def fingerprint(model: nn.Module, *tensors: torch.Tensor) -> str:

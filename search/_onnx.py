@@ -122,8 +122,8 @@ class Int8Result:
 
 
 def _check_inputs(example_input: torch.Tensor, check_inputs: torch.Tensor | None) -> torch.Tensor:
-    inputs = example_input if check_inputs is None else check_inputs
-    return inputs.detach().cpu().float()
+    inputs = (example_input if check_inputs is None else check_inputs).detach().cpu()
+    return inputs.float() if inputs.is_floating_point() else inputs  # token ids stay integers
 
 
 @torch.no_grad()

@@ -115,14 +115,18 @@ def test_a_lightning_checkpoint_loads_its_state_dict(project, tmp_path):
         assert torch.equal(value, state[name])
 
 
-def test_integer_token_ids_stay_integers(project):
-    inputs = load_inputs(_config(project, """
+def test_integer_token_ids_stay_integers_through_a_search(project, tmp_path):
+    config = _config(project, textwrap.dedent("""
         teacher: {class_path: my_models.TokenNet, input_dtype: int64}
         data: {class_path: my_models.tokens, val_fraction: 0.25}
-        """, "tokens.yaml"))
+        """) + SEARCH, "tokens.yaml")
+    inputs = load_inputs(config)
     assert inputs.example_input.dtype == torch.int64
     assert inputs.train.tensors[0].dtype == torch.int64
     assert len(inputs.val) == 15 and len(inputs.train) == 45
+    code, printed = _cli("run", str(config), "--out", str(tmp_path / "run"))
+    assert code == 0, printed
+    assert "input [5] int64" in printed and "max abs difference against PyTorch" in printed
 
 
 def test_a_missing_validation_split_is_carved_with_a_fixed_seed(project):

@@ -77,10 +77,11 @@ MODULE = textwrap.dedent('''
         def __init__(self, vocab=20, dim=8, num_classes=3):
             super().__init__()
             self.embed = nn.Embedding(vocab, dim)
-            self.head = nn.Linear(dim, num_classes)
+            self.hidden = nn.Sequential(nn.Linear(dim, 16), nn.ReLU())
+            self.head = nn.Linear(16, num_classes)
 
         def forward(self, x):
-            return self.head(self.embed(x).mean(1))
+            return self.head(self.hidden(self.embed(x).mean(1)))
 
 
     def tokens(samples=60, length=5):
