@@ -388,7 +388,11 @@ class ImageFolderSource(_Common):
                 "val_fraction": self.val_fraction, "split_seed": self.split_seed}
 
     def load(self, *, dtype: torch.dtype | None = None) -> Splits:
-        from torchvision import datasets, transforms
+        try:
+            from torchvision import datasets, transforms
+        except ImportError as exc:
+            raise ImportError("data.image_folder needs torchvision: pip install "
+                              "'protege[data]'") from exc
 
         steps: list[Any] = []
         if self.grayscale:
@@ -497,7 +501,11 @@ class TableSource(_Common):
 
 
 def _read_table(path: Path, key: str) -> Any:
-    import pandas as pd
+    try:
+        import pandas as pd
+    except ImportError as exc:
+        raise ImportError("data.table needs pandas (and pyarrow for Parquet): pip install "
+                          "'protege[data]'") from exc
 
     if not path.is_file():
         raise SourceError(f"{key}: file not found: {path}")
