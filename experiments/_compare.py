@@ -519,7 +519,7 @@ def prepare_task(config: CompareConfig) -> CompareTask:
     from protege.experiments._sources import SourceError
 
     if config.source is not None:
-        source = Source.from_dict(config.source, root=Path(config.source["root"]))
+        source = Source.from_dict(config.source, root=Path.cwd())
     else:
         source = benchmark_source(config.task, seed=config.teacher_seed)
     inputs = build_inputs(config.base_config(config.seeds[0]), source)

@@ -79,16 +79,23 @@ class Source:
     task: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``source.yaml`` mapping (absolute paths, so the folder needs nothing else)."""
-        return {"root": str(self.root), "task": self.task, "teacher": self.teacher.to_dict(),
-                "data": self.data.to_dict()}
+        """What a run folder records: ``task:`` for a benchmark, else the resolved
+        ``teacher:`` and ``data:`` sections (absolute paths, each with its import ``root``),
+        so that a later command needs nothing but the folder."""
+        if self.task is not None:
+            return {"task": self.task}
+        return {"teacher": self.teacher.to_dict(), "data": self.data.to_dict()}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, root: Path) -> Source:
-        """Read ``teacher:`` and ``data:`` sections; relative paths resolve against ``root``."""
-        return cls(teacher=parse_teacher(data.get("teacher"), root=root),
-                   data=parse_data(data.get("data"), root=root), root=root,
-                   task=data.get("task"))
+    def from_dict(cls, data: Mapping[str, Any], *, root: Path, seed: int = 0) -> Source:
+        """Read ``task:``, or ``teacher:`` and ``data:``; relative paths resolve against
+        ``root`` (a recorded section's own ``root`` wins); ``seed`` seeds a benchmark's
+        teacher."""
+        if data.get("task") is not None and "teacher" not in data:
+            return benchmark_source(str(data["task"]), seed=seed, root=root)
+        teacher = parse_teacher(data.get("teacher"), root=root)
+        return cls(teacher=teacher, data=parse_data(data.get("data"), root=root),
+                   root=teacher.root or root)
 
     def describe(self) -> str:
         """One phrase naming the teacher and the data, for the CLI."""
@@ -109,13 +116,13 @@ def benchmark_source(task: str, *, seed: int = 0, root: Path | None = None) -> S
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)} (or name "
                           "your own with teacher: and data:)")
-    return Source.from_dict({
-        "task": task,
-        "teacher": {"class_path": "protege.experiments:benchmark_teacher",
-                    "init_args": {"task": task, "seed": seed}},
-        "data": {"class_path": "protege.experiments:benchmark_data",
-                 "init_args": {"task": task}},
-    }, root=root or Path.cwd())
+    root = root or Path.cwd()
+    return Source(
+        teacher=parse_teacher({"class_path": "protege.experiments:benchmark_teacher",
+                               "init_args": {"task": task, "seed": seed}}, root=root),
+        data=parse_data({"class_path": "protege.experiments:benchmark_data",
+                         "init_args": {"task": task}}, root=root),
+        root=root, task=task)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -153,11 +160,9 @@ def split_run_file(data: Mapping[str, Any], *, root: Path) -> tuple[Config, Sour
         raise ConfigError(f"{missing}: missing; a run file needs both teacher: and data:")
     # The search config (`Config`) still has a task name; "custom" marks the user's own.
     config = Config.from_dict({**settings, "task": task if isinstance(task, str) else "custom"})
-    if task is not None:
-        if not isinstance(task, str):
-            raise ConfigError(f"task: expected a task name, got {task!r}")
-        return config, benchmark_source(task, seed=config.seed, root=root)
-    return config, Source.from_dict(data, root=root)
+    if task is not None and not isinstance(task, str):
+        raise ConfigError(f"task: expected a task name, got {task!r}")
+    return config, Source.from_dict(data, root=root, seed=config.seed)
 
 
 def read_run_file(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, Source]:
@@ -182,16 +187,13 @@ def load_source(run_dir: str | Path) -> Source:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a protege run folder (no config.yaml)")
+    seed = load_config(run_dir / "config.yaml").seed
     path = run_dir / SOURCE_FILE
     if path.is_file():
-        data = _read_yaml(path)
-        root = Path(data.get("root") or run_dir)
-        if data.get("task") is not None and "teacher" not in data:
-            return benchmark_source(str(data["task"]), root=root)
-        return Source.from_dict(data, root=root)
+        return Source.from_dict(_read_yaml(path), root=run_dir, seed=seed)
     task = _read_yaml(run_dir / "config.yaml").get("task")
     if task in TASKS:
-        return benchmark_source(str(task), seed=int(load_config(run_dir / "config.yaml").seed))
+        return benchmark_source(str(task), seed=seed)
     raise ConfigError(
         f"{run_dir}: no {SOURCE_FILE} (a run made from Python): the CLI cannot rebuild its "
         "teacher. From Python: student = protege.load_student(teacher, 'best/arch.json', "

@@ -172,6 +172,21 @@ def _path(value: Any, key: str, root: Path) -> Path:
     return path if path.is_absolute() else (root / path).resolve()
 
 
+def _root(data: Mapping[str, Any], key: str, default: Path) -> Path:
+    """A recorded section's own ``root`` (absolute), else ``default``."""
+    value = data.get("root")
+    if value is None:
+        return default
+    root = Path(str(value))
+    if not root.is_absolute():
+        raise SourceError(f"{key}.root: expected an absolute folder, got {value!r}")
+    return root
+
+
+def _text(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
+
+
 def _fraction(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
         raise SourceError(f"{key}: must be a fraction in (0, 1), got {value!r}")
@@ -211,7 +226,7 @@ class TeacherSource:
         return {"class_path": self.class_path, "init_args": dict(self.init_args),
                 "weights": str(self.weights) if self.weights is not None else None,
                 "input_shape": list(self.input_shape) if self.input_shape else None,
-                "input_dtype": self.input_dtype}
+                "input_dtype": self.input_dtype, "root": _text(self.root)}
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -238,11 +253,16 @@ class TeacherSource:
 def parse_teacher(section: Any, *, root: Path) -> TeacherSource:
     """Read the ``teacher:`` section; relative paths are relative to ``root``.
 
+    A run folder records the section resolved: absolute paths, and ``root`` (the
+    folder of the config file it came from, searched first by imports).
+
     Raises:
         SourceError: Naming the key that is missing, unknown or wrong.
     """
     data = _mapping(section, "teacher")
-    _known(data, ("class_path", "init_args", "weights", "input_shape", "input_dtype"), "teacher")
+    _known(data, ("class_path", "init_args", "weights", "input_shape", "input_dtype", "root"),
+           "teacher")
+    root = _root(data, "teacher", root)
     if "class_path" not in data:
         raise SourceError("teacher.class_path: missing; name the model's class or factory, "
                           "e.g. class_path: torchvision.models.resnet18")
@@ -344,6 +364,10 @@ class _Common:
     split_seed: int = 0
     root: Path | None = None
 
+    def _common(self) -> dict[str, Any]:
+        return {"val_fraction": self.val_fraction, "split_seed": self.split_seed,
+                "root": _text(self.root)}
+
     def finish(self, train: Any, val: Any, test: Any, *, dtype: torch.dtype | None,
                classes: int | None = None) -> Splits:
         train_data = materialize(train, "training data", dtype=dtype)
@@ -358,7 +382,7 @@ class _Common:
         return Splits(train=train_data, val=val_data, test=test_data, classes=classes)
 
 
-_COMMON_KEYS = ("val_fraction", "split_seed")
+_COMMON_KEYS = ("val_fraction", "split_seed", "root")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -385,7 +409,7 @@ class ImageFolderSource(_Common):
                 "image_size": list(size) if isinstance(size, tuple) else size,
                 "mean": list(self.mean) if self.mean else None,
                 "std": list(self.std) if self.std else None, "grayscale": self.grayscale,
-                "val_fraction": self.val_fraction, "split_seed": self.split_seed}
+                **self._common()}
 
     def load(self, *, dtype: torch.dtype | None = None) -> Splits:
         try:
@@ -444,13 +468,10 @@ class TableSource(_Common):
     test_table: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        def text(path: Path | None) -> str | None:
-            return str(path) if path is not None else None
-
         return {"table": str(self.table), "label": self.label,
                 "features": list(self.features) if self.features else None,
-                "val_table": text(self.val_table), "test_table": text(self.test_table),
-                "val_fraction": self.val_fraction, "split_seed": self.split_seed}
+                "val_table": _text(self.val_table), "test_table": _text(self.test_table),
+                **self._common()}
 
     def load(self, *, dtype: torch.dtype | None = None) -> Splits:
         frames = {"table": _read_table(self.table, "data.table")}
@@ -541,7 +562,7 @@ class ImportSource(_Common):
 
     def to_dict(self) -> dict[str, Any]:
         return {"class_path": self.class_path, "init_args": dict(self.init_args),
-                "val_fraction": self.val_fraction, "split_seed": self.split_seed}
+                **self._common()}
 
     def load(self, *, dtype: torch.dtype | None = None) -> Splits:
         factory = import_object(self.class_path, key="data.class_path", root=self.root)
@@ -710,6 +731,7 @@ def parse_data(section: Any, *, root: Path) -> DataSource:
         SourceError: If it names no source or several, or a key is unknown or wrong.
     """
     data = _mapping(section, "data")
+    root = _root(data, "data", root)
     kinds = [key for key in ("image_folder", "table", "class_path") if key in data]
     if len(kinds) != 1:
         raise SourceError("data: name exactly one source: image_folder, table or class_path"

@@ -84,6 +84,7 @@ def test_own_teacher_and_data_run_resume_export_and_report_from_the_cli(
     assert "pick: trial" in printed and "3 classes" in printed
     source = yaml.safe_load((out / "source.yaml").read_text())
     assert Path(source["teacher"]["weights"]).is_absolute()
+    assert source["teacher"]["root"] == str(project)
 
     code, printed = _cli("resume", str(out), "--set", "n_trials=3")
     assert code == 0, printed
@@ -216,8 +217,8 @@ def test_run_file_needs_a_teacher_and_data(tmp_path, capsys):
 def test_a_run_folder_keeps_its_teacher_and_data(project, tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("task: custom\n")
     (tmp_path / "source.yaml").write_text(yaml.safe_dump(
-        {"root": str(project), "teacher": {"class_path": "my_models:mlp"},
-         "data": {"table": "table.csv", "label": "y"}}))
+        {"teacher": {"class_path": "my_models:mlp", "root": str(project)},
+         "data": {"table": str(project / "table.csv"), "label": "y"}}))
     assert main(["resume", str(tmp_path), "--set", "data.label=z"]) == 2
     assert "teacher and data are fixed" in capsys.readouterr().err
 
@@ -264,3 +265,24 @@ def test_compare_names_its_teacher_and_data_the_same_way(project, tmp_path):
     assert "| protege | search |" in printed and "| uniform | uniform |" in printed
     saved = yaml.safe_load((tmp_path / "out" / "compare.yaml").read_text())
     assert Path(saved["source"]["teacher"]["weights"]).is_absolute()
+    assert saved["source"]["teacher"]["root"] == str(project)
+
+
+def test_a_parquet_table_reads_like_a_csv(project, tmp_path):
+    import pandas as pd
+
+    pd.read_csv(project / "table.csv").to_parquet(tmp_path / "table.parquet")
+    text = SOURCES["table"].replace("table: table.csv", f"table: {tmp_path / 'table.parquet'}")
+    inputs = load_inputs(_config(project, text, "parquet.yaml"))
+    assert inputs.train.tensors[0].shape[1] == 6 and inputs.classes == 3
+
+
+def test_a_run_folder_from_before_source_yaml_rebuilds_its_benchmark(tmp_path):
+    from protege.experiments import load_source
+
+    (tmp_path / "config.yaml").write_text("task: digits\nseed: 2\n")
+    source = load_source(tmp_path)
+    assert source.task == "digits" and source.teacher.init_args["seed"] == 2
+    (tmp_path / "config.yaml").write_text("task: custom\n")
+    with pytest.raises(ValueError, match="no source.yaml"):
+        load_source(tmp_path)
