@@ -190,7 +190,7 @@ def load_source(run_dir: str | Path) -> Source:
     seed = load_config(run_dir / "config.yaml").seed
     path = run_dir / SOURCE_FILE
     if path.is_file():
-        return Source.from_dict(_read_yaml(path), root=run_dir, seed=seed)
+        return Source.from_dict(_read_yaml(path), root=run_dir.resolve(), seed=seed)
     task = _read_yaml(run_dir / "config.yaml").get("task")
     if task in TASKS:
         return benchmark_source(str(task), seed=seed)

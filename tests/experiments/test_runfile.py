@@ -86,7 +86,7 @@ def test_own_teacher_and_data_run_resume_export_and_report_from_the_cli(
     assert Path(source["teacher"]["weights"]).is_absolute()
     assert source["teacher"]["root"] == str(project)
 
-    code, printed = _cli("resume", str(out), "--set", "n_trials=3")
+    code, printed = _cli("resume", "run", "--set", "n_trials=3")  # a relative run folder
     assert code == 0, printed
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     assert len(trials) == 3
