@@ -480,8 +480,12 @@ class TableSource(_Common):
             if path is not None:
                 frames[key] = _read_table(path, f"data.{key}")
         names = None
+        from pandas.api.types import is_float_dtype, is_integer_dtype
+
         labels = frames["table"].get(self.label)
-        if labels is not None and not np.issubdtype(labels.dtype, np.integer):
+        whole = labels is not None and is_float_dtype(labels.dtype) and bool(
+            labels.notna().all() and (labels == labels.round()).all())  # 0.0, 1.0, ... as read
+        if labels is not None and not is_integer_dtype(labels.dtype) and not whole:
             names = sorted({str(v) for frame in frames.values() if self.label in frame
                             for v in frame[self.label]})
         tables = {key: self._tensors(frame, key, names, dtype) for key, frame in frames.items()}

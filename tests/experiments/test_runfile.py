@@ -286,3 +286,22 @@ def test_a_run_folder_from_before_source_yaml_rebuilds_its_benchmark(tmp_path):
     (tmp_path / "config.yaml").write_text("task: custom\n")
     with pytest.raises(ValueError, match="no source.yaml"):
         load_source(tmp_path)
+
+
+def test_a_datamodule_with_test_data_gives_a_test_split(project):
+    text = SOURCES["datamodule"].replace("TinyDataModule", "TestedDataModule")
+    inputs = load_inputs(_config(project, text, "tested.yaml"))
+    assert inputs.test is not None and len(inputs.test) == len(inputs.val) == 48
+
+
+def test_label_names_map_to_their_sorted_order(project, tmp_path):
+    import pandas as pd
+
+    frame = pd.read_csv(project / "table.csv")
+    frame["y"] = frame["y"].map({0: "cat", 1: "dog", 2: "ant"})
+    frame.to_csv(tmp_path / "named.csv", index=False)
+    text = SOURCES["table"].replace("table: table.csv", f"table: {tmp_path / 'named.csv'}")
+    inputs = load_inputs(_config(project, text, "named.yaml"))
+    labels = torch.cat([inputs.train.tensors[1], inputs.val.tensors[1]])
+    assert sorted(labels.unique().tolist()) == [0, 1, 2]  # ant, cat, dog
+    assert int((labels == 0).sum()) == int((torch.tensor(frame["y"].eq("ant").to_numpy())).sum())

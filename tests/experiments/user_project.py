@@ -61,6 +61,11 @@ MODULE = textwrap.dedent('''
             return DataLoader(self.val_set, batch_size=32)
 
 
+    class TestedDataModule(TinyDataModule):
+        def test_dataloader(self):
+            return DataLoader(self.val_set, batch_size=32)
+
+
     class Dicts(Dataset):
         def __len__(self):
             return 10
