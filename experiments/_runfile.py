@@ -284,14 +284,17 @@ def _check_classes(splits: Splits, classes: int, source: Source) -> None:
 def load_inputs(path: str | Path, overrides: Sequence[str] = ()) -> RunInputs:
     """Build teacher, data and config from a run file or a run folder.
 
-    In a run folder the config is its ``config.yaml`` (``--set`` may change search
-    settings, e.g. ``n_trials``) and the source its ``source.yaml`` (fixed).
+    In a run folder (or given its ``config.yaml``) the config is its ``config.yaml``
+    (``--set`` may change search settings, e.g. ``n_trials``) and the source its
+    ``source.yaml`` (fixed).
 
     Raises:
         ConfigError: For a bad key or a source that cannot be built (one line).
         FileNotFoundError: If ``path`` does not exist.
     """
     path = Path(path)
+    if path.name == "config.yaml" and (path.parent / SOURCE_FILE).is_file():
+        path = path.parent  # a run folder's config (as `protege worker` is given it)
     if path.is_dir():
         fixed = [item for item in overrides if item.split("=")[0].split(".")[0] in RUN_KEYS]
         if fixed:

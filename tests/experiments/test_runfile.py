@@ -91,6 +91,10 @@ def test_own_teacher_and_data_run_resume_export_and_report_from_the_cli(
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     assert len(trials) == 3
     done = next(t["number"] for t in trials if t["state"] == "complete")
+    if kind == "table":  # a worker joins the study from the run folder's config.yaml
+        code, printed = _cli("worker", str(out / "config.yaml"), "--out", str(out),
+                             "--set", "n_trials=4", "--storage", f"sqlite:///{out / 'study.db'}")
+        assert code == 0 and "worker done: the study holds 4 trials" in printed, printed
     code, printed = _cli("export", str(out), "--trial", str(done))
     assert code == 0, printed
     assert (out / f"trial-{done}" / "student.onnx").stat().st_size > 0
