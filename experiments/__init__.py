@@ -40,7 +40,6 @@ from ._compare import (
 )
 from ._compare_report import paired_test, write_compare_report
 from ._runfile import (
-    SOURCE_FILE,
     RunInputs,
     Source,
     benchmark_source,
@@ -48,7 +47,6 @@ from ._runfile import (
     load_inputs,
     load_source,
     read_run_file,
-    recording_source,
     starter_config,
 )
 from ._sources import (
@@ -74,7 +72,6 @@ from ._teachers import build_teacher
 __all__ = [
     "ARM_KINDS",
     "CACHE_ENV_VAR",
-    "SOURCE_FILE",
     "TASKS",
     "Arm",
     "ArmRecord",
@@ -105,7 +102,6 @@ __all__ = [
     "prepare_task",
     "prune_uniform",
     "read_run_file",
-    "recording_source",
     "run_arm",
     "run_compare",
     "split_epochs",

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from protege._io import atomic_write
+from protege.common import atomic_write
 
 __all__ = ["hv_bands", "paired_test", "write_compare_report"]
 

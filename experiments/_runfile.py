@@ -6,20 +6,21 @@ A run file is one search config plus the keys that say what to search on:
 - ``teacher:`` and ``data:``: the user's own (see :mod:`protege.experiments._sources`).
 
 :func:`load_inputs` reads either a run file or a run folder and returns
-:class:`RunInputs`; :func:`recording_source` writes the resolved ``teacher:`` and
-``data:`` sections (absolute paths) to the run folder's ``source.yaml``, so that
-``resume``, ``worker``, ``export`` and the rest need only the folder.
+:class:`RunInputs`. ``RunInputs.source.to_dict()`` is what the run folder's
+``config.yaml`` records beside the search config (``protege.create_study(...,
+source=...)``): ``task:``, or the resolved ``teacher:`` and ``data:`` sections (absolute
+paths, import roots), so that ``resume``, ``worker``, ``export`` and the rest need only
+the folder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
 import logging
 import re
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import yaml
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from protege._io import atomic_write
+from protege.common import read_yaml
 from protege.experiments._sources import (
     DataSource,
     SourceError,
@@ -39,10 +40,9 @@ from protege.experiments._sources import (
     parse_teacher,
 )
 from protege.experiments._tasks import TASKS
-from protege.search import Config, ConfigError, apply_overrides, load_config
+from protege.search import SOURCE_KEYS, Config, ConfigError, apply_overrides
 
 __all__ = [
-    "SOURCE_FILE",
     "RunInputs",
     "Source",
     "benchmark_source",
@@ -50,16 +50,13 @@ __all__ = [
     "load_inputs",
     "load_source",
     "read_run_file",
-    "recording_source",
     "starter_config",
 ]
 
 logger = logging.getLogger(__name__)
 
-SOURCE_FILE = "source.yaml"
-"""The run folder's record of how to rebuild its teacher and data."""
-RUN_KEYS = ("task", "teacher", "data")
-"""Keys of a run file that are not search settings."""
+RUN_KEYS = SOURCE_KEYS
+"""Keys of a run file that are not search settings: ``task``, ``teacher``, ``data``."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -125,21 +122,6 @@ def benchmark_source(task: str, *, seed: int = 0, root: Path | None = None) -> S
         root=root, task=task)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
-    return data
-
-
 def split_run_file(data: Mapping[str, Any], *, root: Path) -> tuple[Config, Source]:
     """The search config and the source of a run file's mapping.
 
@@ -158,8 +140,7 @@ def split_run_file(data: Mapping[str, Any], *, root: Path) -> tuple[Config, Sour
     if task is None and ("teacher" not in data or "data" not in data):
         missing = "teacher" if "teacher" not in data else "data"
         raise ConfigError(f"{missing}: missing; a run file needs both teacher: and data:")
-    # The search config (`Config`) still has a task name; "custom" marks the user's own.
-    config = Config.from_dict({**settings, "task": task if isinstance(task, str) else "custom"})
+    config = Config.from_dict(settings)
     if task is not None and not isinstance(task, str):
         raise ConfigError(f"task: expected a task name, got {task!r}")
     return config, Source.from_dict(data, root=root, seed=config.seed)
@@ -171,34 +152,36 @@ def read_run_file(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Conf
     Relative paths in ``teacher:`` and ``data:`` are relative to the file's folder.
     """
     path = Path(path)
-    data = apply_overrides(_read_yaml(path), list(overrides))
+    data = apply_overrides(read_yaml(path), list(overrides))
     return split_run_file(data, root=path.resolve().parent)
 
 
 def load_source(run_dir: str | Path) -> Source:
-    """The teacher and data a run folder was made on (its ``source.yaml``).
-
-    A folder from before ``source.yaml`` existed falls back to its config's benchmark task.
+    """The teacher and data a run folder was made on (the source keys of its ``config.yaml``).
 
     Raises:
         FileNotFoundError: If ``run_dir`` is not a run folder.
-        ConfigError: If it records no source the CLI can rebuild.
+        ConfigError: If it records no source the CLI can rebuild (a run made from Python).
     """
-    run_dir = Path(run_dir)
+    return _folder_run_file(Path(run_dir), ())[1]
+
+
+def _folder_run_file(run_dir: Path, overrides: Sequence[str]) -> tuple[Config, Source]:
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a protege run folder (no config.yaml)")
-    seed = load_config(run_dir / "config.yaml").seed
-    path = run_dir / SOURCE_FILE
-    if path.is_file():
-        return Source.from_dict(_read_yaml(path), root=run_dir.resolve(), seed=seed)
-    task = _read_yaml(run_dir / "config.yaml").get("task")
-    if task in TASKS:
-        return benchmark_source(str(task), seed=seed)
-    raise ConfigError(
-        f"{run_dir}: no {SOURCE_FILE} (a run made from Python): the CLI cannot rebuild its "
-        "teacher. From Python: student = protege.load_student(teacher, 'best/arch.json', "
-        "'best/student.pt'), then protege.search.export_onnx(student, example_input, "
-        "'student.onnx')")
+    fixed = [item for item in overrides if item.split("=")[0].split(".")[0] in RUN_KEYS]
+    if fixed:
+        raise ConfigError(f"--set {fixed[0]!r}: a run folder's teacher and data are fixed; "
+                          "start a new run to change them")
+    data = apply_overrides(read_yaml(run_dir / "config.yaml"), list(overrides))
+    if not any(key in data for key in RUN_KEYS):
+        raise ConfigError(
+            f"{run_dir}: its config.yaml records no task: or teacher: and data: (a run made "
+            "from Python): the CLI cannot rebuild its teacher. From Python: student = "
+            "protege.load_student(teacher, 'best/arch.json', 'best/student.pt'), then "
+            "export_onnx(student, example_input, 'student.onnx') (from protege.search import "
+            "export_onnx)")
+    return split_run_file(data, root=run_dir.resolve())
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -284,52 +267,19 @@ def _check_classes(splits: Splits, classes: int, source: Source) -> None:
 def load_inputs(path: str | Path, overrides: Sequence[str] = ()) -> RunInputs:
     """Build teacher, data and config from a run file or a run folder.
 
-    In a run folder (or given its ``config.yaml``) the config is its ``config.yaml``
-    (``--set`` may change search settings, e.g. ``n_trials``) and the source its
-    ``source.yaml`` (fixed).
+    A run folder's ``config.yaml`` is itself a run file whose ``teacher:`` and ``data:``
+    are fixed: ``--set`` may change search settings (e.g. ``n_trials``), not them.
 
     Raises:
         ConfigError: For a bad key or a source that cannot be built (one line).
         FileNotFoundError: If ``path`` does not exist.
     """
     path = Path(path)
-    if path.name == "config.yaml" and (path.parent / SOURCE_FILE).is_file():
-        path = path.parent  # a run folder's config (as `protege worker` is given it)
     if path.is_dir():
-        fixed = [item for item in overrides if item.split("=")[0].split(".")[0] in RUN_KEYS]
-        if fixed:
-            raise ConfigError(f"--set {fixed[0]!r}: a run folder's teacher and data are fixed; "
-                              "start a new run to change them")
-        source = load_source(path)
-        config = load_config(path / "config.yaml", list(overrides))
+        config, source = _folder_run_file(path, overrides)
     else:
         config, source = read_run_file(path, overrides)
     return build_inputs(config, source)
-
-
-@contextlib.contextmanager
-def recording_source(out: str | Path, source: Source, *, write: bool = True) -> Iterator[None]:
-    """Write ``source.yaml`` into the run folder ``out`` for the duration of a search.
-
-    If the search fails on its input and the folder did not exist before, the file
-    (and the then empty folder) is removed again: a failed start leaves nothing.
-    ``write=False`` (a worker, whose folder the owner writes) writes nothing.
-    """
-    out = Path(out)
-    fresh = not out.exists()
-    if not write:
-        yield
-        return
-    with atomic_write(out / SOURCE_FILE) as handle:
-        yaml.safe_dump(source.to_dict(), handle, sort_keys=False)
-    try:
-        yield
-    except (ValueError, FileNotFoundError, ImportError):
-        if fresh and not (out / "config.yaml").exists():
-            (out / SOURCE_FILE).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise
 
 
 # --------------------------------------------------------------------------- protege init
@@ -391,25 +341,24 @@ def _defaults(cls: type) -> dict[str, Any]:
     return values
 
 
-_RESOLVED = {"distill.epochs"}
-"""Keys whose default depends on another key (the level): written commented out."""
+def _plain(text: str) -> str:
+    """A docstring phrase without its reST markup (``x``, :data:`X`), for a YAML comment."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
 
 
-def _settings_lines(cls: type, values: Mapping[str, Any], indent: str = "",
-                    prefix: str = "") -> list[str]:
+def _settings_lines(cls: type, values: Mapping[str, Any], indent: str = "") -> list[str]:
     docs = _docs(cls)
     hints = typing.get_type_hints(cls)
     lines = []
     for name, value in values.items():
-        note = f"   # {docs[name]}" if name in docs else ""
+        note = f"   # {_plain(docs[name])}" if name in docs else ""
         nested = hints.get(name)
         if isinstance(nested, type) and dataclasses.is_dataclass(nested):
             lines.append(f"{indent}{name}:{note}")
-            lines += _settings_lines(nested, value, indent + "  ", f"{prefix}{name}.")
+            lines += _settings_lines(nested, value, indent + "  ")
             continue
         text = yaml.safe_dump({name: value}, default_flow_style=True, width=10_000)
-        comment = "# " if f"{prefix}{name}" in _RESOLVED else ""
-        lines.append(f"{indent}{comment}{text.strip()[1:-1]}{note}")
+        lines.append(f"{indent}{text.strip()[1:-1]}{note}")
     return lines
 
 

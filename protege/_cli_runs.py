@@ -10,11 +10,25 @@ from typing import Any
 
 import torch
 
-from protege._io import atomic_write
+from protege.common import atomic_write
 
-__all__ = ["add_run_folder_commands"]
+__all__ = ["add_run_folder_commands", "open_run_study"]
 
 _RUN_DIR = "run folder written by `protege run`, e.g. runs/mnist1d"
+
+
+def open_run_study(run: Any, *, accelerator: str = "cpu") -> tuple[Any, Any]:
+    """The teacher and data (:class:`protege.experiments.RunInputs`) and the
+    :class:`protege.Study` of a run folder, both rebuilt from the folder alone."""
+    import protege
+    from protege.experiments import load_inputs
+
+    inputs = load_inputs(run.path)
+    study = protege.create_study(inputs.teacher, train=inputs.train, val=inputs.val,
+                                 test=inputs.test, example_input=inputs.example_input,
+                                 config=run.config, out=run.path, accelerator=accelerator,
+                                 source=inputs.source.to_dict())
+    return inputs, study
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -52,7 +66,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from protege.search import (
         export_onnx,
         export_torchscript,
-        finetune_trial,
         load_run,
         quantize_int8,
         write_report,
@@ -65,15 +78,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if number is None:
         raise ValueError(f"{run.path}: no student was picked yet (finish the search with "
                          f"`protege resume {run.path}`), or pass --trial N")
-    from protege.experiments import load_inputs
-
-    inputs = load_inputs(run.path)
+    run.record(number)  # no such trial: one line, before the teacher is loaded
+    inputs, study = open_run_study(run, accelerator=args.accelerator)
     if not args.quiet and not (run.pick is not None and run.pick.trial == number):
         print(f"fine-tuning trial {number} as the pick was "
               f"({run.config.distill.finetune_epochs} epochs)...", flush=True)
-    folder, student = finetune_trial(run, inputs.teacher, number=number, train=inputs.train,
-                                     val=inputs.val, example_input=inputs.example_input,
-                                     test=inputs.test, accelerator=args.accelerator)
+    folder, student = study.finetune(number)
     student = student.cpu().eval()
     evaluation = inputs.test if inputs.test is not None else inputs.val
     check_inputs = _first(evaluation, 256)
@@ -82,8 +92,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                             check_inputs=check_inputs)
     else:
         check = export_torchscript(student, inputs.example_input,
-                                   folder / "student.torchscript.pt",
-                                   check_inputs=check_inputs)
+                                   folder / "student.torchscript.pt", check_inputs=check_inputs)
     print(f"{check.path}: {check.size_bytes:,} bytes; max abs difference against PyTorch "
           f"{check.max_abs_diff:.3g} on {check.samples} test inputs")
     results: dict[str, Any] = {args.format: check.to_dict()}

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from protege._cli_runs import add_run_folder_commands
-from protege._errors import describe
 from protege._logging import set_verbosity
+from protege.common import describe
 
 __all__ = ["main"]
 
@@ -43,49 +43,38 @@ def _front_table(result) -> str:  # type: ignore[no-untyped-def]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import protege
     from protege._progress import TrialProgress
-    from protege.distill import evaluate
-    from protege.estimators import count_macs
-    from protege.experiments import load_inputs, recording_source
-    from protege.search import load_run, run_search
+    from protege.experiments import load_inputs
+    from protege.search import load_run
 
     overrides = list(args.set)
     if args.storage:
         overrides.append(f"storage={args.storage}")
-    resume = args.command == "resume"
-    if resume:
-        inputs = load_inputs(Path(args.run_dir), overrides)
-        out = Path(args.run_dir)
-    else:
-        inputs = load_inputs(args.config, overrides)
-        out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    # a YAML run file, or a run folder (resume): the teacher, the data and the config
+    inputs = load_inputs(args.config, overrides)
     config = inputs.config
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     quiet = args.quiet
-    teacher_macs = count_macs(inputs.teacher, inputs.example_input)[0]
-    teacher_accuracy = evaluate(inputs.teacher, inputs.val)
-    if not quiet:
-        sizes = ", ".join(f"{len(data)} {name}" for name, data in
-                          (("train", inputs.train), ("val", inputs.val), ("test", inputs.test))
-                          if data is not None)
-        print(f"{inputs.source.describe()}: {inputs.classes} classes, input "
-              f"{list(inputs.example_input.shape[1:])} "
-              f"{str(inputs.example_input.dtype).removeprefix('torch.')}, "
-              f"{_millions(teacher_macs)} MACs, val accuracy {teacher_accuracy:.4f}; "
-              f"data {sizes}", flush=True)
-    progress = TrialProgress(
-        total=config.n_trials, teacher_accuracy=teacher_accuracy, teacher_macs=teacher_macs,
-        max_accuracy_drop=config.constraints.max_accuracy_drop,
-        records_file=out / "trials.jsonl")
     start = time.perf_counter()
     worker = args.command == "worker"
-    with recording_source(out, inputs.source, write=not worker):
-        result = run_search(inputs.teacher, train=inputs.train, val=inputs.val,
-                            test=inputs.test, example_input=inputs.example_input,
-                            config=config, out=out, callbacks=[] if quiet else [progress],
-                            accelerator=args.accelerator, worker=worker)
+    study = protege.create_study(inputs.teacher, train=inputs.train, val=inputs.val,
+                                 test=inputs.test, example_input=inputs.example_input,
+                                 config=config, out=out, accelerator=args.accelerator,
+                                 worker=worker, source=inputs.source.to_dict())
+    if not quiet:
+        print(_inputs_line(inputs, study.profile), flush=True)
+    progress = TrialProgress(
+        total=config.trials, teacher_accuracy=study.profile.val_accuracy,
+        teacher_macs=study.profile.macs, max_accuracy_drop=config.constraints.max_accuracy_drop,
+        records_file=out / "trials.jsonl")
+    study.optimize(callbacks=[] if quiet else [progress])
     if worker:
-        print(f"worker done: the study holds {len(result.trials)} trials")
+        print(f"worker done: the study holds {len(study.trials)} trials")
         return 0
+    if not quiet:
+        print("picking, fine-tuning and exporting the pick...", flush=True)
+    result = study.finish()
     if not quiet:
         print(f"\nPareto front ({len(result.front)} of {len(result.trials)} trials), "
               f"hypervolume {result.hypervolume:.4f}:")
@@ -113,11 +102,24 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a protege run folder (no config.yaml)")
-    args.storage = None
+    args.config, args.out, args.storage = str(run_dir), str(run_dir), None
     return _cmd_run(args)
 
 
+def _inputs_line(inputs, profile) -> str:  # type: ignore[no-untyped-def]
+    """What the search runs on: the teacher, its input, MACs and accuracy, the data sizes."""
+    sizes = ", ".join(f"{len(data)} {name}" for name, data in
+                      (("train", inputs.train), ("val", inputs.val), ("test", inputs.test))
+                      if data is not None)
+    example = inputs.example_input
+    return (f"{inputs.source.describe()}: {inputs.classes} classes, input "
+            f"{list(example.shape[1:])} {str(example.dtype).removeprefix('torch.')}, "
+            f"{_millions(profile.macs)} MACs, val accuracy {profile.val_accuracy:.4f}; "
+            f"data {sizes}")
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
+    from protege.common import atomic_write
     from protege.experiments import starter_config
 
     out = Path(args.out) if args.out else None
@@ -127,8 +129,6 @@ def _cmd_init(args: argparse.Namespace) -> int:
     if out is None:
         print(text, end="")
         return 0
-    from protege._io import atomic_write
-
     with atomic_write(out) as handle:
         handle.write(text)
     print(f"wrote {out}: set teacher.weights and data:, then `protege run {out}`")

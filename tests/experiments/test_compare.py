@@ -15,7 +15,6 @@ from tiny_nets import make_tiny_net
 from torch.utils.data import TensorDataset
 
 import protege.distill
-import protege.search._study
 from protege.experiments import (
     CompareTask,
     load_compare_config,
@@ -72,7 +71,6 @@ class _Meter:
                 self.spent.append(len(epochs) * len(train.inputs))
 
         monkeypatch.setattr(protege.distill, "train_student", counting)
-        monkeypatch.setattr(protege.search._study, "_train_student", counting)
 
     def take(self) -> int:
         total, self.spent[:] = sum(self.spent), []
@@ -137,9 +135,9 @@ def test_a_search_arm_with_several_fine_tunes_reserves_them_in_its_budget(
 @pytest.mark.slow  # two more searches: ~10 s on a quiet 2-core machine
 def test_uniform_arm_and_pruned_trials_spend_the_budget(
         toy_task: CompareTask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Curve pruning stops trials early: the search runs more of them until its share is spent.
+    # The curve rule stops trials early: the search runs more of them until its share is spent.
     config = _config(seeds=[0], budget={"trials": 6}, arms={
-        "protege": {"set": ["pruning.min_trials=1", "pruning.margin=0.5",
+        "protege": {"set": ["rules.min_trials=1", "rules.margin=0.5",
                             "distill.epochs=2"]},
         "uniform": {"kind": "uniform", "ratios": [0.25, 0.5, 1.0]}})
     meter = _Meter(monkeypatch)

@@ -82,15 +82,15 @@ def test_own_teacher_and_data_run_resume_export_and_report_from_the_cli(
     code, printed = _cli("run", str(config), "--out", str(out))
     assert code == 0, printed
     assert "pick: trial" in printed and "3 classes" in printed
-    source = yaml.safe_load((out / "source.yaml").read_text())
-    assert Path(source["teacher"]["weights"]).is_absolute()
-    assert source["teacher"]["root"] == str(project)
+    recorded = yaml.safe_load((out / "config.yaml").read_text())  # a run file itself
+    assert Path(recorded["teacher"]["weights"]).is_absolute()
+    assert recorded["teacher"]["root"] == str(project)
 
     code, printed = _cli("resume", "run", "--set", "n_trials=3")  # a relative run folder
     assert code == 0, printed
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     assert len(trials) == 3
-    done = next(t["number"] for t in trials if t["state"] == "complete")
+    done = next(t["number"] for t in trials if t["outcome"] == "trained")
     if kind == "table":  # a worker joins the study from the run folder's config.yaml
         code, printed = _cli("worker", str(out / "config.yaml"), "--out", str(out),
                              "--set", "n_trials=4", "--storage", f"sqlite:///{out / 'study.db'}")
@@ -219,8 +219,7 @@ def test_run_file_needs_a_teacher_and_data(tmp_path, capsys):
 
 
 def test_a_run_folder_keeps_its_teacher_and_data(project, tmp_path, capsys):
-    (tmp_path / "config.yaml").write_text("task: custom\n")
-    (tmp_path / "source.yaml").write_text(yaml.safe_dump(
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(
         {"teacher": {"class_path": "my_models:mlp", "root": str(project)},
          "data": {"table": str(project / "table.csv"), "label": "y"}}))
     assert main(["resume", str(tmp_path), "--set", "data.label=z"]) == 2
@@ -281,14 +280,14 @@ def test_a_parquet_table_reads_like_a_csv(project, tmp_path):
     assert inputs.train.tensors[0].shape[1] == 6 and inputs.classes == 3
 
 
-def test_a_run_folder_from_before_source_yaml_rebuilds_its_benchmark(tmp_path):
+def test_a_benchmark_run_folder_rebuilds_its_task_and_a_python_run_is_named(tmp_path):
     from protege.experiments import load_source
 
     (tmp_path / "config.yaml").write_text("task: digits\nseed: 2\n")
     source = load_source(tmp_path)
     assert source.task == "digits" and source.teacher.init_args["seed"] == 2
-    (tmp_path / "config.yaml").write_text("task: custom\n")
-    with pytest.raises(ValueError, match="no source.yaml"):
+    (tmp_path / "config.yaml").write_text("seed: 2\n")
+    with pytest.raises(ValueError, match="a run made from Python"):
         load_source(tmp_path)
 
 
