@@ -28,8 +28,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from protege.common import atomic_write
-from protege.distill import TeacherOutputs, as_tensors, cache_teacher_outputs
+from protege.distill import TeacherOutputs, as_tensors, cache_teacher_outputs, evaluate
 from protege.estimators import LatencyPredictor, measure_latency, measure_latency_stats
+from protege.provenance import provenance
 from protege.search import _attrs as attrs
 from protege.search._config import Config
 from protege.search._pareto import pareto_indices, scaled_hypervolume
@@ -340,10 +341,10 @@ class Study:
 
     # -- finishing -------------------------------------------------------------------------
 
-    def _tune(self, record: TrialRecord) -> tuple[Pick, nn.Module]:
+    def _tune(self, record: TrialRecord, *, test: bool = False) -> tuple[Pick, nn.Module]:
         return finetune_student(record, floor=accuracy_floor(self.profile, self.config),
                                 space=self.space, outputs=self.outputs, val=self.val,
-                                test=self.test, config=self.config,
+                                test=self.test if test else None, config=self.config,
                                 device=device_of(self.accelerator),
                                 accelerator=self.accelerator, teacher=self.teacher)
 
@@ -367,6 +368,10 @@ class Study:
                            "most accurate one (trial %d)",
                            self.config.constraints.max_accuracy_drop, chosen[0].number)
         pick, student = bisect(chosen[0], done, tune=self._tune, finetunes=self.config.finetunes)
+        # Only the pick is measured on the test set, once: the students the bisection
+        # tried were judged on validation alone.
+        if self.test is not None:
+            pick = dataclasses.replace(pick, test_accuracy=evaluate(student, self.test))
         save_student(self.out / "best", student, pick.arch, self.space,
                      derive_kwargs=self.config.space.derive_kwargs(), trial=pick.trial)
         return pick, student
@@ -395,7 +400,7 @@ class Study:
         if not record.arch or not record.costs()["macs"]:
             raise ValueError(f"{self.out}: trial {number} built no student ({record.outcome}: "
                              f"{record.reason})")
-        pick, student = self._tune(record)
+        pick, student = self._tune(record, test=True)  # asked for by name: measured on test
         save_student(folder, student, record.arch, self.space,
                      derive_kwargs=self.config.space.derive_kwargs(), trial=number)
         write_json(folder / "summary.json", dataclasses.asdict(pick))
@@ -442,6 +447,7 @@ class Study:
             "hypervolume_reference": {"accuracy": profile.chance,
                                       **{name: 1.0 for name in self.config.objectives[1:]}},
             "pick": None,
+            "provenance": provenance(self.config.to_dict()),
         }
         chosen = self.pick()
         pick, student = chosen if chosen is not None else (None, None)
@@ -586,7 +592,8 @@ def create_study(teacher: nn.Module, *, train: Data, val: Data, example_input: t
     evaluator = StudentEvaluator(space=space, outputs=outputs, val=val_data,
                                  example_input=example_input, config=config, limits=limits,
                                  accelerator=accelerator, latency=latency, teacher=teacher,
-                                 rules=_rules(config, profile))
+                                 rules=_rules(config, profile),
+                                 provenance=provenance(config.to_dict()))
     logger.info("teacher: %d MACs, %d params, val accuracy %.4f",
                 profile.macs, profile.params, profile.val_accuracy)
     return Study(out=out, config=config, teacher=teacher, space=space, profile=profile,
