@@ -59,6 +59,7 @@ from protege.experiments._arms import (
     teacher_facts,
 )
 from protege.experiments._baselines import run_baseline
+from protege.provenance import provenance, same_code
 from protege.search import (
     Config,
     Study,
@@ -250,6 +251,7 @@ class ArmRecord:
     train_seconds: float
     wall_seconds: float
     sample_passes: int
+    """Training compute: epochs x training samples, summed over the students trained."""
     budget: int | None
     students_trained: int
     teacher: dict[str, Any]
@@ -257,13 +259,17 @@ class ArmRecord:
     front: list[dict[str, Any]]
     curve: list[dict[str, float]]
     """HV after each trained student: ``students``, ``seconds``, ``passes``, ``hypervolume``."""
+    provenance: dict[str, Any] | None = None
+    """What made it: commit, dirty tree, versions, the arm's config hash, machine."""
+    mac_passes: int | None = None
+    """Training compute by model size: each student's forward MACs x its sample-passes."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ArmRecord:
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
 def _curve(students: Sequence[Student], teacher: Mapping[str, Any]) -> list[dict[str, float]]:
@@ -300,6 +306,7 @@ def finish_record(*, arm: Arm, seed: int, students: Sequence[Student], pick: dic
         best_test_accuracy_within_1pt=pick["test_accuracy"] if within and pick else None,
         train_seconds=round(sum(s.seconds for s in students), 3), wall_seconds=round(wall, 3),
         sample_passes=sum(s.passes for s in students), budget=budget,
+        mac_passes=sum(s.macs * s.passes for s in students),
         students_trained=len(students), teacher=teacher, pick=pick,
         front=_front(students, macs), curve=curve,
     )
@@ -364,13 +371,52 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
     return students, pick, teacher
 
 
+class StaleRecord(ValueError):
+    """A finished arm's record was made by other code or another config."""
+
+
+def arm_provenance(config: CompareConfig, arm: Arm, seed: int) -> dict[str, Any]:
+    """What an arm-seed run is made by: the code, and a hash of everything that decides its
+    result (the arm's resolved config, its kind and sweep, the budget, the task)."""
+    what = {"arm": config.arm_config(arm, seed).to_dict(), "kind": arm.kind,
+            "ratios": list(arm.ratios), "budget": dataclasses.asdict(config.budget),
+            "task": config.task, "teacher_seed": config.teacher_seed,
+            "train_subset": config.train_subset}
+    return provenance(what)
+
+
+def _finished(done: Path, config: CompareConfig, arm: Arm, seed: int, *,
+              reuse_stale: bool) -> ArmRecord | None:
+    """The record in ``done`` if there is one made by this code and config.
+
+    Raises:
+        StaleRecord: If it was made by other code (or a dirty tree) or another config,
+            unless ``reuse_stale``.
+    """
+    if not done.is_file():
+        return None
+    record = ArmRecord.from_dict(json.loads(done.read_text()))
+    now = arm_provenance(config, arm, seed)
+    if reuse_stale or same_code(record.provenance, now):
+        return record
+    was = record.provenance or {}
+    raise StaleRecord(
+        f"{done} was made by other code or another config (commit "
+        f"{(was.get('commit') or 'unknown')[:10]}{' dirty' if was.get('dirty') else ''}, "
+        f"config {was.get('config_hash') or 'unknown'}; now {(now['commit'] or 'unknown')[:10]}"
+        f"{' dirty' if now['dirty'] else ''}, config {now['config_hash']}): use another --out, "
+        "delete it to run it again, or pass --reuse-stale to use it anyway")
+
+
 def run_arm(task: CompareTask, config: CompareConfig, arm: Arm, seed: int, *,
-            out: str | Path) -> ArmRecord:
-    """Run one arm on one seed into ``out`` (resumable: a finished one is read back)."""
+            out: str | Path, reuse_stale: bool = False) -> ArmRecord:
+    """Run one arm on one seed into ``out`` (resumable: a finished one is read back when
+    the same code and config made it; see :class:`StaleRecord`)."""
     out = Path(out)
     done = out / "record.json"
-    if done.is_file():
-        return ArmRecord.from_dict(json.loads(done.read_text()))
+    finished = _finished(done, config, arm, seed, reuse_stale=reuse_stale)
+    if finished is not None:
+        return finished
     start = time.perf_counter()
     arm_config = config.arm_config(arm, seed)
     total = total_budget(config, len(task.train)) if config.budget.kind == "compute" else None
@@ -382,6 +428,7 @@ def run_arm(task: CompareTask, config: CompareConfig, arm: Arm, seed: int, *,
                                                total=total, out=out)
     record = finish_record(arm=arm, seed=seed, students=students, pick=pick, teacher=teacher,
                            budget=total, wall=time.perf_counter() - start)
+    record = dataclasses.replace(record, provenance=arm_provenance(config, arm, seed))
     with atomic_write(done) as handle:
         json.dump(record.to_dict(), handle, indent=1)
     return record
@@ -431,7 +478,8 @@ def _raw(config: CompareConfig) -> dict[str, Any]:
 
 
 def run_compare(config: CompareConfig, *, out: str | Path, task: CompareTask | None = None,
-                progress: Callable[[ArmRecord], None] | None = None) -> list[ArmRecord]:
+                progress: Callable[[ArmRecord], None] | None = None,
+                reuse_stale: bool = False) -> list[ArmRecord]:
     """Run every arm on every seed (finished ones are reused) and return their records.
 
     Args:
@@ -440,6 +488,8 @@ def run_compare(config: CompareConfig, *, out: str | Path, task: CompareTask | N
         task: The teacher and data; default: ``config.task`` loaded with its cached
             teacher (needed with ``workers > 1``: each worker loads it itself).
         progress: Called with each record as its run finishes.
+        reuse_stale: Reuse finished records made by other code or another config
+            (else :class:`StaleRecord` names the first one, before anything runs).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -451,13 +501,14 @@ def run_compare(config: CompareConfig, *, out: str | Path, task: CompareTask | N
     def folder(arm: Arm, seed: int) -> Path:
         return out / arm.name / f"seed{seed}"
 
+    for arm, seed in jobs:  # finished runs are read back first: a stale one stops it all
+        finished = _finished(folder(arm, seed) / "record.json", config, arm, seed,
+                             reuse_stale=reuse_stale)
+        if finished is not None:
+            records[arm.name, seed] = finished
+            if progress is not None:
+                progress(finished)
     if config.workers > 1 and task is None:
-        for arm, seed in jobs:  # finished runs are read back here, not in a worker
-            done = folder(arm, seed) / "record.json"
-            if done.is_file():
-                records[arm.name, seed] = ArmRecord.from_dict(json.loads(done.read_text()))
-                if progress is not None:
-                    progress(records[arm.name, seed])
         todo = [(arm, seed) for arm, seed in jobs if (arm.name, seed) not in records]
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(config.workers, mp_context=context) as pool:
@@ -469,8 +520,10 @@ def run_compare(config: CompareConfig, *, out: str | Path, task: CompareTask | N
                 if progress is not None:
                     progress(record)
     else:
-        shared = task or prepare_task(config)
-        for arm, seed in jobs:
+        todo = [(arm, seed) for arm, seed in jobs if (arm.name, seed) not in records]
+        shared = (task or prepare_task(config)) if todo else None
+        for arm, seed in todo:
+            assert shared is not None
             record = run_arm(shared, config, arm, seed, out=folder(arm, seed))
             records[arm.name, seed] = record
             if progress is not None:

@@ -163,7 +163,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     words = ["protege", "compare", args.config, *(["--out", args.out] if args.out else []),
              *(w for item in args.set for w in ("--set", item)),
-             *(["--workers", str(args.workers)] if args.workers else [])]
+             *(["--workers", str(args.workers)] if args.workers else []),
+             *(["--reuse-stale"] if args.reuse_stale else [])]
     jobs = len(config.arms) * len(config.seeds)
     start = time.perf_counter()
     seen = 0
@@ -179,7 +180,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
               f"test {100 * (test or float('nan')):.2f} %, hypervolume "
               f"{record.hypervolume:.4f}, {record.students_trained} students", flush=True)
 
-    records = run_compare(config, out=out, progress=progress)
+    records = run_compare(config, out=out, progress=progress, reuse_stale=args.reuse_stale)
     paths = write_compare_report(records, config=config, command=shlex.join(words),
                                  results_dir=args.results, note=args.note or "")
     print(paths["md"].read_text().split("\nPaired tests")[0])
@@ -269,6 +270,9 @@ def _add_compare(commands: Any, common: argparse.ArgumentParser) -> None:
     compare.add_argument("--workers", type=int, default=0,
                          help="arm-seed runs in parallel processes (default: the config's)")
     compare.add_argument("--note", help="a sentence the report carries above its table")
+    compare.add_argument("--reuse-stale", action="store_true",
+                         help="reuse finished arms made by other code or another config "
+                              "(refused by default; the report then names every commit)")
     compare.set_defaults(func=_cmd_compare)
 
 

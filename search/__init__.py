@@ -25,16 +25,10 @@ from protege.search._pareto import hypervolume, pareto_indices
 from protege.search._profile import TeacherProfile
 from protege.search._records import Outcome, Pick, TrialRecord
 from protege.search._rules import CurveRule, GainRule, PredictorRule, TrialRule
+from protege.search._stages import create_study, search
 from protege.search._storage import StorageError
 from protege.search._strategies import STRATEGIES, make_sampler
-from protege.search._study import (
-    SearchResult,
-    Study,
-    TooManyFailures,
-    TrialCallback,
-    create_study,
-    search,
-)
+from protege.search._study import SearchResult, Study, TooManyFailures, TrialCallback
 from protege.search._trial import TrialResult, run_trial
 from protege.search.export import (
     ExportCheck,

@@ -25,6 +25,9 @@ DUPLICATE_OF = "duplicate_of"
 """The earlier trial whose result a reused trial copies."""
 WORKER = "worker"
 """The process (``host:pid``) that runs a trial, so others can fail it if it dies."""
+PROVENANCE = "provenance"
+"""What made the trial: commit, dirty tree, versions, config hash, machine
+(``protege.provenance``)."""
 BUDGET_SPENT = "budget_spent"
 """Marks a trial that never ran because other workers had spent the budget: not part of
 the study's record."""

@@ -58,6 +58,8 @@ class TrialRecord:
         history: Validation accuracy after each epoch.
         duplicate_of: Trial whose result was reused for the same architecture.
         features: What the accuracy predictor learns from (encoded architecture, log-MACs).
+        provenance: What made it: commit, dirty tree, package versions, config hash and
+            the machine that ran it (``protege.provenance``); None in older run folders.
     """
 
     number: int
@@ -72,6 +74,7 @@ class TrialRecord:
     history: tuple[float, ...] = ()
     duplicate_of: int | None = None
     features: tuple[float, ...] = ()
+    provenance: dict[str, Any] | None = None
 
     @property
     def trained(self) -> bool:
@@ -182,6 +185,7 @@ def record_of(trial: FrozenTrial) -> TrialRecord:
         history=tuple(get(attrs.HISTORY) or ()),
         duplicate_of=get(attrs.DUPLICATE_OF),
         features=tuple(get(attrs.FEATURES) or ()),
+        provenance=get(attrs.PROVENANCE),
     )
 
 

@@ -26,6 +26,7 @@ from protege import distill
 from protege.common import describe
 from protege.distill import TeacherOutputs, TrainResult
 from protege.estimators import count_macs
+from protege.provenance import machine
 from protege.search import _attrs as attrs
 from protege.search._config import Config
 from protege.search._records import Outcome, TrialRecord, load_records
@@ -121,6 +122,8 @@ class StudentEvaluator:
     latency: Any = None
     teacher: torch.nn.Module | None = None
     rules: tuple[TrialRule, ...] = ()
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The study's code and config stamp; each trial adds the machine that ran it."""
 
     def build(self, arch: Architecture, number: int) -> tuple[torch.nn.Module, dict[str, float]]:
         """The student and its costs: ``macs``, ``params``, and the predicted ``latency``
@@ -161,6 +164,7 @@ class TrialResult:
         train_seconds: Wall time of the distillation, when it trained.
         duplicate_of: The earlier trial whose result a reused trial copies.
         features: What the accuracy predictor learns from.
+        provenance: What made it (the study's code and config, this trial's machine).
     """
 
     outcome: Outcome
@@ -172,6 +176,7 @@ class TrialResult:
     train_seconds: float | None = None
     duplicate_of: int | None = None
     features: tuple[float, ...] = ()
+    provenance: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -188,7 +193,7 @@ class TrialResult:
             params=int(self.costs["params"]) if "params" in self.costs else None,
             latency_ms=round(latency, 5) if latency is not None else None,
             train_seconds=self.train_seconds, reason=self.reason, history=self.history,
-            duplicate_of=self.duplicate_of, features=self.features)
+            duplicate_of=self.duplicate_of, features=self.features, provenance=self.provenance)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialResult:
@@ -219,9 +224,11 @@ def run_trial(evaluator: StudentEvaluator, arch: Architecture, *, number: int,
     features: tuple[float, ...] = ()
     start = time.perf_counter()
 
+    stamp = {**evaluator.provenance, "machine": machine()}  # a Ray node is another machine
+
     def result(outcome: Outcome, **fields: Any) -> TrialResult:
         return TrialResult(outcome=outcome, arch=arch, costs=costs, features=features,
-                           history=tuple(history), **fields)
+                           history=tuple(history), provenance=stamp, **fields)
 
     try:
         student, costs = evaluator.build(arch, number)
@@ -288,6 +295,8 @@ def write_result(trial: optuna.Trial, result: TrialResult, evaluator: StudentEva
         trial.set_user_attr(attrs.TRAIN_SECONDS, result.train_seconds)
     if result.duplicate_of is not None:
         trial.set_user_attr(attrs.DUPLICATE_OF, result.duplicate_of)
+    if result.provenance is not None:
+        trial.set_user_attr(attrs.PROVENANCE, result.provenance)
 
 
 def finished_records(study: optuna.Study, *, before: int | None = None) -> list[TrialRecord]:

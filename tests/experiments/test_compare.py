@@ -17,6 +17,7 @@ from torch.utils.data import TensorDataset
 import protege.distill
 from protege.experiments import (
     CompareTask,
+    StaleRecord,
     load_compare_config,
     paired_test,
     run_compare,
@@ -117,6 +118,27 @@ def test_two_arms_two_seeds_equal_budgets_json_and_resume(
     again = run_compare(config, out=tmp_path / "cmp", task=toy_task)  # resumes: trains nothing
     assert meter.take() == 0
     assert [r.to_dict() for r in again] == [r.to_dict() for r in records]
+
+    # Every record names what made it, and the report names the one code version.
+    for row in payload["records"]:
+        assert {"commit", "dirty", "versions", "config_hash", "machine"} <= set(
+            row["provenance"])
+    assert "Every record was made by one code version" in text
+    assert payload["made_by"] and len(payload["made_by"]) == 1
+
+    # A record made by other code is refused, in one line, before anything runs.
+    done = tmp_path / "cmp" / "torch_pruning" / "seed1" / "record.json"
+    row = json.loads(done.read_text())
+    row["provenance"]["commit"] = "0" * 40
+    done.write_text(json.dumps(row))
+    with pytest.raises(StaleRecord, match=r"made by other code .*--reuse-stale"):
+        run_compare(config, out=tmp_path / "cmp", task=toy_task)
+    assert meter.take() == 0
+    stale = run_compare(config, out=tmp_path / "cmp", task=toy_task, reuse_stale=True)
+    assert meter.take() == 0 and stale[3].provenance["commit"] == "0" * 40
+    mixed = write_compare_report(stale, config=config, command="protege compare toy.yaml",
+                                 results_dir=tmp_path / "mixed")
+    assert "Records of 2 code versions are mixed here" in mixed["md"].read_text()
 
 
 def test_a_search_arm_with_several_fine_tunes_reserves_them_in_its_budget(

@@ -88,3 +88,10 @@ def test_level_presets_the_epochs_of_a_trial_unless_given():
     # The resolved config keeps the epochs it ran with: a resumed run gets the same.
     resolved = Config.from_dict({"level": 3}).resolve().to_dict()
     assert epochs({**resolved, "level": 1}) == 6
+
+
+def test_a_config_written_before_the_renames_still_loads():
+    old = Config.from_dict({"task": "digits", "pruning": {"gain": False},
+                            "distill": {"teacher": "online", "epochs": 2}})
+    assert old.rules.gain is False and old.distill.teacher_mode == "online"
+    assert old.resolve().distill.epochs == 2

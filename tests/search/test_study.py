@@ -63,10 +63,14 @@ def test_run_writes_the_run_folder(tiny_data, tmp_path):
         assert {"number", "outcome", "arch", "accuracy", "macs", "params", "train_seconds",
                 "reason"} <= set(record)
         assert record["outcome"] in {kind.value for kind in Outcome}
+        stamp = record["provenance"]  # what made it, and on which machine
+        assert {"commit", "dirty", "versions", "config_hash", "machine"} <= set(stamp)
+        assert stamp["versions"]["torch"] and stamp["machine"]["cores"]
     front = json.loads((run / "pareto.json").read_text())
     assert front and all({"trial", "arch", "accuracy", "macs", "params"} <= set(m) for m in front)
     assert [m["trial"] for m in front] == [r.number for r in result.front]
     summary = json.loads((run / "summary.json").read_text())
+    assert summary["provenance"]["config_hash"] == lines[0]["provenance"]["config_hash"]
     assert summary["teacher"]["val_accuracy"] == 1.0
     assert summary["pick"]["trial"] == result.pick.trial
     assert summary["pick"]["test_accuracy"] is not None
