@@ -5,7 +5,13 @@ from protege.distill._config import INIT_TEMPERATURE, TEACHER_MODES, DistillConf
 from protege.distill._hints import HintAdapters, select_hint_layers
 from protege.distill._losses import LOSSES, ce_loss, dkd_loss, hint_loss, hinton_loss
 from protege.distill._module import Augment, DistillModule, EpochReport
-from protege.distill._trainer import TrainResult, evaluate, train_student
+from protege.distill._trainer import (
+    NoSingleBatches,
+    TrainResult,
+    batch_starts,
+    evaluate,
+    train_student,
+)
 
 __all__ = [
     "INIT_TEMPERATURE",
@@ -16,9 +22,11 @@ __all__ = [
     "DistillModule",
     "EpochReport",
     "HintAdapters",
+    "NoSingleBatches",
     "TeacherOutputs",
     "TrainResult",
     "as_tensors",
+    "batch_starts",
     "cache_teacher_outputs",
     "ce_loss",
     "dkd_loss",

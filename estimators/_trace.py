@@ -26,6 +26,7 @@ class LayerCall:
         io_numel: Input plus output elements: the memory traffic of the call.
         module: The module itself (None when traced on the meta device).
         shapes: Shapes of the tensor arguments.
+        dtypes: Their dtypes (token ids of an embedding are integers), in the same order.
     """
 
     key: str
@@ -34,6 +35,7 @@ class LayerCall:
     io_numel: int
     module: nn.Module | None
     shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[torch.dtype, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ def trace(model: nn.Module, example: torch.Tensor, *, keep_modules: bool) -> Tra
             io_numel=in_numel + out_numel,
             module=module if keep_modules else None,
             shapes=shapes,
+            dtypes=tuple(a.dtype for a in args if isinstance(a, torch.Tensor)),
         ))
 
     handles = []
