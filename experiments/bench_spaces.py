@@ -209,8 +209,8 @@ def main() -> None:
 
     import importlib
 
-    from protege.experiments._results import write_section
     from protege.estimators import count_params
+    from protege.experiments._results import write_section
 
     library = importlib.import_module(args.source)
     if args.models:
