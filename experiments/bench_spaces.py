@@ -210,7 +210,6 @@ def main() -> None:
     import importlib
 
     from protege.estimators import count_params
-    from protege.experiments._results import write_section
 
     library = importlib.import_module(args.source)
     if args.models:
@@ -220,6 +219,7 @@ def main() -> None:
     else:
         names = library.models.list_models(module=library.models)
     rows, start = [], time.perf_counter()
+    command = "python " + " ".join(["experiments/bench_spaces.py"] + sys.argv[1:])
     for name in names:
         params = count_params(build(args.source, name))
         if params > MAX_PARAMS:
@@ -229,18 +229,24 @@ def main() -> None:
             row = _run_isolated(name, args.samples, args.time_limit, args.timeout, args.source)
         rows.append(row)
         print(f"{name}: {'ok' if row['ok'] else 'FAIL ' + str(row['why'])}", flush=True)
+        # Written after every builder, so a sweep cut short keeps the rows it has.
+        _write(args, library.__version__, rows, len(names), command, start)
+
+
+def _write(args: argparse.Namespace, version: str, rows: list[dict[str, Any]], total: int,
+           command: str, start: float) -> None:
+    from protege.experiments._results import write_section
+
     covered = sum(bool(r["ok"]) for r in rows)
-    command = "python " + " ".join(["experiments/bench_spaces.py"] + sys.argv[1:])
-    body = [f"Level 3 spaces of {args.source} {library.__version__} classifiers, "
+    done = "" if len(rows) == total else f" ({len(rows)} of {total} run so far)"
+    body = [f"Level 3 spaces of {args.source} {version} classifiers, "
             f"{args.samples} random architectures each, {args.timeout:g} s per builder; "
-            f"wall time {time.perf_counter() - start:.0f} s on a loaded 2-core machine.", "",
-            f"**Coverage: {covered}/{len(rows)} builders** derive a space whose random "
+            f"wall time {time.perf_counter() - start:.0f} s on a loaded 2-core machine{done}.",
+            "", f"**Coverage: {covered}/{len(rows)} builders** derive a space whose random "
             "students all materialise, run in eval mode with the right output shape and "
             "MACs within the space's bounds, and run in training mode.", "", _table(rows)]
-    print("\n".join(body))
     write_section(Path(args.out), title="Spaces benchmark", key=f"spaces-{args.source}",
                   heading=f"{args.source} ({covered}/{len(rows)})", command=command, body=body)
-
 
 if __name__ == "__main__":
     main()
