@@ -1,19 +1,29 @@
 """Knowledge distillation: losses, the teacher-output cache and brief trial training."""
 
 from protege.distill._cache import TeacherOutputs, as_tensors, cache_teacher_outputs, fingerprint
-from protege.distill._config import INIT_TEMPERATURE, TEACHER_MODES, DistillConfig
+from protege.distill._config import DEFAULT_EPOCHS, INIT_TEMPERATURE, TEACHER_MODES, DistillConfig
 from protege.distill._hints import HintAdapters, select_hint_layers
-from protege.distill._losses import LOSSES, ce_loss, dkd_loss, hint_loss, hinton_loss
+from protege.distill._losses import (
+    LOSSES,
+    LogitLoss,
+    ce_loss,
+    dkd_loss,
+    hint_loss,
+    hinton_loss,
+    register_loss,
+)
 from protege.distill._module import Augment, DistillModule, EpochReport
 from protege.distill._trainer import (
     NoSingleBatches,
     TrainResult,
+    batch_loader,
     batch_starts,
     evaluate,
     train_student,
 )
 
 __all__ = [
+    "DEFAULT_EPOCHS",
     "INIT_TEMPERATURE",
     "LOSSES",
     "TEACHER_MODES",
@@ -22,10 +32,12 @@ __all__ = [
     "DistillModule",
     "EpochReport",
     "HintAdapters",
+    "LogitLoss",
     "NoSingleBatches",
     "TeacherOutputs",
     "TrainResult",
     "as_tensors",
+    "batch_loader",
     "batch_starts",
     "cache_teacher_outputs",
     "ce_loss",
@@ -34,6 +46,7 @@ __all__ = [
     "fingerprint",
     "hint_loss",
     "hinton_loss",
+    "register_loss",
     "select_hint_layers",
     "train_student",
 ]

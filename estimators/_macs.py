@@ -26,7 +26,7 @@ from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from protege._modes import eval_mode
+from protege.common import eval_mode
 
 __all__ = ["THOP_RULES", "count_macs", "count_macs_torch", "count_params"]
 

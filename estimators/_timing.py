@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from protege._modes import eval_mode
+from protege.common import eval_mode
 
 __all__ = [
     "LatencyStats",

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from protege._errors import describe
+from protege.common import describe
 from protege.spaces._checks import in_mode, mode_batch
 
 __all__ = ["LayerUse", "ResidualBlock", "Shortcut", "Trace", "trace_teacher"]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from protege._errors import describe
+from protege.common import describe
 
 __all__ = ["ForwardError", "clone", "forward_named", "in_mode", "kept_buffers", "mode_batch",
            "student_fault"]

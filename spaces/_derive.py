@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from protege._errors import describe
+from protege.common import describe
 from protege.spaces._blocks import ResidualBlock, Trace, trace_teacher
 from protege.spaces._checks import clone, kept_buffers, mode_batch, student_fault
 from protege.spaces._groups import ChannelGroup, GraphError, find_channel_groups

@@ -51,7 +51,7 @@ def test_a_last_batch_of_one_sample_is_merged_into_the_previous(tmp_path, teache
     teacher = _bn_mlp(1).eval()
     train = cache_teacher_outputs(teacher, _table(257), cache_dir=tmp_path)
     student = _BatchSizes(_bn_mlp())
-    config = DistillConfig(epochs=2, batch_size=64, teacher=teacher_mode)
+    config = DistillConfig(epochs=2, batch_size=64, teacher_mode=teacher_mode)
     result = train_student(student, train, _table(40, seed=1), config=config, teacher=teacher)
     assert 1 not in student.sizes and sum(student.sizes) == 2 * 257
     assert len(result.history) == 2
