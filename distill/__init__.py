@@ -13,7 +13,14 @@ from protege.distill._losses import (
     register_loss,
 )
 from protege.distill._module import Augment, DistillModule, EpochReport
-from protege.distill._trainer import TrainResult, batch_loader, evaluate, train_student
+from protege.distill._trainer import (
+    NoSingleBatches,
+    TrainResult,
+    batch_loader,
+    batch_starts,
+    evaluate,
+    train_student,
+)
 
 __all__ = [
     "DEFAULT_EPOCHS",
@@ -26,10 +33,12 @@ __all__ = [
     "EpochReport",
     "HintAdapters",
     "LogitLoss",
+    "NoSingleBatches",
     "TeacherOutputs",
     "TrainResult",
     "as_tensors",
     "batch_loader",
+    "batch_starts",
     "cache_teacher_outputs",
     "ce_loss",
     "dkd_loss",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -30,6 +31,9 @@ from protege.distill._hints import capture, pool_features, select_hint_layers
 __all__ = ["TeacherOutputs", "as_tensors", "cache_teacher_outputs", "fingerprint"]
 
 logger = logging.getLogger(__name__)
+progress_logger = logging.getLogger("protege.progress")
+PROGRESS_EVERY_S = 10.0
+"""Seconds between progress lines of the teacher's pass (the last line always shows)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +81,10 @@ class TeacherOutputs:
 def as_tensors(data: Dataset | DataLoader, *, what: str = "dataset") -> tuple[torch.Tensor, ...]:
     """All ``(inputs, targets)`` of a dataset or loader, stacked into two tensors.
 
+    Inputs keep their dtype (token ids stay integers for an ``nn.Embedding``), except
+    that floating-point inputs become float32, the dtype of a teacher's weights;
+    targets become int64 class indices.
+
     Raises:
         ValueError: If it is empty or does not yield (input, label) pairs.
     """
@@ -119,11 +127,18 @@ def _teacher_pass(teacher: nn.Module, inputs: torch.Tensor, batch_size: int,
     device = next(teacher.parameters(), torch.empty(0)).device
     logits: list[torch.Tensor] = []
     features: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    start = last = time.perf_counter()
     with eval_mode(teacher), capture(teacher, layers) as store:
         for i in range(0, len(inputs), batch_size):
             logits.append(teacher(inputs[i:i + batch_size].to(device)).float().cpu())
             for name in layers:
                 features[name].append(pool_features(store[name], pool).float().cpu())
+            done, now = min(i + batch_size, len(inputs)), time.perf_counter()
+            if now - last >= PROGRESS_EVERY_S or done == len(inputs):
+                last = now
+                progress_logger.info(
+                    "caching the teacher's outputs: %d/%d samples, %.0f s, ETA %.0f s", done,
+                    len(inputs), now - start, (now - start) / done * (len(inputs) - done))
     return torch.cat(logits), {name: torch.cat(parts) for name, parts in features.items()}
 
 

@@ -8,7 +8,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -27,9 +27,12 @@ from protege.distill._config import DistillConfig
 from protege.distill._hints import select_hint_layers
 from protege.distill._module import Augment, DistillModule, EpochReport
 
-__all__ = ["TrainResult", "evaluate", "train_student"]
+__all__ = ["NoSingleBatches", "TrainResult", "batch_starts", "evaluate", "train_student"]
 
 logger = logging.getLogger(__name__)
+progress_logger = logging.getLogger("protege.progress")
+"""Progress of long steps (a line per fine-tune epoch), apart from the library's
+diagnostics so a front end can show it at its default verbosity."""
 
 _LIGHTNING_INFO = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero")
 
@@ -68,16 +71,70 @@ class TrainResult:
     samples: int = 0
 
 
+class NoSingleBatches(BatchSampler):
+    """Batches of ``batch_size`` where a last batch of one sample joins the one before.
+
+    A network with batch statistics (BatchNorm after a linear layer) cannot train on
+    one sample ("Expected more than 1 value per channel"), and a data set of 257
+    samples in batches of 64 leaves exactly one.
+    """
+
+    def __iter__(self) -> Iterator[list[int]]:
+        held: list[int] | None = None
+        for batch in super().__iter__():
+            if held is not None:
+                if len(batch) == 1:
+                    batch = held + batch
+                else:
+                    yield held
+            held = batch
+        if held is not None:
+            yield held
+
+    def __len__(self) -> int:
+        count = super().__len__()
+        size = len(self.sampler)  # type: ignore[arg-type]
+        return count - 1 if count > 1 and size % self.batch_size == 1 else count
+
+
+def batch_starts(samples: int, batch_size: int) -> Sequence[range]:
+    """Index ranges of consecutive batches, none of one sample unless ``samples`` is 1."""
+    ranges = [range(i, min(i + batch_size, samples)) for i in range(0, samples, batch_size)]
+    if len(ranges) > 1 and len(ranges[-1]) == 1:
+        ranges[-2:] = [range(ranges[-2].start, samples)]
+    return ranges
+
+
 def batch_loader(dataset: TensorDataset, batch_size: int, *, shuffle: bool,
                  seed: int) -> DataLoader:
-    """A loader that gathers whole batches by tensor indexing (no per-sample collation)."""
+    """A loader that gathers whole batches by tensor indexing (no per-sample collation).
+
+    Training batches (``shuffle``) never hold a single sample: see
+    :class:`NoSingleBatches`.
+    """
     if shuffle:
         sampler: RandomSampler | SequentialSampler = RandomSampler(
             dataset, generator=torch.Generator().manual_seed(seed))
+        batches: BatchSampler = NoSingleBatches(sampler, batch_size, drop_last=False)
     else:
         sampler = SequentialSampler(dataset)
-    return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False),
-                      batch_size=None)
+        batches = BatchSampler(sampler, batch_size, drop_last=False)
+    return DataLoader(dataset, sampler=batches, batch_size=None)
+
+
+def _epoch_lines(label: str, epochs: int, report: EpochReport | None) -> EpochReport:
+    """``report`` that also logs one progress line per epoch, with an ETA."""
+    start = time.perf_counter()
+
+    def line(epoch: int, accuracy: float) -> None:
+        elapsed = time.perf_counter() - start
+        left = elapsed / (epoch + 1) * max(0, epochs - epoch - 1)
+        progress_logger.info("%s: epoch %d/%d, val accuracy %.4f, %.0f s, ETA %.0f s",
+                             label, epoch + 1, epochs, accuracy, elapsed, left)
+        if report is not None:
+            report(epoch, accuracy)
+
+    return line
 
 
 def _plan(student: nn.Module, train: TeacherOutputs, *, config: DistillConfig,
@@ -127,6 +184,7 @@ def train_student(
     teacher: nn.Module | None = None,
     augment: Augment | None = None,
     module: type[DistillModule] = DistillModule,
+    progress: str | None = None,
 ) -> TrainResult:
     """Distil ``student`` from the teacher for a short budget.
 
@@ -154,6 +212,9 @@ def train_student(
         augment: Random transform of each training batch of inputs.
         module: The LightningModule class that takes the steps: a subclass of
             :class:`DistillModule` changes how (e.g. the benchmark's manual optimisation).
+        progress: Log a line per epoch (validation accuracy, elapsed time and ETA) to
+            the ``protege.progress`` logger, starting with this label (``"fine-tune"``);
+            None for none (trials: hundreds of short fits).
 
     Raises:
         ValueError: If the online mode is needed but no teacher is given, or hints
@@ -178,6 +239,8 @@ def train_student(
     val_loader = batch_loader(val, 1024, shuffle=False, seed=seed)
     batches = len(train_loader)
     total_steps = epochs * batches if config.max_steps is None else config.max_steps
+    if progress is not None:
+        report = _epoch_lines(progress, math.ceil(total_steps / batches), report)
     lightning_module = module(student, config=config, total_steps=total_steps,
                            report=report, teacher=online, hint_layers=layers, hint_shapes=shapes,
                            example_input=train.inputs[:2], augment=augment)

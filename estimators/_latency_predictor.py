@@ -325,10 +325,17 @@ def fit_correction(features: np.ndarray, measured: np.ndarray) -> np.ndarray:
 
 
 def _time_layer(call: LayerCall, timing: TimingConfig) -> float:
-    """Milliseconds of one leaf layer on random inputs of its traced shapes."""
+    """Milliseconds of one leaf layer on inputs of its traced shapes and dtypes.
+
+    Floating-point inputs are random; integer ones are zeros (a valid index for any
+    embedding or gather).
+    """
     assert call.module is not None
     module = copy.deepcopy(call.module).eval()
-    inputs = [torch.randn(shape) for shape in call.shapes]
+    dtypes = call.dtypes or (torch.float32,) * len(call.shapes)
+    inputs = [torch.randn(shape, dtype=dtype) if dtype.is_floating_point
+              else torch.zeros(shape, dtype=dtype)
+              for shape, dtype in zip(call.shapes, dtypes, strict=True)]
     return time_callable(lambda: module(*inputs), timing).median_ms
 
 

@@ -26,6 +26,7 @@ class LayerCall:
         io_numel: Input plus output elements: the memory traffic of the call.
         module: The module itself (None when traced on the meta device).
         shapes: Shapes of the tensor arguments.
+        dtypes: Their dtypes (token ids of an embedding are integers), in the same order.
     """
 
     key: str
@@ -34,6 +35,7 @@ class LayerCall:
     io_numel: int
     module: nn.Module | None
     shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[torch.dtype, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,10 @@ def _is_leaf(module: nn.Module) -> bool:
     return next(iter(module.children()), None) is None
 
 
-def _macs(module: nn.Module, out_numel: int) -> float:
+def _macs(module: nn.Module, in_numel: int, out_numel: int) -> float:
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):  # work per input position
+        per_input = module.out_channels // module.groups * math.prod(module.kernel_size)
+        return float(in_numel * per_input)
     if isinstance(module, nn.modules.conv._ConvNd):
         per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
         return float(out_numel * per_output)
@@ -111,10 +116,11 @@ def trace(model: nn.Module, example: torch.Tensor, *, keep_modules: bool) -> Tra
         calls.append(LayerCall(
             key=layer_key(module, shapes),
             kind=type(module).__name__,
-            macs=_macs(module, out_numel),
+            macs=_macs(module, math.prod(shapes[0]) if shapes else 0, out_numel),
             io_numel=in_numel + out_numel,
             module=module if keep_modules else None,
             shapes=shapes,
+            dtypes=tuple(a.dtype for a in args if isinstance(a, torch.Tensor)),
         ))
 
     handles = []

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from protege.common import atomic_write
-from protege.distill import evaluate
+from protege.distill import batch_starts, evaluate
 
 __all__ = [
     "RECIPES",
@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+progress_logger = logging.getLogger("protege.progress")
 
 TEACHER_CODE_VERSION = 1
 """Bump by hand when the training code changes in a way the version hash cannot see."""
@@ -352,8 +353,8 @@ def train_teacher(
             model.train()
             order = torch.randperm(n, generator=shuffle)
             total_loss = 0.0
-            for start in range(0, n, recipe.batch_size):
-                idx = order[start : start + recipe.batch_size]
+            for rows in batch_starts(n, recipe.batch_size):  # never a batch of one
+                idx = order[rows.start : rows.stop]
                 loss = loss_fn(model(x[idx]), y[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -361,16 +362,11 @@ def train_teacher(
                 schedule.step()
                 total_loss += float(loss.detach()) * len(idx)
             val_accuracy = evaluate(model, val)
-            logger.info(
-                "teacher %s seed %d: epoch %d/%d loss %.4f val_acc %.4f (%.1f s)",
-                name,
-                seed,
-                epoch + 1,
-                recipe.epochs,
-                total_loss / n,
-                val_accuracy,
-                time.perf_counter() - start_time,
-            )
+            elapsed = time.perf_counter() - start_time
+            progress_logger.info(
+                "training teacher %s seed %d: epoch %d/%d, loss %.4f, val accuracy %.4f, "
+                "%.0f s, ETA %.0f s", name, seed, epoch + 1, recipe.epochs, total_loss / n,
+                val_accuracy, elapsed, elapsed / (epoch + 1) * (recipe.epochs - epoch - 1))
     model.eval()
     info = {
         "val_accuracy": val_accuracy,

@@ -307,6 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     set_verbosity(level)
+    # Long steps (training the teacher, caching its outputs, the fine-tune) log a progress
+    # line each epoch or few seconds there: shown unless -q.
+    logging.getLogger("protege.progress").setLevel(logging.WARNING if args.quiet else logging.INFO)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

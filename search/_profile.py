@@ -156,6 +156,10 @@ def check_data(classes: int, example_input: torch.Tensor, **datasets: TensorData
         if key == "train" and len(inputs) < 2:
             raise ValueError(f"the {what} has {len(inputs)} sample: distillation needs at least "
                              "2 (BatchNorm cannot train on one); pass the whole training set")
+        if inputs.is_floating_point() != example_input.is_floating_point():
+            raise ValueError(f"the {what} has inputs of dtype {inputs.dtype} but example_input "
+                             f"has {example_input.dtype}: pass an example_input taken from the "
+                             "data (token ids stay integers)")
         if tuple(inputs.shape[1:]) != tuple(example_input.shape[1:]):
             raise ValueError(f"the {what} has inputs of shape {tuple(inputs.shape[1:])} but "
                              f"example_input has {tuple(example_input.shape[1:])} per sample: "

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from protege.common import eval_mode
+from protege.common import describe
+from protege.spaces._checks import in_mode, mode_batch
 
 __all__ = ["LayerUse", "ResidualBlock", "Shortcut", "Trace", "trace_teacher"]
 
@@ -101,13 +102,16 @@ class Trace:
         blocks: Droppable residual blocks, in execution order.
         open_stages: Stages that have no fixed opener, so must keep one block.
         layers: Use of each module that ran, by name.
-        output_shape: Shape of the teacher's output on the example input.
+        output_shape: Shape of the teacher's output on the example input (empty
+            when the output is not a tensor).
+        output_kind: Type name of the output (``Tensor``, ``tuple``, ...).
     """
 
     blocks: tuple[ResidualBlock, ...]
     open_stages: frozenset[int]
     layers: dict[str, LayerUse]
     output_shape: tuple[int, ...]
+    output_kind: str = "Tensor"
 
 
 Node = tuple[Any, int]
@@ -197,8 +201,12 @@ class _Tracer:
         return hook
 
 
-def trace_teacher(model: nn.Module, example_input: torch.Tensor) -> Trace:
+def trace_teacher(model: nn.Module, example_input: torch.Tensor, *,
+                  training: bool = False) -> Trace:
     """Run ``model`` once with hooks and find its residual blocks and layer uses.
+
+    It runs in eval mode, or in training mode with ``training`` (on at least two
+    samples; BatchNorm statistics then move: keep them with ``kept_buffers``).
 
     Raises:
         RuntimeError: If the forward pass fails; the message names the module that
@@ -213,22 +221,23 @@ def trace_teacher(model: nn.Module, example_input: torch.Tensor) -> Trace:
             handles.append(module.register_forward_hook(tracer.post(name)))
     # The input itself needs no gradient: the parameters give every later tensor an
     # autograd node (a block reading the raw input is then not seen; it has no stem).
-    x = example_input.detach()
+    x = mode_batch(example_input.detach(), training)
     try:
-        with eval_mode(model), torch.enable_grad():
+        with in_mode(model, training), torch.enable_grad():
             output = model(x)
     except Exception as exc:
         where = tracer.stack[-1] if tracer.stack else "<top level>"
         kind = type(model.get_submodule(where)).__name__ if tracer.stack else ""
-        raise RuntimeError(f"tracing the teacher failed in module {where!r} {kind}: "
-                           f"{type(exc).__name__}: {exc}") from exc
+        mode = " in training mode" if training else ""
+        raise RuntimeError(f"tracing the teacher failed{mode} in module {where!r} {kind}: "
+                           f"{describe(exc)}") from exc
     finally:
         for handle in handles:
             handle.remove()
     shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
     layers = {name: LayerUse(r.calls, r.positions) for name, r in tracer.records.items()}
     blocks, open_stages = _stages(tracer, names)
-    return Trace(blocks, open_stages, layers, shape)
+    return Trace(blocks, open_stages, layers, shape, type(output).__name__)
 
 
 def _innermost(candidates: dict[str, _Record]) -> dict[str, _Record]:

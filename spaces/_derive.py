@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -13,9 +12,10 @@ from torch import nn
 
 from protege.common import describe
 from protege.spaces._blocks import ResidualBlock, Trace, trace_teacher
-from protege.spaces._groups import GraphError, find_channel_groups
+from protege.spaces._checks import clone, kept_buffers, mode_batch, student_fault
+from protege.spaces._groups import ChannelGroup, GraphError, find_channel_groups
 from protege.spaces._lowrank import MIN_RANK_PARAMS, RANK_OPTIONS, rank_candidates
-from protege.spaces._space import SearchSpace, SpaceParts
+from protege.spaces._space import SearchSpace, SpaceParts, kept_channels
 
 __all__ = ["LEVELS", "TIME_LIMIT_S", "WIDTH_OPTIONS", "derive"]
 
@@ -53,8 +53,15 @@ def derive(
     reduce its MACs. The classifier's outputs and the input's channels never change.
 
     A part of the graph Torch-Pruning cannot cut (or cannot analyse in
-    ``time_limit_s``) keeps its width, with one warning; so does any choice whose
-    smallest value would build a broken student.
+    ``time_limit_s``) keeps its width, with one warning. A choice is offered only
+    where its options build different students (a width option is dropped when it
+    keeps as many channels as another, or a count GroupNorm cannot divide). The
+    teacher is traced in eval and training mode; where training mode runs layers that
+    eval mode does not (an auxiliary head), channels are coupled in the training
+    graph. A few extreme students (every choice at its least option, at its second
+    least, ...) are built and run in both modes; each choice that breaks one is
+    frozen at the teacher's value, and one warning names it, the module that failed,
+    the mode and the error.
 
     Args:
         model: The trained teacher. It is not modified.
@@ -73,6 +80,9 @@ def derive(
         ValueError: For an unknown level, a layer name that is not in the model,
             an override that matches no choice or offers bad values, or a teacher
             whose graph yields no choice at all.
+        ValueError: If the teacher cannot run in training mode, or returns
+            something else there than the tensor it returns in eval mode (one line
+            naming the module or the output, and the mode).
         RuntimeError: If the teacher's forward pass fails on ``example_input``
             (the message names the module and the error).
     """
@@ -88,15 +98,18 @@ def derive(
     width = tuple(sorted(float(w) for w in width_options))
     if not width or width[0] <= 0 or width[-1] != 1.0:
         raise ValueError(f"width options must be in (0, 1] and include 1.0, got {width}")
-    template = copy.deepcopy(model).eval()
+    template = clone(model).eval()
     for param in template.parameters():
         param.requires_grad_(True)
     trace = trace_teacher(template, example_input)
+    side = _training_only(template, example_input, trace)
     template_modules = dict(template.named_modules())
     try:
-        groups = find_channel_groups(template, example_input,
-                                     ignored=[template_modules[n] for n in ignored],
-                                     time_limit_s=time_limit_s)
+        with kept_buffers(template):
+            groups = find_channel_groups(template, mode_batch(example_input, bool(side)),
+                                         ignored=[template_modules[n] for n in ignored],
+                                         time_limit_s=time_limit_s, training=bool(side),
+                                         side_outputs=side)
     except GraphError as exc:
         logger.warning("%s; the rest of the widths stay fixed", exc)
         groups = exc.groups
@@ -119,6 +132,73 @@ def derive(
     return space
 
 
+def _training_only(template: nn.Module, example_input: torch.Tensor,
+                   trace: Trace) -> tuple[str, ...]:
+    """Modules that run in training mode only; refuse a teacher that cannot be trained.
+
+    Raises:
+        ValueError: If the forward pass fails in training mode, or gives something
+            else than the eval-mode tensor (a tuple of logits and auxiliary logits).
+    """
+    with kept_buffers(template):
+        try:
+            train = trace_teacher(template, example_input, training=True)
+        except RuntimeError as exc:
+            raise ValueError(f"no student of this teacher can be trained: {exc}") from exc
+    if trace.output_kind == "Tensor" and (train.output_kind != "Tensor"
+                                          or train.output_shape[1:] != trace.output_shape[1:]):
+        got = (f"a {train.output_kind}" if train.output_kind != "Tensor"
+               else f"shape {train.output_shape}")
+        raise ValueError(
+            f"the teacher {type(template).__name__} returns {got} in training mode but a "
+            f"tensor of shape {trace.output_shape} in eval mode; students are trained on "
+            "one tensor of logits, so make it return them in both modes (torchvision's "
+            "inception_v3 and googlenet: aux_logits=False)")
+    return tuple(name for name in train.layers if name not in trace.layers)
+
+
+def _width_options(group: ChannelGroup, width: tuple[float, ...],
+                   modules: Mapping[str, nn.Module]) -> tuple[tuple[float, ...], str | None]:
+    """The multipliers that build different students of ``group``, or why there are none.
+
+    Options that keep the same number of channels are offered once (the largest
+    multiplier stands for them); a GroupNorm over the group's channels keeps only
+    counts its ``num_groups`` divides.
+    """
+    outs = {op.target: modules[op.target] for op in group.ops
+            if not op.is_parameter and op.target in modules
+            and getattr(op.handler, "__name__", "") == "prune_out_channels"}
+    sizes = {name: _out_size(module) for name, module in outs.items()}
+    single = [name for name, size in sizes.items() if size == 1]
+    wide = {name: size for name, size in sizes.items() if size is not None and size > 1}
+    if single and wide:
+        name, size = next(iter(wide.items()))
+        return (), (f"the single output channel of {single[0]} is broadcast over the "
+                    f"{size} channels of {name}; Torch-Pruning couples them as one group")
+    divisors = {module.num_groups for op in group.ops
+                if isinstance(module := modules.get(op.target), nn.GroupNorm)
+                and module.num_channels == group.channels}
+    by_count: dict[int, float] = {}
+    for value in width:
+        kept = kept_channels(group.channels, value)
+        if all(kept % divisor == 0 for divisor in divisors):
+            by_count[kept] = value  # ascending: the largest multiplier of a count wins
+    options = tuple(sorted(by_count.values()))
+    if len(options) < 2:
+        return (), (f"every width option keeps {group.channels} channel(s)" if not divisors
+                    else f"no width option keeps a channel count GroupNorm"
+                         f"({sorted(divisors)}) divides")
+    return options, None
+
+
+def _out_size(module: nn.Module) -> int | None:
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return int(module.out_channels)
+    if isinstance(module, nn.Linear):
+        return int(module.out_features)
+    return None
+
+
 def _choices(
     template: nn.Module,
     trace: Trace,
@@ -131,8 +211,15 @@ def _choices(
     allow_empty_stages: bool,
 ) -> tuple[SpaceParts, dict[str, tuple[Any, ...]]]:
     choices: dict[str, tuple[Any, ...]] = {}
-    group_of = {f"width.{group.root}": group for group in groups}
-    choices.update({name: width for name in group_of})
+    modules = dict(template.named_modules())
+    group_of = {}
+    for group in groups:
+        options, reason = _width_options(group, width, modules)
+        if reason is not None:
+            logger.info("channels of %s stay fixed: %s", group.root, reason)
+            continue
+        group_of[f"width.{group.root}"] = group
+        choices[f"width.{group.root}"] = options
     blocks: dict[str, ResidualBlock] = {}
     if level >= 2:
         blocks = {f"depth.{block.name}": block for block in trace.blocks}
@@ -193,33 +280,45 @@ def _check_stages(parts: SpaceParts, choices: Mapping[str, tuple[Any, ...]]) -> 
 
 
 def _freeze_broken(space: SearchSpace, trace: Trace) -> SearchSpace:
-    """Freeze the choices whose least value gives a student that fails; warn once.
+    """Freeze the choices that break an extreme student; warn once, naming them.
 
-    Choices that only fail in combination are not found this way; then the smallest
-    student still fails and derive raises, rather than hand out broken students.
+    The extreme students set every choice to its least option, then to its second
+    least, and so on (the teacher's value once a choice has no more); each is run in
+    eval and training mode. Choices that only fail in combination with others are
+    not all found this way; the smallest student is checked once more at the end,
+    and derive raises rather than hand out a student that crashes.
     """
-    if _fails(space, space.smallest(), trace) is None:
-        return space
     reasons: dict[str, str] = {}
-    _find_broken(space, list(space.choices), trace, reasons)
-    logger.warning("%d choices stay at the teacher's value because the student breaks "
-                   "without them: %s", len(reasons),
-                   "; ".join(f"{name} ({why})" for name, why in list(reasons.items())[:10]))
-    frozen = space.without(list(reasons))
-    reason = _fails(frozen, frozen.smallest(), trace)
+    levels = max((len(options) for options in space.choices.values()), default=1) - 1
+    for level in range(levels):
+        choices = space.choices
+
+        def pick(name: str, level: int = level, choices: dict = choices) -> Any:
+            return choices[name][min(level, len(choices[name]) - 1)]
+
+        names = [name for name, options in space.choices.items() if len(options) - 1 > level]
+        if names:
+            _find_broken(space, names, pick, trace, reasons)
+        if reasons:
+            space = space.without(list(reasons))
+    if reasons:
+        logger.warning("%d choices stay at the teacher's value because the student breaks "
+                       "without them: %s", len(reasons),
+                       "; ".join(f"{name} ({why})" for name, why in list(reasons.items())[:10]))
+    reason = _fails(space, space.smallest(), trace)
     if reason is not None:
         raise RuntimeError(f"the smallest student of this teacher fails: {reason}")
-    return frozen
+    return space
 
 
-def _find_broken(space: SearchSpace, names: list[str], trace: Trace,
-                 reasons: dict[str, str]) -> None:
-    """Bisect ``names``: which choices break the student when set to their least value.
+def _find_broken(space: SearchSpace, names: list[str], pick: Callable[[str], Any],
+                 trace: Trace, reasons: dict[str, str]) -> None:
+    """Bisect ``names``: which choices break the student when set to ``pick(name)``.
 
     A half whose choices together build a working student is cleared at once, so a
     few culprits among many choices cost a logarithmic number of students.
     """
-    arch = space.largest() | {name: min(space.choices[name]) for name in names}
+    arch = space.largest() | {name: pick(name) for name in names}
     reason = _fails(space, arch, trace)
     if reason is None:
         return
@@ -227,20 +326,19 @@ def _find_broken(space: SearchSpace, names: list[str], trace: Trace,
         reasons[names[0]] = reason
         return
     middle, before = len(names) // 2, len(reasons)
-    _find_broken(space, names[:middle], trace, reasons)
-    _find_broken(space, names[middle:], trace, reasons)
+    _find_broken(space, names[:middle], pick, trace, reasons)
+    _find_broken(space, names[middle:], pick, trace, reasons)
     if len(reasons) == before:  # each half works alone: they fail only together
         reasons.update({name: f"together with {len(names) - 1} others: {reason}"
                         for name in names})
 
 
 def _fails(space: SearchSpace, arch: dict[str, Any], trace: Trace) -> str | None:
+    """Why the student ``arch`` fails in eval or training mode, or None."""
     try:
-        with torch.no_grad():
-            output = space.materialize(arch)(space.example_input)
+        student = space.materialize(arch)
     except Exception as exc:
-        return describe(exc)
-    shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
-    if shape != trace.output_shape:
-        return f"output shape {shape}, not {trace.output_shape}"
-    return None
+        return f"building it: {describe(exc)}"
+    if trace.output_kind != "Tensor":  # only that it runs: there is no shape to compare
+        return student_fault(student, space.example_input, None)
+    return student_fault(student, space.example_input, trace.output_shape)

@@ -168,18 +168,25 @@ def find_channel_groups(
     *,
     ignored: Iterable[nn.Module] = (),
     time_limit_s: float | None = None,
+    training: bool = False,
+    side_outputs: Sequence[str] = (),
 ) -> list[ChannelGroup]:
     """Trace ``model`` once and return its groups of coupled output channels.
 
     The layers that produce the model's outputs, and any layer in ``ignored``, keep
     their output channels; so does every layer coupled with them. The model is
-    traced in eval mode and left as it was.
+    traced in eval mode, or in training mode with ``training`` (its modes are put
+    back; its buffers are not: keep them with :func:`kept_buffers` if that matters).
 
     Args:
         model: The teacher. Not modified.
         example_input: A batch the model accepts.
         ignored: Layers whose output channels must not change.
         time_limit_s: Seconds Torch-Pruning may take; None for no limit.
+        training: Trace the training-mode graph (a batch of at least two samples).
+        side_outputs: Modules whose outputs count as outputs of the model, so that
+            layers reading a feature outside the returned output (an auxiliary head
+            that stores its result) are coupled with it; their own outputs are kept.
 
     Raises:
         GraphError: If Torch-Pruning fails or runs out of time; it carries the
@@ -195,7 +202,8 @@ def find_channel_groups(
         try:
             with time_limit(time_limit_s):
                 graph = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=example_input, verbose=False
+                    model, example_inputs=example_input, verbose=False,
+                    forward_fn=_forward_in_mode(training, side_outputs),
                 )
                 frozen = list(ignored) + _output_layers(graph)
                 importance = tp.importance.GroupMagnitudeImportance(p=2)
@@ -218,6 +226,26 @@ def find_channel_groups(
     order = {name: i for i, name in enumerate(module_names.values())}
     return sorted(groups, key=lambda g: order[g.root])
 
+
+def _forward_in_mode(training: bool, side_outputs: Sequence[str]
+                     ) -> Callable[[nn.Module, torch.Tensor], Any]:
+    """Torch-Pruning's ``forward_fn``: it puts the model in eval mode before calling it."""
+
+    def forward(model: nn.Module, example_input: torch.Tensor) -> Any:
+        model.train(training)
+        store: dict[str, Any] = {}
+        handles = [model.get_submodule(name).register_forward_hook(
+            lambda module, args, output, name=name: store.__setitem__(name, output))
+            for name in side_outputs]
+        try:
+            output = model(example_input)
+        finally:
+            for handle in handles:
+                handle.remove()
+        side = [value for value in store.values() if isinstance(value, torch.Tensor)]
+        return (output, *side) if side else output
+
+    return forward
 
 
 def _record(

@@ -40,7 +40,8 @@ class RankCandidate:
 
     Attributes:
         name: Qualified module name in the teacher.
-        options: Rank ratios that reduce the layer's MACs at the teacher's width, and 1.0.
+        options: Rank ratios that reduce the layer's MACs at the teacher's width, one per
+            distinct rank, and 1.0.
     """
 
     name: str
@@ -85,7 +86,12 @@ def rank_candidates(
         if (shape is None or not min_params <= math.prod(shape) <= MAX_RANK_WEIGHTS
                 or min(shape) < 8):
             continue
-        paying = tuple(r for r in sorted(options) if r < 1.0 and rank_of(module, r) is not None)
+        by_rank: dict[int, float] = {}  # ratios that give the same rank build one student
+        for ratio in sorted(options, reverse=True):
+            rank = rank_of(module, ratio) if ratio < 1.0 else None
+            if rank is not None:
+                by_rank[rank] = ratio  # descending: the smallest ratio of a rank wins
+        paying = tuple(sorted(by_rank.values()))
         if paying:
             found.append(RankCandidate(name, paying + (1.0,)))
     return found

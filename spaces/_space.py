@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
@@ -14,10 +13,11 @@ import torch
 from torch import nn
 
 from protege.spaces._blocks import ResidualBlock, Shortcut
+from protege.spaces._checks import clone
 from protege.spaces._groups import ChannelGroup, PruneOp
 from protege.spaces._lowrank import factorize, rank_of
 
-__all__ = ["Architecture", "SearchSpace", "SpaceParts"]
+__all__ = ["Architecture", "SearchSpace", "SpaceParts", "kept_channels"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class SearchSpace:
         self._parts = parts
         self.choices: dict[str, tuple[Any, ...]] = {name: tuple(v) for name, v in choices.items()}
         self._bounds: tuple[int, int] | None = None
+        self._aliases = _aliases(teacher)
 
     def __repr__(self) -> str:
         return f"SearchSpace(level={self.level}, choices={len(self.choices)}, size={self.size})"
@@ -170,7 +171,7 @@ class SearchSpace:
     def channels(self, arch: Mapping[str, Any]) -> dict[str, int]:
         """Channels each group keeps under ``arch``."""
         arch = self.validate(arch)
-        return {name: _kept(group.channels, arch[name])
+        return {name: kept_channels(group.channels, arch[name])
                 for name, group in self._parts.groups.items()}
 
     def macs_bounds(self) -> tuple[int, int]:
@@ -210,7 +211,7 @@ class SearchSpace:
         if init not in ("inherit", "scratch"):
             raise ValueError(f"init must be 'inherit' or 'scratch', got {init!r}")
         arch = self.repair(arch)
-        student = copy.deepcopy(self._teacher)
+        student = clone(self._teacher)
         self._cut_widths(student, arch)
         dropped = sorted(self._parts.blocks[name].name for name in self._parts.blocks
                          if not arch[name])
@@ -219,18 +220,24 @@ class SearchSpace:
                 module = student.get_submodule(layer)
                 rank = rank_of(module, float(arch[name]))
                 if rank is not None:
-                    _replace(student, layer, factorize(module, rank))
+                    self._replace(student, layer, factorize(module, rank))
         for name, block in self._parts.blocks.items():
             if not arch[name] and not _inside(block.name, dropped, strict=True):
-                _replace(student, block.name, Shortcut(block.post))
+                self._replace(student, block.name, Shortcut(block.post))
         if init == "scratch":
             _reinitialise(student, seed)
         return student.eval()
 
+    def _replace(self, student: nn.Module, name: str, new: nn.Module) -> None:
+        """Put ``new`` at ``name`` and at every other name the same module has (a layer
+        registered twice stays one layer, transformed once)."""
+        for alias in self._aliases.get(name, (name,)):
+            _replace(student, alias, new)
+
     def _cut_widths(self, student: nn.Module, arch: Architecture) -> None:
         removals: dict[tuple[str, int, int, int], tuple[PruneOp, np.ndarray]] = {}
         for name, group in self._parts.groups.items():
-            keep = _kept(group.channels, arch[name])
+            keep = kept_channels(group.channels, arch[name])
             if keep == group.channels:
                 continue
             removed = group.removed(keep)
@@ -257,6 +264,16 @@ class SearchSpace:
                            choices={k: v for k, v in self.choices.items() if k not in gone})
 
 
+def _aliases(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Every name of each module registered under more than one name."""
+    names: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if name:
+            names.setdefault(id(module), []).append(name)
+    return {name: tuple(group) for group in names.values() if len(group) > 1
+            for name in group}
+
+
 def _inside(name: str, dropped: Sequence[str], *, strict: bool = False) -> bool:
     """Whether module ``name`` is (strictly) inside one of the ``dropped`` modules."""
     return any(name.startswith(d + ".") or (not strict and name == d) for d in dropped)
@@ -268,7 +285,7 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-def _kept(channels: int, multiplier: float) -> int:
+def kept_channels(channels: int, multiplier: float) -> int:
     return max(1, min(channels, int(round(channels * multiplier))))
 
 

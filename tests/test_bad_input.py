@@ -61,6 +61,13 @@ class MapHead(nn.Module):
         return x[:, :, None, None].expand(-1, -1, 2, 2)
 
 
+class TrainingTupleHead(nn.Module):
+    """Returns ``(logits, aux)`` in training mode only, as Inception-style networks do."""
+
+    def forward(self, x: torch.Tensor):  # type: ignore[no-untyped-def]
+        return (x, x) if self.training else x
+
+
 class NanHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * float("nan")
@@ -85,6 +92,14 @@ SEARCH_CASES = {
         "tracing the teacher failed in module 'head' NumpyHead: RuntimeError: Can't call numpy()"),
     "teacher returns a tuple": (dict(teacher=Wrapped(TupleHead())), ValueError,
                                 "must return a tensor of logits (batch, classes), got tuple"),
+    "teacher returns a tuple in training mode only": (
+        dict(teacher=Wrapped(TrainingTupleHead())), ValueError,
+        "the teacher Wrapped returns a tuple in training mode but a tensor of shape (1, 10) "
+        "in eval mode"),
+    "integer inputs where the example input is float": (
+        dict(train=TensorDataset(X.long(), Y)), ValueError,
+        "the training data has inputs of dtype torch.int64 but example_input has "
+        "torch.float32"),
     "teacher returns a feature map": (dict(teacher=Wrapped(MapHead())), ValueError,
                                       "must return logits of shape (batch, classes), got "
                                       "(1, 10, 2, 2)"),

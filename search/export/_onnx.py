@@ -121,8 +121,13 @@ class Int8Result:
 
 
 def _check_inputs(example_input: torch.Tensor, check_inputs: torch.Tensor | None) -> torch.Tensor:
-    inputs = (example_input if check_inputs is None else check_inputs).detach().cpu()
-    return inputs.float() if inputs.is_floating_point() else inputs  # token ids stay integers
+    inputs = example_input if check_inputs is None else check_inputs
+    return _float32_unless_integer(inputs.detach().cpu())
+
+
+def _float32_unless_integer(inputs: torch.Tensor) -> torch.Tensor:
+    """Floating inputs as float32; integer ones (token ids) keep their dtype."""
+    return inputs.float() if inputs.is_floating_point() else inputs
 
 
 @torch.no_grad()
@@ -246,7 +251,7 @@ def quantize_int8(onnx_path: str | Path, path: str | Path, *, calibration: torch
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     onnx_path, path = Path(onnx_path), Path(path)
-    calibration = calibration.detach().cpu().float()
+    calibration = _float32_unless_integer(calibration.detach().cpu())
     prepared = path.with_name(f".{path.stem}.prepared.onnx")
     try:
         quant_pre_process(str(onnx_path), str(prepared))
@@ -280,7 +285,7 @@ def quantize_int8(onnx_path: str | Path, path: str | Path, *, calibration: torch
 def _score(session: Any, data: TensorDataset | None) -> tuple[float | None, np.ndarray | None]:
     if data is None:
         return None, None
-    x, y = data.tensors[0].float().numpy(), data.tensors[1].numpy()
+    x, y = _float32_unless_integer(data.tensors[0]).numpy(), data.tensors[1].numpy()
     predicted = np.concatenate([session.run(None, {INPUT_NAME: x[i:i + 1024]})[0].argmax(-1)
                                 for i in range(0, len(x), 1024)])
     return float(np.mean(predicted == y)), predicted

@@ -92,7 +92,8 @@ def finetune_student(record: TrialRecord, *, floor: float, space: SearchSpace,
     final = config.distill.for_finetune()  # all data, no trial step/seconds budget
     logger.info("fine-tuning trial %d for %d epochs", record.number, final.budget_epochs)
     result = distill.train_student(student, outputs, val, config=final, seed=config.seed,
-                           accelerator=accelerator, teacher=teacher)
+                           accelerator=accelerator, teacher=teacher,
+                           progress=f"fine-tune of trial {record.number}")
     student = student.cpu().eval()
     pick = Pick(
         trial=record.number, arch=record.arch, macs=record.macs or 0, params=record.params or 0,

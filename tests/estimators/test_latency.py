@@ -125,3 +125,22 @@ def test_extend_times_only_missing_layers_and_saves_them(space, counted, tmp_pat
     assert predictor.extend(student) == 0
     saved = json.loads(predictor.table_path.read_text())
     assert set(saved) == set(predictor.table)
+
+
+class _Tokens(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids).mean(1))
+
+
+def test_layers_fed_integer_ids_are_timed_with_integer_inputs():
+    ids = torch.randint(0, 50, (1, 6))
+    calls = trace(_Tokens(), ids, keep_modules=True).calls
+    assert calls[0].kind == "Embedding" and calls[0].dtypes == (torch.int64,)
+    for call in calls:
+        assert lp._time_layer(call, FAST) > 0
+    assert measure_latency_stats(_Tokens(), ids, config=FAST).median_ms > 0

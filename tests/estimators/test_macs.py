@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from protege.estimators import count_macs, count_macs_torch
 
@@ -74,3 +75,118 @@ def test_thop_and_torch_counter_agree_per_layer_kind(net, shape, elementwise):
     x = torch.randn(*shape)
     assert count_macs(net, x)[0] - count_macs_torch(net, x) == elementwise
     assert count_macs_torch(net, x) > 0
+
+
+# --- Module kinds thop gets wrong (issue 18, kind 1) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "layer, shape, expected",
+    [
+        # each input position does C_in x C_out/groups x k work (thop counted output positions)
+        (nn.ConvTranspose2d(3, 1, 2, stride=2, bias=False), (1, 3, 2, 2), 4 * 3 * 1 * 4),
+        (nn.ConvTranspose1d(2, 4, 3, stride=2, bias=False), (1, 2, 5), 5 * 2 * 4 * 3),
+        (nn.ConvTranspose3d(2, 2, 2, stride=2, bias=False), (1, 2, 2, 2, 2), 8 * 2 * 2 * 8),
+        (nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1, groups=2, bias=False),
+         (1, 4, 3, 3), 9 * 4 * 2 * 9),
+        (nn.ConvTranspose2d(2, 2, 3, stride=1, dilation=2, bias=False), (1, 2, 4, 4),
+         16 * 2 * 2 * 9),
+    ],
+)
+def test_transposed_convolutions_count_input_positions(layer, shape, expected):
+    x = torch.randn(*shape)
+    assert count_macs(layer, x)[0] == count_macs_torch(layer, x) == expected
+
+
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (nn.Conv1d(2, 4, 3, stride=2, bias=False), (1, 2, 11)),
+        (nn.Conv2d(2, 4, 3, stride=2, padding=1, bias=False), (1, 2, 9, 9)),
+        (nn.Conv3d(2, 4, 3, stride=(1, 2, 2), bias=False), (1, 2, 5, 7, 7)),
+        (nn.Conv2d(4, 4, 3, stride=2, dilation=2, groups=2, bias=False), (1, 4, 9, 9)),
+        (nn.ConvTranspose1d(3, 2, 4, stride=3, output_padding=1, bias=False), (1, 3, 6)),
+        (nn.ConvTranspose3d(2, 3, (1, 2, 3), stride=(1, 2, 2), bias=False), (1, 2, 2, 3, 3)),
+    ],
+)
+def test_strided_layers_of_every_dimension_agree_with_torch(layer, shape):
+    x = torch.randn(*shape)
+    assert count_macs(layer, x)[0] == count_macs_torch(layer, x) > 0
+
+
+def test_a_module_used_twice_counts_each_call_once():
+    lin = nn.Linear(10, 10, bias=False)
+    net = nn.Sequential(lin, nn.Sequential(lin))
+    x = torch.randn(1, 10)
+    assert count_macs(net, x)[0] == count_macs_torch(net, x) == 200
+
+
+class _TwiceRegistered(nn.Module):
+    """One conv registered under two names and called twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1, bias=False)
+        self.again = nn.ModuleList([self.conv])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.again[0](self.conv(x))
+
+
+def test_a_conv_registered_twice_and_called_twice_counts_two_calls():
+    net = _TwiceRegistered()
+    x = torch.randn(1, 2, 4, 4)
+    assert count_macs(net, x)[0] == count_macs_torch(net, x) == 2 * 2 * 2 * 9 * 16
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_multihead_attention_counts_projections_and_both_products(training):
+    attn = nn.MultiheadAttention(32, 4, batch_first=True).train(training)
+    x = torch.randn(1, 12, 32)
+
+    class Self(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    expected = 4 * 12 * 32 * 32 + 2 * 12 * 12 * 32  # q, k, v, out projections; QK^T and AV
+    assert count_macs(Self(), x)[0] == expected == 58_368
+    # torch's counter sees the unfused path only (training mode, gradients on, weights)
+    with FlopCounterMode(display=False) as counter:
+        attn.train()(x, x, x)
+    assert counter.get_total_flops() // 2 == expected
+
+
+class _FunctionalAttention(nn.Module):
+    """timm's pattern: a qkv linear, then scaled_dot_product_attention outside any leaf."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(
+            2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+def test_functional_attention_products_outside_leaves_are_counted():
+    x = torch.randn(1, 10, 16)
+    expected = 10 * 16 * 48 + 10 * 16 * 16 + 2 * 10 * 10 * 16
+    assert count_macs(_FunctionalAttention(), x)[0] == expected
+    assert count_macs_torch(_FunctionalAttention(), x) == expected
+
+
+def test_latency_trace_counts_transposed_convolutions_like_count_macs():
+    from protege.estimators._trace import trace
+
+    layer = nn.ConvTranspose2d(3, 2, 2, stride=2, bias=False)
+    x = torch.randn(1, 3, 4, 4)
+    assert trace(layer, x, keep_modules=False).calls[0].macs == count_macs(layer, x)[0] == 384

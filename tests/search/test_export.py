@@ -74,3 +74,20 @@ def test_the_pick_hook_reports_the_difference(tiny_net, tmp_path):
     info = export_pick_onnx(tmp_path, tiny_net, torch.randn(1, 1, 8, 8), torch.randn(5, 1, 8, 8))
     assert info["path"] == "student.onnx" and info["samples"] == 5
     assert info["max_abs_diff"] < 1e-4
+
+
+class _Tokens(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(30, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids).mean(1))
+
+
+def test_onnx_export_keeps_integer_token_ids(tmp_path):
+    ids = torch.randint(0, 30, (5, 6), generator=torch.Generator().manual_seed(0))
+    check = export_onnx(_Tokens(), ids[:1], tmp_path / "t.onnx", check_inputs=ids)
+    assert check.samples == 5 and check.max_abs_diff < 1e-4

@@ -110,5 +110,7 @@ def test_a_choice_that_breaks_the_student_is_frozen_with_one_warning(caplog):
         space = derive(HardCoded().eval(), X[:1], level=2)
     assert "width.conv" not in space.choices and "depth.body" not in space.choices
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "width.conv (RuntimeError: " in warnings[0].message
+    assert len(warnings) == 1
+    assert "width.conv (in eval mode, in module 'head' (Linear): RuntimeError: " \
+        in warnings[0].message
     assert space.materialize(space.smallest())(X).shape == (2, 3)

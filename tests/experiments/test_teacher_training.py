@@ -1,0 +1,46 @@
+"""Training a task's teacher: no one-sample batch, a progress line per epoch (issue 18)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from protege.experiments import _teachers
+
+
+class _Sizes(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.sizes.append(len(x))
+        return self.net(x)
+
+
+def test_teacher_training_feeds_no_single_sample_and_logs_each_epoch(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    built: list[_Sizes] = []
+    original = _teachers.build_teacher
+
+    def build(name: str) -> nn.Module:
+        built.append(_Sizes(original(name)))
+        return built[-1]
+
+    monkeypatch.setattr(_teachers, "build_teacher", build)
+    generator = torch.Generator().manual_seed(0)
+    train = TensorDataset(torch.randn(33, 1, 8, 8, generator=generator), torch.arange(33) % 10)
+    val = TensorDataset(torch.randn(8, 1, 8, 8, generator=generator), torch.arange(8))
+    recipe = _teachers.TeacherRecipe(epochs=2, batch_size=16, lr=1e-2)
+    with caplog.at_level(logging.INFO, logger="protege.progress"):
+        _teachers.train_teacher("digits", train, val, seed=0, recipe=recipe)
+    assert built[0].sizes == [16, 17, 16, 17]
+    lines = [r.getMessage() for r in caplog.records if r.name == "protege.progress"]
+    assert len(lines) == 2 and all("ETA" in line for line in lines)
+    assert lines[-1].startswith("training teacher digits seed 0: epoch 2/2")
