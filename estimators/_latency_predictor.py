@@ -392,9 +392,9 @@ class LatencyPredictor:
         value = float(np.dot(coef, features(shapes)))
         return max(value, 0.0), sd
 
-    def _calibrated(self, total: float, variance: float) -> tuple[float, float]:
+    def _calibrated(self, total: float, variance: float, count: int) -> tuple[float, float]:
         a, b = float(self.calibration["a"]), float(self.calibration["b"])
-        mean = a * total + b
+        mean = a * total + b + float(self.calibration.get("c", 0.0)) * count
         rel = float(self.calibration["loo_rms"]) / 100
         return mean, math.sqrt((rel * mean) ** 2 + a * a * variance)
 
@@ -407,13 +407,18 @@ class LatencyPredictor:
         Raises:
             ValueError: If this predictor has no space, or ``arch`` does not fit it.
         """
+        return self._calibrated(*self._kernel_sum(arch))
+
+    def _kernel_sum(self, arch: Mapping[str, Any]) -> tuple[float, float, int]:
+        """(sum of kernel ms, its variance, number of kernels) of ``arch``, uncalibrated."""
         if self.space is None:
             raise ValueError("this predictor has no space; use predict_model")
         arch = self.space.repair(arch)
         total = 0.0
         nodes = self._template.nodes
         missed, first, last = [], [], []
-        for index, shapes in self._template.kernels(arch):
+        kernels = self._template.kernels(arch)
+        for index, shapes in kernels:
             hit = self._fast.get((nodes[index].op, shapes))
             if hit is not None:
                 total += hit
@@ -428,7 +433,7 @@ class LatencyPredictor:
             design = np.column_stack([np.ones(len(missed)), f1, f2, f1 * f2])
             total += float(np.maximum((design * self._coef[missed]).sum(axis=1), 0.0).sum())
             variance = float((self._sd[missed] ** 2).sum())
-        return self._calibrated(total, variance)
+        return total, variance, len(kernels)
 
     def predict(self, arch: Mapping[str, Any]) -> float:
         """Predicted milliseconds of the student ``arch`` (no model built, no forward pass)."""
@@ -448,7 +453,7 @@ class LatencyPredictor:
             ms, sd = self._kernel_ms(kernel.name, kernel.op, kernel.shapes)
             total += ms
             variance += sd * sd
-        return self._calibrated(total, variance)[0]
+        return self._calibrated(total, variance, len(kernels))[0]
 
     def record(self) -> dict[str, Any]:
         """Runtime, precision, batch, threads, machine and calibration: what a figure needs."""
@@ -474,7 +479,7 @@ def _space_id(space: _Space, example_input: torch.Tensor, probes: int, calibrati
     digest.update(json.dumps({k: list(v) for k, v in space.choices.items()}, default=str,
                              sort_keys=True).encode())
     digest.update(str(space.materialize(space.largest())).encode())
-    digest.update(f"{tuple(example_input.shape)}|{probes}|{calibration}|{seed}|v1".encode())
+    digest.update(f"{tuple(example_input.shape)}|{probes}|{calibration}|{seed}|v2".encode())
     return digest.hexdigest()[:16]
 
 
@@ -544,7 +549,7 @@ def _build_state(space: _Space, example_input: torch.Tensor, *, precision: str, 
         "runtime": "onnxruntime", "precision": precision, "batch_size": batch_size,
         "threads": threads, "machine": machine_id(), "template": template, "kernels": kernels,
         "positions": positions, "ops": ops,
-        "calibration": {"a": 1.0, "b": 0.0, "loo_rms": 0.0},
+        "calibration": {"a": 1.0, "b": 0.0, "c": 0.0, "loo_rms": 0.0},
         "probes": {"profiled": len(profiles), "one_choice": len(width_plan) + len(structural_plan),
                    "random": probes, "runs": runs},
     }
@@ -560,9 +565,11 @@ def _calibrate(predictor: LatencyPredictor, archs: Sequence[Mapping[str, Any]],
                example_input: torch.Tensor, timing: TimingConfig) -> dict[str, Any]:
     """Fit ``measured = a * kernel_sum + b`` on whole students, with leave-one-out errors."""
     assert predictor.space is not None
-    sums, measured, spreads = [], [], []
+    sums, counts, measured, spreads = [], [], [], []
     for arch in archs:
-        sums.append(predictor.predict(arch))  # a = 1, b = 0: the plain kernel sum
+        total, _, count = predictor._kernel_sum(arch)
+        sums.append(total)
+        counts.append(count)
         stats = measure_latency_stats(predictor.space.materialize(arch), example_input,
                                       runtime="onnxruntime", precision=predictor.precision,
                                       batch_size=predictor.batch_size, config=timing)
@@ -572,20 +579,22 @@ def _calibrate(predictor: LatencyPredictor, archs: Sequence[Mapping[str, Any]],
         measured.append(stats.ms)
         spreads.append(stats.repeatability)
     x, y = np.asarray(sums), np.asarray(measured)
+    # kernel count: the runtime's per-kernel dispatch, which the profiler's node times
+    # leave out (it matters for networks of tens of microseconds)
+    design = np.column_stack([x, np.ones(len(x)), np.asarray(counts, dtype=float)])
 
-    def fit(idx: np.ndarray) -> tuple[float, float]:
-        design = np.column_stack([x[idx], np.ones(len(idx))]) / y[idx, None]
-        coef, _ = nnls(design, np.ones(len(idx)))
-        return float(coef[0]), float(coef[1])
+    def fit(idx: np.ndarray) -> np.ndarray:
+        coef, _ = nnls(design[idx] / y[idx, None], np.ones(len(idx)))
+        return np.asarray(coef)
 
-    a, b = fit(np.arange(len(x)))
+    coef = fit(np.arange(len(x)))
     errors = []
     for i in range(len(x)):
         rest = np.asarray([j for j in range(len(x)) if j != i])
-        ai, bi = fit(rest)
-        errors.append((ai * x[i] + bi - y[i]) / y[i])
+        errors.append((float(design[i] @ fit(rest)) - y[i]) / y[i])
     err = np.abs(np.asarray(errors)) * 100
-    return {"students": len(x), "a": a, "b": b, "loo_mape": float(err.mean()),
+    a, b, c = (float(v) for v in coef)
+    return {"students": len(x), "a": a, "b": b, "c": c, "loo_mape": float(err.mean()),
             "loo_max": float(err.max()), "loo_rms": float(np.sqrt(np.mean(err ** 2))),
-            "measured_ms": y.tolist(), "kernel_sum_ms": x.tolist(),
+            "measured_ms": y.tolist(), "kernel_sum_ms": x.tolist(), "kernels": counts,
             "repeatability": [float(s) for s in spreads]}
