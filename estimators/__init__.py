@@ -13,7 +13,7 @@
 from protege.estimators._accuracy import AccuracyPredictor, extrapolate, prob_dominated
 from protege.estimators._latency_predictor import LatencyPredictor, default_latency_cache
 from protege.estimators._macs import THOP_RULES, count_macs, count_macs_torch, count_params
-from protege.estimators._runtime import PRECISIONS, RUNTIMES, default_runtime
+from protege.estimators._runtime import PRECISIONS, RUNTIMES, LatencySettings, default_runtime
 from protege.estimators._timing import (
     LatencyStats,
     TimingConfig,
@@ -30,6 +30,7 @@ __all__ = [
     "THOP_RULES",
     "AccuracyPredictor",
     "LatencyPredictor",
+    "LatencySettings",
     "LatencyStats",
     "TimingConfig",
     "TorchLatencyPredictor",

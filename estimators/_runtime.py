@@ -17,6 +17,7 @@ change which kernels run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import warnings
@@ -34,6 +35,7 @@ from protege._modes import eval_mode
 __all__ = [
     "PRECISIONS",
     "RUNTIMES",
+    "LatencySettings",
     "Precision",
     "Runner",
     "Runtime",
@@ -71,6 +73,41 @@ def default_runtime() -> Runtime:
     except ImportError:
         return "torch"
     return "onnxruntime"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LatencySettings:
+    """Where and how a latency is measured or predicted (the ``latency:`` config keys).
+
+    Attributes:
+        runtime: ``onnxruntime`` or ``torch``; None until :meth:`resolve` picks
+            ``onnxruntime`` where it is installed.
+        precision: ``fp32`` or ``int8`` (onnxruntime's static quantisation).
+        batch_size: Batch of each forward pass.
+        threads: Intra-op threads.
+    """
+
+    runtime: str | None = None
+    precision: str = "fp32"
+    batch_size: int = 1
+    threads: int = 1
+
+    def resolve(self) -> LatencySettings:
+        """The settings with the runtime chosen, checked.
+
+        Raises:
+            ValueError: For an unknown runtime or precision, int8 on torch, a batch or
+                thread count below 1.
+        """
+        resolved = dataclasses.replace(self, runtime=self.runtime or default_runtime())
+        assert resolved.runtime is not None
+        check_settings(resolved.runtime, resolved.precision, resolved.batch_size,
+                       resolved.threads)
+        return resolved
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON-able data (for records)."""
+        return dataclasses.asdict(self)
 
 
 def check_settings(runtime: str, precision: str, batch_size: int, threads: int) -> None:

@@ -268,3 +268,14 @@ def test_onnxruntime_predictor_is_cached(space, ort_predictor, tmp_path, monkeyp
     arch = space.sample(np.random.default_rng(1))
     assert again.measurements == 0
     assert again.predict(arch) == ort_predictor.predict(arch)
+
+
+def test_latency_settings_resolve_the_runtime():
+    from protege.estimators import LatencySettings
+
+    settings = LatencySettings(precision="int8", batch_size=32).resolve()
+    assert settings.runtime == "onnxruntime" and settings.to_dict()["batch_size"] == 32
+    with pytest.raises(ValueError, match="int8"):
+        LatencySettings(runtime="torch", precision="int8").resolve()
+    with pytest.raises(TypeError):
+        LatencySettings("torch")  # type: ignore[misc]
