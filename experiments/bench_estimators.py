@@ -339,9 +339,9 @@ def main() -> None:
     settings = [(p, int(b)) for p, b in (item.split(":") for item in args.settings)] \
         if args.settings else LATENCY_SETTINGS
     lat = []
-    for name, (teacher, example, level) in _latency_targets().items():
-        if args.only and name not in args.only:
-            continue
+    targets = _latency_targets()
+    for name in args.only or list(targets):  # in the order asked for
+        teacher, example, level = targets[name]
         for precision, batch in settings:
             try:
                 lat.append(bench_latency(name, teacher, example, args.students,
