@@ -1,13 +1,22 @@
 """Knowledge distillation: losses, the teacher-output cache and brief trial training."""
 
 from protege.distill._cache import TeacherOutputs, as_tensors, cache_teacher_outputs, fingerprint
-from protege.distill._config import INIT_TEMPERATURE, TEACHER_MODES, DistillConfig
+from protege.distill._config import DEFAULT_EPOCHS, INIT_TEMPERATURE, TEACHER_MODES, DistillConfig
 from protege.distill._hints import HintAdapters, select_hint_layers
-from protege.distill._losses import LOSSES, ce_loss, dkd_loss, hint_loss, hinton_loss
+from protege.distill._losses import (
+    LOSSES,
+    LogitLoss,
+    ce_loss,
+    dkd_loss,
+    hint_loss,
+    hinton_loss,
+    register_loss,
+)
 from protege.distill._module import Augment, DistillModule, EpochReport
-from protege.distill._trainer import TrainResult, evaluate, train_student
+from protege.distill._trainer import TrainResult, batch_loader, evaluate, train_student
 
 __all__ = [
+    "DEFAULT_EPOCHS",
     "INIT_TEMPERATURE",
     "LOSSES",
     "TEACHER_MODES",
@@ -16,9 +25,11 @@ __all__ = [
     "DistillModule",
     "EpochReport",
     "HintAdapters",
+    "LogitLoss",
     "TeacherOutputs",
     "TrainResult",
     "as_tensors",
+    "batch_loader",
     "cache_teacher_outputs",
     "ce_loss",
     "dkd_loss",
@@ -26,6 +37,7 @@ __all__ = [
     "fingerprint",
     "hint_loss",
     "hinton_loss",
+    "register_loss",
     "select_hint_layers",
     "train_student",
 ]

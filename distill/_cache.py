@@ -9,7 +9,7 @@ dataset gives a new key, so a stale cache is never used.
 Hint features are cached at full resolution when they fit in ``hint_cache_mb``;
 otherwise every spatial dimension is average-pooled to 4 (then 1) positions, and
 the student's features are pooled alike during training. A run that wants
-full-resolution hints of a large dataset uses ``distill.teacher: online``.
+full-resolution hints of a large dataset uses ``distill.teacher_mode: online``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from protege._errors import describe
-from protege._io import atomic_write
-from protege._modes import eval_mode
+from protege.common import atomic_write, describe, eval_mode
 from protege.distill._config import DistillConfig
 from protege.distill._hints import capture, pool_features, select_hint_layers
 
@@ -169,7 +167,7 @@ def cache_teacher_outputs(
     """
     inputs, targets = as_tensors(data, what="training data")
     key = fingerprint(teacher, inputs, targets)
-    with_hints = config is not None and config.uses_hints and config.teacher == "cached"
+    with_hints = config is not None and config.uses_hints and config.teacher_mode == "cached"
     suffix = ""
     if config is not None and with_hints:
         # The hint plan is a function of the teacher, the data and these two settings.

@@ -5,9 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from protege.common import require as _check
 from protege.distill._losses import LOSSES
 
-__all__ = ["INIT_TEMPERATURE", "TEACHER_MODES", "DistillConfig"]
+__all__ = ["DEFAULT_EPOCHS", "INIT_TEMPERATURE", "TEACHER_MODES", "DistillConfig"]
+
+DEFAULT_EPOCHS = 5
+"""Epochs of training when ``epochs`` is left unset and no caller's preset fills it."""
 
 TEACHER_MODES = ("cached", "online")
 """Where the teacher's outputs come from during training."""
@@ -16,12 +20,7 @@ INIT_TEMPERATURE = {"inherit": 2.0, "scratch": 1.0}
 """Default KD temperature by how the student starts (measured on MNIST-1D at 5 epochs)."""
 
 
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ValueError(f"{key}: {message}")
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DistillConfig:
     """How each student is distilled from the teacher's cached outputs.
 
@@ -50,7 +49,9 @@ class DistillConfig:
         temperature: Softmax temperature of the soft targets; None: by the student's
             start (:meth:`for_init`), and 2 (the inherited students') where the start
             is not known.
-        epochs: Epochs of the brief training every trial gets.
+        epochs: Epochs of the brief training every trial gets; None: the caller's
+            preset (the search's level, ``protege.search.Config.resolve``), else
+            :data:`DEFAULT_EPOCHS`.
         max_steps: Optimiser steps of a trial instead of ``epochs`` (the last epoch
             may be partial; validation still follows every epoch and the last step).
         max_seconds: Wall-clock cap of a trial's training and validation, in seconds.
@@ -67,7 +68,7 @@ class DistillConfig:
         dkd_beta: DKD's weight of the non-target-class term.
         hint_weight: Weight of the feature-hint term (0 switches hints off).
         hint_layers: How many stage outputs to match at most (the deepest are kept).
-        teacher: ``cached``: the teacher's outputs (and hint features) on the training
+        teacher_mode: ``cached``: the teacher's outputs (and hint features) on the training
             data are computed once per study; ``online``: the teacher runs on every
             batch (needed with random augmentation, or when hint features do not fit
             in memory at full resolution and pooled hints are not wanted).
@@ -75,7 +76,7 @@ class DistillConfig:
 
     alpha: float = 0.5
     temperature: float | None = None
-    epochs: int = 5
+    epochs: int | None = None
     max_steps: int | None = None
     max_seconds: float | None = None
     samples: int | None = None
@@ -88,13 +89,14 @@ class DistillConfig:
     dkd_beta: float = 1.0
     hint_weight: float = 0.0
     hint_layers: int = 3
-    teacher: str = "cached"
+    teacher_mode: str = "cached"
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.alpha <= 1.0, "distill.alpha", f"must be in [0, 1], got {self.alpha}")
         _check(self.temperature is None or self.temperature > 0, "distill.temperature",
                f"must be positive (or null: by init), got {self.temperature}")
-        _check(self.epochs >= 1, "distill.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.epochs is None or self.epochs >= 1, "distill.epochs",
+               f"must be >= 1, got {self.epochs}")
         _check(self.max_steps is None or self.max_steps >= 1, "distill.max_steps",
                f"must be >= 1 (or null for the epochs budget), got {self.max_steps}")
         _check(self.max_seconds is None or self.max_seconds > 0, "distill.max_seconds",
@@ -115,8 +117,13 @@ class DistillConfig:
                f"must be >= 0, got {self.hint_weight}")
         _check(self.hint_layers >= 1, "distill.hint_layers",
                f"must be >= 1, got {self.hint_layers}")
-        _check(self.teacher in TEACHER_MODES, "distill.teacher",
-               f"must be one of {', '.join(TEACHER_MODES)}, got {self.teacher!r}")
+        _check(self.teacher_mode in TEACHER_MODES, "distill.teacher_mode",
+               f"must be one of {', '.join(TEACHER_MODES)}, got {self.teacher_mode!r}")
+
+    @property
+    def budget_epochs(self) -> int:
+        """``epochs``, or :data:`DEFAULT_EPOCHS` where it is unset."""
+        return self.epochs if self.epochs is not None else DEFAULT_EPOCHS
 
     @property
     def uses_hints(self) -> bool:
@@ -131,7 +138,7 @@ class DistillConfig:
         """Validations a trial reports (one per epoch, the last perhaps partial) when it
         trains on ``available`` samples and no seconds budget cuts it short."""
         if self.max_steps is None:
-            return self.epochs
+            return self.budget_epochs
         batches = math.ceil(self.trial_samples(available) / self.batch_size)
         return math.ceil(self.max_steps / batches)
 
@@ -148,5 +155,5 @@ class DistillConfig:
     def for_finetune(self) -> DistillConfig:
         """The settings of the final fine-tune: ``finetune_epochs`` (or ``epochs`` when
         0) on all the training data, without the step, seconds or samples budgets."""
-        return dataclasses.replace(self, epochs=self.finetune_epochs or self.epochs,
+        return dataclasses.replace(self, epochs=self.finetune_epochs or self.budget_epochs,
                                    max_steps=None, max_seconds=None, samples=None)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protege._modes import eval_mode
+from protege.common import eval_mode
 
 __all__ = ["HintAdapters", "capture", "match_spatial", "pool_features", "select_hint_layers"]
 

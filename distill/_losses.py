@@ -5,14 +5,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LOSSES", "ce_loss", "dkd_loss", "hint_loss", "hinton_loss"]
-
-LOSSES = ("hinton", "dkd", "ce")
+__all__ = ["LOSSES", "LogitLoss", "ce_loss", "dkd_loss", "hint_loss", "hinton_loss",
+           "register_loss"]
 """Logit losses ``distill.loss`` may name."""
 
 
@@ -124,3 +124,29 @@ def hint_loss(
     if not terms:
         raise ValueError("hint_loss needs at least one layer")
     return torch.stack(terms).mean()
+
+
+LogitLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], dict[str, torch.Tensor]]
+"""``(student_logits, teacher_logits, targets, config) -> terms``: a logit loss of the
+registry; ``config`` is the :class:`~protege.distill.DistillConfig` (its weights and
+temperature, resolved); ``terms["loss"]`` is minimised, the other terms are logged."""
+
+LOSSES: dict[str, LogitLoss] = {
+    "hinton": lambda s, t, y, c: hinton_loss(s, t, y, temperature=c.temperature, alpha=c.alpha),
+    "dkd": lambda s, t, y, c: dkd_loss(s, t, y, temperature=c.temperature, alpha=c.dkd_alpha,
+                                       beta=c.dkd_beta),
+    "ce": lambda s, t, y, c: ce_loss(s, y),
+}
+"""The logit losses ``distill.loss`` may name: Hinton et al. 2015 (``hinton``), decoupled
+KD of Zhao et al. 2022 (``dkd``), and plain cross-entropy on the labels (``ce``)."""
+
+
+def register_loss(name: str, loss: LogitLoss) -> None:
+    """Make ``loss`` available as ``distill.loss: <name>``.
+
+    Raises:
+        ValueError: If ``name`` is taken.
+    """
+    if name in LOSSES:
+        raise ValueError(f"a loss named {name!r} is registered already")
+    LOSSES[name] = loss

@@ -9,10 +9,10 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from protege._modes import eval_mode
+from protege.common import eval_mode
 from protege.distill._config import DistillConfig
 from protege.distill._hints import HintAdapters, capture
-from protege.distill._losses import ce_loss, dkd_loss, hint_loss, hinton_loss
+from protege.distill._losses import LOSSES, ce_loss, hint_loss
 
 __all__ = ["Augment", "DistillModule", "EpochReport"]
 
@@ -148,14 +148,10 @@ class DistillModule(pl.LightningModule):
         config = self.config
         temperature = config.temperature
         assert temperature is not None  # resolved in __init__
-        if config.loss == "ce" or teacher_logits is None:
+        if teacher_logits is None:
             terms = ce_loss(logits, y)
-        elif config.loss == "dkd":
-            terms = dkd_loss(logits, teacher_logits, y, temperature=temperature,
-                             alpha=config.dkd_alpha, beta=config.dkd_beta)
         else:
-            terms = hinton_loss(logits, teacher_logits, y, temperature=temperature,
-                                alpha=config.alpha)
+            terms = LOSSES[config.loss](logits, teacher_logits, y, config)
         if self.adapters is not None:
             hints = hint_loss(self.adapters(dict(store)), teacher_features)
             terms["loss"] = terms["loss"] + config.hint_weight * hints

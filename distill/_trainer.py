@@ -21,7 +21,7 @@ from torch.utils.data import (
     TensorDataset,
 )
 
-from protege._modes import eval_mode
+from protege.common import eval_mode
 from protege.distill._cache import TeacherOutputs
 from protege.distill._config import DistillConfig
 from protege.distill._hints import select_hint_layers
@@ -68,7 +68,8 @@ class TrainResult:
     samples: int = 0
 
 
-def _batches(dataset: TensorDataset, batch_size: int, *, shuffle: bool, seed: int) -> DataLoader:
+def batch_loader(dataset: TensorDataset, batch_size: int, *, shuffle: bool,
+                 seed: int) -> DataLoader:
     """A loader that gathers whole batches by tensor indexing (no per-sample collation)."""
     if shuffle:
         sampler: RandomSampler | SequentialSampler = RandomSampler(
@@ -84,7 +85,7 @@ def _plan(student: nn.Module, train: TeacherOutputs, *, config: DistillConfig,
           ) -> tuple[nn.Module | None, tuple[str, ...]]:
     """Whether the teacher runs online (it is returned then) and which hint layers to use."""
     needs_teacher = config.loss != "ce" or config.uses_hints
-    online = needs_teacher and (config.teacher == "online" or augment is not None)
+    online = needs_teacher and (config.teacher_mode == "online" or augment is not None)
     if config.uses_hints and not online and not train.hints:
         if teacher is None:
             raise ValueError("distill.hint_weight > 0 with a cached teacher needs hint features "
@@ -92,7 +93,7 @@ def _plan(student: nn.Module, train: TeacherOutputs, *, config: DistillConfig,
         logger.warning("the cache holds no hint features; running the teacher online")
         online = True
     if online and teacher is None:
-        why = "random augmentation" if augment is not None else "distill.teacher=online"
+        why = "random augmentation" if augment is not None else "distill.teacher_mode=online"
         raise ValueError(f"{why} runs the teacher on every batch: pass train_student(teacher=...)")
     if not config.uses_hints:
         layers: tuple[str, ...] = ()
@@ -125,6 +126,7 @@ def train_student(
     accelerator: str = "cpu",
     teacher: nn.Module | None = None,
     augment: Augment | None = None,
+    module: type[DistillModule] = DistillModule,
 ) -> TrainResult:
     """Distil ``student`` from the teacher for a short budget.
 
@@ -133,7 +135,7 @@ def train_student(
     with seed 0, the same for every trial); validation follows every epoch and the
     last step. Use ``config.for_finetune()`` for a run on all data without them.
 
-    With ``distill.teacher: cached`` (the default) the student trains against
+    With ``distill.teacher_mode: cached`` (the default) the student trains against
     ``train``'s cached logits and hint features and ``teacher`` is not needed; with
     ``online``, or whenever ``augment`` is given (a fixed cache would be wrong for
     randomly augmented inputs), the teacher runs on every batch.
@@ -150,12 +152,14 @@ def train_student(
         accelerator: Lightning accelerator (``cpu``, ``gpu``, ``auto``).
         teacher: The teacher, for the online mode (or hints missing from the cache).
         augment: Random transform of each training batch of inputs.
+        module: The LightningModule class that takes the steps: a subclass of
+            :class:`DistillModule` changes how (e.g. the benchmark's manual optimisation).
 
     Raises:
         ValueError: If the online mode is needed but no teacher is given, or hints
             are asked for but teacher and student share no hint layer.
     """
-    epochs = config.epochs if epochs is None else epochs
+    epochs = config.budget_epochs if epochs is None else epochs
     torch.manual_seed(seed)
     if config.samples is not None:
         train = train.subset(config.samples, seed=0)
@@ -170,11 +174,11 @@ def train_student(
     else:
         dataset = train.dataset()
         shapes = None
-    train_loader = _batches(dataset, config.batch_size, shuffle=True, seed=seed)
-    val_loader = _batches(val, 1024, shuffle=False, seed=seed)
+    train_loader = batch_loader(dataset, config.batch_size, shuffle=True, seed=seed)
+    val_loader = batch_loader(val, 1024, shuffle=False, seed=seed)
     batches = len(train_loader)
     total_steps = epochs * batches if config.max_steps is None else config.max_steps
-    module = DistillModule(student, config=config, total_steps=total_steps,
+    lightning_module = module(student, config=config, total_steps=total_steps,
                            report=report, teacher=online, hint_layers=layers, hint_shapes=shapes,
                            example_input=train.inputs[:2], augment=augment)
     student.train()
@@ -193,13 +197,13 @@ def train_student(
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*batch_size.*could not be inferred.*")
         warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
-        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        trainer.fit(lightning_module, train_dataloaders=train_loader, val_dataloaders=val_loader)
     seconds = time.perf_counter() - start
     student.eval()
-    if not module.history:
+    if not lightning_module.history:
         raise RuntimeError("training stopped before the first validation")
-    return TrainResult(module.history[-1], tuple(module.history), seconds,
-                       steps=module.steps, samples=len(dataset))
+    return TrainResult(lightning_module.history[-1], tuple(lightning_module.history), seconds,
+                       steps=lightning_module.steps, samples=len(dataset))
 
 
 @torch.no_grad()
@@ -208,6 +212,6 @@ def evaluate(model: nn.Module, data: TensorDataset, *, batch_size: int = 1024) -
     device = next(model.parameters(), torch.empty(0)).device
     correct = 0
     with eval_mode(model):
-        for x, y in _batches(data, batch_size, shuffle=False, seed=0):
+        for x, y in batch_loader(data, batch_size, shuffle=False, seed=0):
             correct += int((model(x.to(device)).argmax(dim=-1).cpu() == y).sum())
     return correct / max(1, len(data))

@@ -14,7 +14,7 @@ from thop.vision.basic_hooks import count_normalization
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from protege._modes import eval_mode
+from protege.common import eval_mode
 
 __all__ = ["THOP_RULES", "count_macs", "count_macs_torch", "count_params"]
 

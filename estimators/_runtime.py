@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from protege._modes import eval_mode
+from protege.common import eval_mode
 
 __all__ = [
     "PRECISIONS",

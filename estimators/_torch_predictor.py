@@ -32,8 +32,7 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
-from protege._io import atomic_write
-from protege._modes import eval_mode
+from protege.common import atomic_write, eval_mode
 from protege.estimators._timing import (
     TimingConfig,
     machine_fingerprint,

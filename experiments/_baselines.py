@@ -30,7 +30,7 @@ from torch import nn
 
 from protege import distill
 from protege.estimators import count_macs
-from protege.experiments._compare import Arm, Budget, CompareTask, Student, teacher_facts
+from protege.experiments._arms import Arm, Budget, CompareTask, Student, teacher_facts
 from protege.search import Config
 from protege.spaces import derive
 
@@ -104,7 +104,7 @@ def run_baseline(task: CompareTask, arm: Arm, config: Config, *, budget: Budget,
     teacher_macs = teacher["macs"]
     outputs = distill.cache_teacher_outputs(task.teacher, task.train, cache_dir=out / "cache",
                                             config=config.distill)
-    finetune = config.distill.finetune_epochs or config.distill.epochs
+    finetune = config.distill.finetune_epochs or config.distill.budget_epochs
     ratios, build = _sweep(task, arm, config, config.seed)
     if total is not None:
         if arm.kind == "torch_pruning" and not ratios:

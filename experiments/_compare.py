@@ -35,30 +35,39 @@ within one point of the teacher's, else None.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import json
 import logging
 import multiprocessing
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from torch import nn
 from torch.utils.data import TensorDataset
 
-from protege._io import atomic_write
+from protege.common import atomic_write, read_yaml
+from protege.common import require as _check
+from protege.experiments._arms import (
+    ARM_KINDS,
+    Arm,
+    Budget,
+    CompareTask,
+    Student,
+    teacher_facts,
+)
+from protege.experiments._baselines import run_baseline
+from protege.provenance import provenance, same_code
 from protege.search import (
     Config,
-    ConfigError,
+    Study,
     TrialRecord,
     apply_overrides,
+    create_study,
     hypervolume,
     pareto_indices,
-    run_search,
 )
 
 __all__ = [
@@ -80,69 +89,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ARM_KINDS = ("search", "torch_pruning", "uniform")
-"""What an arm can be: a protege search, or one of the two baselines."""
 WITHIN = 0.01
 """One point of accuracy: the headline's tolerance on the test set."""
 _CAP = 4
-"""A search may run this many times its nominal trials when pruning and duplicates save."""
+"""A search may run this many times its nominal trials when rules and duplicates save."""
 
 
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Budget:
-    """What every arm of a seed may spend.
-
-    Args:
-        kind: ``compute`` (training sample-passes) or ``time`` (seconds of training).
-        trials: Compute budget in trials of the base config: ``(trials x
-            distill.epochs + distill.finetune_epochs) x training samples``.
-        seconds: Time budget of each arm (``kind: time``).
-    """
-
-    kind: str = "compute"
-    trials: int = 40
-    seconds: float | None = None
-
-    def __post_init__(self) -> None:
-        _check(self.kind in ("compute", "time"), "budget.kind",
-               f"must be compute or time, got {self.kind!r}")
-        _check(self.trials >= 1, "budget.trials", f"must be >= 1, got {self.trials}")
-        _check(self.kind != "time" or (self.seconds or 0) > 0, "budget.seconds",
-               "must be positive with budget.kind: time")
-
-
-@dataclasses.dataclass(frozen=True)
-class Arm:
-    """One contender.
-
-    Args:
-        name: Label in tables and folder name.
-        kind: One of :data:`ARM_KINDS`.
-        set: ``KEY=VALUE`` changes to the base search config for this arm (for a
-            baseline, its ``distill.*`` and ``constraints.*`` keys apply).
-        ratios: Sweep of a baseline: Torch-Pruning's pruning ratios, or the uniform
-            width multipliers; empty derives one (see ``protege.experiments._baselines``).
-    """
-
-    name: str
-    kind: str = "search"
-    set: tuple[str, ...] = ()
-    ratios: tuple[float, ...] = ()
-
-    def __post_init__(self) -> None:
-        _check(self.kind in ARM_KINDS, f"arms.{self.name}.kind",
-               f"must be one of {', '.join(ARM_KINDS)}, got {self.kind!r}")
-        _check(all(0 < r < 1 if self.kind == "torch_pruning" else 0 < r <= 1
-                   for r in self.ratios), f"arms.{self.name}.ratios",
-               f"must lie in (0, 1), got {list(self.ratios)}")
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class CompareConfig:
     """A comparison, as written in its YAML file.
 
@@ -183,13 +136,14 @@ class CompareConfig:
         _check(self.train_subset is None or self.train_subset >= 1, "train_subset",
                f"must be >= 1, got {self.train_subset}")
         base = self.base_config(self.seeds[0]).distill
-        budget_epochs = self.budget.trials * base.epochs + (base.finetune_epochs or base.epochs)
+        budget_epochs = (self.budget.trials * base.budget_epochs
+                         + (base.finetune_epochs or base.budget_epochs))
         for arm in self.arms:
             arm_config = self.arm_config(arm, self.seeds[0])  # every arm's config is valid
             distill = arm_config.distill
             if arm.kind == "search" and self.budget.kind == "compute":
-                reserved = arm_config.finetunes * (distill.finetune_epochs or distill.epochs)
-                _check(budget_epochs - reserved >= distill.epochs, f"arms.{arm.name}",
+                reserved = arm_config.finetunes * (distill.finetune_epochs or distill.budget_epochs)
+                _check(budget_epochs - reserved >= distill.budget_epochs, f"arms.{arm.name}",
                        f"its {arm_config.finetunes} fine-tunes ({reserved} epochs) leave no "
                        f"trial in a budget of {budget_epochs} epochs; raise budget.trials or "
                        "lower finetunes")
@@ -207,10 +161,10 @@ class CompareConfig:
         """The protege config an arm runs with (baselines use its distill and constraints)."""
         data = apply_overrides(dict(self.search) | {"task": self.task, "seed": seed},
                                list(arm.set))
-        return Config.from_dict(data)
+        return Config.from_dict(data).resolve()
 
     def base_config(self, seed: int) -> Config:
-        return Config.from_dict(dict(self.search) | {"task": self.task, "seed": seed})
+        return Config.from_dict(dict(self.search) | {"task": self.task, "seed": seed}).resolve()
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -227,13 +181,7 @@ _TOP_KEYS = {f.name for f in dataclasses.fields(CompareConfig)}
 def load_compare_config(source: str | Path | Mapping[str, Any],
                         overrides: Sequence[str] = ()) -> CompareConfig:
     """Read a comparison config (YAML path or mapping), apply ``KEY=VALUE`` overrides."""
-    if isinstance(source, Mapping):
-        data = dict(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+    data = dict(source) if isinstance(source, Mapping) else read_yaml(source)
     data = apply_overrides(data, list(overrides))
     unknown = sorted(set(data) - _TOP_KEYS)
     _check(not unknown, unknown[0] if unknown else "", f"unknown key; known: "
@@ -263,26 +211,15 @@ def load_compare_config(source: str | Path | Mapping[str, Any],
     )
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class CompareTask:
-    """The teacher and data every arm shares."""
-
-    name: str
-    teacher: nn.Module
-    train: TensorDataset
-    val: TensorDataset
-    test: TensorDataset
-    example_input: torch.Tensor
-
-
 def total_budget(config: CompareConfig, train_samples: int) -> int:
     """The compute budget ``B`` in sample-passes (``kind: compute``)."""
     base = config.base_config(config.seeds[0]).distill
-    epochs = config.budget.trials * base.epochs + (base.finetune_epochs or base.epochs)
+    epochs = (config.budget.trials * base.budget_epochs
+              + (base.finetune_epochs or base.budget_epochs))
     return epochs * train_samples
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ArmRecord:
     """One arm on one seed (``compare_<task>.json`` holds one per arm and seed)."""
 
@@ -295,6 +232,7 @@ class ArmRecord:
     train_seconds: float
     wall_seconds: float
     sample_passes: int
+    """Training compute: epochs x training samples, summed over the students trained."""
     budget: int | None
     students_trained: int
     teacher: dict[str, Any]
@@ -302,37 +240,17 @@ class ArmRecord:
     front: list[dict[str, Any]]
     curve: list[dict[str, float]]
     """HV after each trained student: ``students``, ``seconds``, ``passes``, ``hypervolume``."""
+    provenance: dict[str, Any] | None = None
+    """What made it: commit, dirty tree, versions, the arm's config hash, machine."""
+    mac_passes: int | None = None
+    """Training compute by model size: each student's forward MACs x its sample-passes."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ArmRecord:
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
-
-
-@dataclasses.dataclass(frozen=True)
-class Student:
-    """A student an arm trained: what the front, the curve and the pick are made of."""
-
-    accuracy: float
-    macs: int
-    seconds: float
-    passes: int
-    source: str
-
-
-def teacher_facts(task: CompareTask) -> dict[str, Any]:
-    """MACs, parameters, val and test accuracy, classes and chance accuracy of the teacher."""
-    from protege.distill import evaluate
-    from protege.estimators import count_macs
-
-    macs, params = count_macs(task.teacher, task.example_input)
-    with torch.no_grad():
-        classes = int(task.teacher.eval()(task.example_input).shape[-1])
-    return {"macs": macs, "params": params, "val_accuracy": evaluate(task.teacher, task.val),
-            "test_accuracy": evaluate(task.teacher, task.test), "classes": classes,
-            "chance": 1.0 / classes}
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
 def _curve(students: Sequence[Student], teacher: Mapping[str, Any]) -> list[dict[str, float]]:
@@ -369,79 +287,49 @@ def finish_record(*, arm: Arm, seed: int, students: Sequence[Student], pick: dic
         best_test_accuracy_within_1pt=pick["test_accuracy"] if within and pick else None,
         train_seconds=round(sum(s.seconds for s in students), 3), wall_seconds=round(wall, 3),
         sample_passes=sum(s.passes for s in students), budget=budget,
+        mac_passes=sum(s.macs * s.passes for s in students),
         students_trained=len(students), teacher=teacher, pick=pick,
         front=_front(students, macs), curve=curve,
     )
 
 
-class _SharedStorageNote(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "shares an SQLite storage" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _one_writer() -> Iterator[None]:
-    """The trial rounds run as a "worker" of their own study, alone on its SQLite file:
-    the note about several SQLite writers does not apply."""
-    note = _SharedStorageNote()
-    storage_logger = logging.getLogger("protege.search._storage")
-    storage_logger.addFilter(note)
-    try:
-        yield
-    finally:
-        storage_logger.removeFilter(note)
-
-
-class _BudgetSpent(Exception):
-    """Raised after a trial when the trials have spent their share of the budget."""
-
-
-def _read_trials(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _passes(path: Path, samples: int) -> int:
-    trials = _read_trials(path)
-    return sum(len(t["history"]) for t in trials if t["duplicate_of"] is None) * samples
+def _passes(records: Sequence[TrialRecord], samples: int) -> int:
+    """Training sample-passes the trials spent (reused students cost nothing)."""
+    return sum(len(r.history) for r in records if r.duplicate_of is None) * samples
 
 
 def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, total: int | None,
                 out: Path) -> tuple[list[Student], dict[str, Any] | None, dict[str, Any]]:
     samples = len(task.train)
-    kwargs: dict[str, Any] = dict(train=task.train, val=task.val, test=task.test,
-                                  example_input=task.example_input, out=out)
-    finetune = (config.distill.finetune_epochs or config.distill.epochs) * samples
+    data: dict[str, Any] = dict(train=task.train, val=task.val, test=task.test,
+                                example_input=task.example_input, out=out)
+    finetune = (config.distill.finetune_epochs or config.distill.budget_epochs) * samples
     finetunes = finetune * config.finetunes  # the pick's fine-tunes, all reserved up front
     if budget.kind == "time":
-        config = dataclasses.replace(config, timeout=budget.seconds, n_trials=100_000)
+        study = create_study(task.teacher, config=dataclasses.replace(
+            config, timeout=budget.seconds, n_trials=100_000), **data)
+        study.optimize()
     else:
         assert total is not None
-        per_trial, for_trials = config.distill.epochs * samples, total - finetunes
-        records = out / "trials.jsonl"
-        used = _passes(records, samples)  # a resumed arm's earlier trials, read once
+        per_trial, for_trials = config.distill.budget_epochs * samples, total - finetunes
+        # Trials run until their compute leaves less than one more trial of the budget,
+        # or until the study holds _CAP times the nominal trials (rules and duplicates
+        # may save compute): one study, one sampler, stopped by a callback.
+        cap = _CAP * max(1, for_trials // per_trial)
+        study = create_study(task.teacher, config=dataclasses.replace(config, n_trials=cap),
+                             **data)
+        used = _passes(study.trials, samples)  # a resumed arm's earlier trials, read once
 
-        def spent(record: TrialRecord | None = None) -> None:
+        def spent(study: Study, record: TrialRecord) -> None:
             nonlocal used
-            if record is not None and record.duplicate_of is None:
+            if record.duplicate_of is None:
                 used += len(record.history) * samples
             if for_trials - used < per_trial:
-                raise _BudgetSpent
+                study.stop()
 
-        # One sampler for the whole search (a restarted seeded sampler repeats itself):
-        # trials run until their compute leaves less than one more trial of the budget.
-        cap = _CAP * max(1, for_trials // per_trial)
-        try:
-            spent()
-            with _one_writer():
-                run_search(task.teacher, config=dataclasses.replace(config, n_trials=cap),
-                           worker=True, callbacks=[spent], **kwargs)
-        except _BudgetSpent:
-            pass
-        active = [r for r in _read_trials(records) if r["state"] != "failed"]
-        config = dataclasses.replace(config, n_trials=max(1, len(active)))
-    result = run_search(task.teacher, config=config, **kwargs)
+        if for_trials - used >= per_trial:
+            study.optimize(callbacks=[spent])
+    result = study.finish()
     teacher = teacher_facts(task)
     # Every student that trained, at the accuracy it ended with (a stopped one: its last epoch).
     students = [Student(t.accuracy if t.accuracy is not None else t.history[-1], t.macs or 0,
@@ -464,13 +352,52 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
     return students, pick, teacher
 
 
+class StaleRecord(ValueError):
+    """A finished arm's record was made by other code or another config."""
+
+
+def arm_provenance(config: CompareConfig, arm: Arm, seed: int) -> dict[str, Any]:
+    """What an arm-seed run is made by: the code, and a hash of everything that decides its
+    result (the arm's resolved config, its kind and sweep, the budget, the task)."""
+    what = {"arm": config.arm_config(arm, seed).to_dict(), "kind": arm.kind,
+            "ratios": list(arm.ratios), "budget": dataclasses.asdict(config.budget),
+            "task": config.task, "teacher_seed": config.teacher_seed,
+            "train_subset": config.train_subset}
+    return provenance(what)
+
+
+def _finished(done: Path, config: CompareConfig, arm: Arm, seed: int, *,
+              reuse_stale: bool) -> ArmRecord | None:
+    """The record in ``done`` if there is one made by this code and config.
+
+    Raises:
+        StaleRecord: If it was made by other code (or a dirty tree) or another config,
+            unless ``reuse_stale``.
+    """
+    if not done.is_file():
+        return None
+    record = ArmRecord.from_dict(json.loads(done.read_text()))
+    now = arm_provenance(config, arm, seed)
+    if reuse_stale or same_code(record.provenance, now):
+        return record
+    was = record.provenance or {}
+    raise StaleRecord(
+        f"{done} was made by other code or another config (commit "
+        f"{(was.get('commit') or 'unknown')[:10]}{' dirty' if was.get('dirty') else ''}, "
+        f"config {was.get('config_hash') or 'unknown'}; now {(now['commit'] or 'unknown')[:10]}"
+        f"{' dirty' if now['dirty'] else ''}, config {now['config_hash']}): use another --out, "
+        "delete it to run it again, or pass --reuse-stale to use it anyway")
+
+
 def run_arm(task: CompareTask, config: CompareConfig, arm: Arm, seed: int, *,
-            out: str | Path) -> ArmRecord:
-    """Run one arm on one seed into ``out`` (resumable: a finished one is read back)."""
+            out: str | Path, reuse_stale: bool = False) -> ArmRecord:
+    """Run one arm on one seed into ``out`` (resumable: a finished one is read back when
+    the same code and config made it; see :class:`StaleRecord`)."""
     out = Path(out)
     done = out / "record.json"
-    if done.is_file():
-        return ArmRecord.from_dict(json.loads(done.read_text()))
+    finished = _finished(done, config, arm, seed, reuse_stale=reuse_stale)
+    if finished is not None:
+        return finished
     start = time.perf_counter()
     arm_config = config.arm_config(arm, seed)
     total = total_budget(config, len(task.train)) if config.budget.kind == "compute" else None
@@ -478,12 +405,11 @@ def run_arm(task: CompareTask, config: CompareConfig, arm: Arm, seed: int, *,
         students, pick, teacher = _search_arm(task, arm, arm_config, budget=config.budget,
                                               total=total, out=out / "run")
     else:
-        from protege.experiments._baselines import run_baseline
-
         students, pick, teacher = run_baseline(task, arm, arm_config, budget=config.budget,
                                                total=total, out=out)
     record = finish_record(arm=arm, seed=seed, students=students, pick=pick, teacher=teacher,
                            budget=total, wall=time.perf_counter() - start)
+    record = dataclasses.replace(record, provenance=arm_provenance(config, arm, seed))
     with atomic_write(done) as handle:
         json.dump(record.to_dict(), handle, indent=1)
     return record
@@ -520,7 +446,8 @@ def _raw(config: CompareConfig) -> dict[str, Any]:
 
 
 def run_compare(config: CompareConfig, *, out: str | Path, task: CompareTask | None = None,
-                progress: Callable[[ArmRecord], None] | None = None) -> list[ArmRecord]:
+                progress: Callable[[ArmRecord], None] | None = None,
+                reuse_stale: bool = False) -> list[ArmRecord]:
     """Run every arm on every seed (finished ones are reused) and return their records.
 
     Args:
@@ -529,6 +456,8 @@ def run_compare(config: CompareConfig, *, out: str | Path, task: CompareTask | N
         task: The teacher and data; default: ``config.task`` loaded with its cached
             teacher (needed with ``workers > 1``: each worker loads it itself).
         progress: Called with each record as its run finishes.
+        reuse_stale: Reuse finished records made by other code or another config
+            (else :class:`StaleRecord` names the first one, before anything runs).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -540,13 +469,14 @@ def run_compare(config: CompareConfig, *, out: str | Path, task: CompareTask | N
     def folder(arm: Arm, seed: int) -> Path:
         return out / arm.name / f"seed{seed}"
 
+    for arm, seed in jobs:  # finished runs are read back first: a stale one stops it all
+        finished = _finished(folder(arm, seed) / "record.json", config, arm, seed,
+                             reuse_stale=reuse_stale)
+        if finished is not None:
+            records[arm.name, seed] = finished
+            if progress is not None:
+                progress(finished)
     if config.workers > 1 and task is None:
-        for arm, seed in jobs:  # finished runs are read back here, not in a worker
-            done = folder(arm, seed) / "record.json"
-            if done.is_file():
-                records[arm.name, seed] = ArmRecord.from_dict(json.loads(done.read_text()))
-                if progress is not None:
-                    progress(records[arm.name, seed])
         todo = [(arm, seed) for arm, seed in jobs if (arm.name, seed) not in records]
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(config.workers, mp_context=context) as pool:
@@ -558,8 +488,10 @@ def run_compare(config: CompareConfig, *, out: str | Path, task: CompareTask | N
                 if progress is not None:
                     progress(record)
     else:
-        shared = task or prepare_task(config)
-        for arm, seed in jobs:
+        todo = [(arm, seed) for arm, seed in jobs if (arm.name, seed) not in records]
+        shared = (task or prepare_task(config)) if todo else None
+        for arm, seed in todo:
+            assert shared is not None
             record = run_arm(shared, config, arm, seed, out=folder(arm, seed))
             records[arm.name, seed] = record
             if progress is not None:

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from protege._io import atomic_write
+from protege.common import atomic_write
+from protege.provenance import provenance
 
 __all__ = ["hv_bands", "paired_test", "write_compare_report"]
 
@@ -186,22 +187,46 @@ def write_compare_report(records: Sequence[Any], *, config: Any, command: str,
             "test_accuracy": paired_test([_test_acc(a) for a, _ in paired],
                                          [_test_acc(b) for _, b in paired]),
         }
+    made_by = _made_by(rows)
     payload = {"command": command, "config": config.to_dict(), "teacher": teacher,
+               "made_by": made_by, "provenance": provenance(config.to_dict()),
                "reference_arm": reference, "paired_tests": tests, "records": rows}
     with atomic_write(stem.with_suffix(".json")) as handle:
         json.dump(payload, handle, indent=1)
     pngs = _plots(arms, teacher=teacher, stem=stem, title=config.task)
     lines = _markdown(arms, teacher=teacher, config=config, command=command, tests=tests,
-                      reference=reference, pngs=pngs, note=note)
+                      reference=reference, pngs=pngs, note=note, made_by=made_by)
     with atomic_write(stem.with_suffix(".md")) as handle:
         handle.write("\n".join(lines) + "\n")
     return {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"),
             "hv_png": results_dir / pngs[0], "fronts_png": results_dir / pngs[1]}
 
 
+def _gmac(row: dict[str, Any]) -> float:
+    """The arm's MAC-passes in billions (NaN for records made before they were counted)."""
+    value = row.get("mac_passes")
+    return math.nan if value is None else value / 1e9
+
+
+def _made_by(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The distinct code versions of the records: ``commit`` (``+diff HASH`` when the tree
+    had uncommitted changes), or why it is unknown."""
+    seen: list[str] = []
+    for row in rows:
+        stamp = row.get("provenance") or {}
+        commit = stamp.get("commit")
+        text = ("no provenance (made before records carried it)" if not stamp
+                else f"commit {commit[:10]}" + (f" +diff {stamp['diff']}" if stamp.get("dirty")
+                                                 else "") if commit
+                else f"protege {stamp.get('versions', {}).get('protege')} (no git checkout)")
+        if text not in seen:
+            seen.append(text)
+    return seen
+
+
 def _markdown(arms: dict[str, list[dict[str, Any]]], *, teacher: dict[str, Any], config: Any,
               command: str, tests: dict[str, Any], reference: str, pngs: list[str],
-              note: str) -> list[str]:
+              note: str, made_by: list[str]) -> list[str]:
     budget = config.budget
     first = next(iter(arms.values()))[0]
     if budget.kind == "compute":
@@ -216,32 +241,50 @@ def _markdown(arms: dict[str, list[dict[str, Any]]], *, teacher: dict[str, Any],
         f"test accuracy {100 * teacher['test_accuracy']:.2f} %. Budget ({spent}). "
         f"Seeds: {', '.join(str(s) for s in config.seeds)} (n = {len(config.seeds)}).",
         "",
+        (f"Every record was made by one code version: {made_by[0]}." if len(made_by) == 1
+         else f"**Records of {len(made_by)} code versions are mixed here** (reused with "
+              f"--reuse-stale): {'; '.join(made_by)}."),
+        "",
     ]
     if note:
         lines += [note, ""]
     lines += [
-        "Protocol (identical for every arm): each arm picks the smallest student within "
-        "1 point of the teacher's *validation* accuracy (else its most accurate), fine-tuned "
-        "(search arms: the pick gets `distill.finetune_epochs`; sweeps: every student gets "
-        "its share of the budget), then measures the pick once on the *test* set. "
-        "\"within 1 pt\" counts seeds whose pick's test accuracy is within one point of the "
-        "teacher's. Hypervolume: area dominated by the arm's (val accuracy, MACs ratio) "
-        "points, reference (chance accuracy, 1).", "",
-        "| arm | kind | pick: × fewer MACs | pick test acc % | test Δ (pts) | within 1 pt "
-        "(test) | hypervolume | students | sample-passes | train s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Protocol. What the points and the pick are measured after differs by kind of arm. "
+        "*Search arms*: a front point is a trial's validation accuracy after its brief "
+        "training (a stopped trial: its last epoch), plus every fine-tuned student at its "
+        "fine-tuned accuracy; the pick is the smallest trial within the accuracy limit on "
+        "that *brief* validation accuracy (else the most accurate), then fine-tuned "
+        "(`distill.finetune_epochs`); with `finetunes` > 1 the front is bisected by "
+        "*fine-tuned* validation accuracy and the pick is the smallest that met the limit "
+        "after its fine-tune. *Sweeps* (torch_pruning, uniform): a point is a student's "
+        "validation accuracy after its share of the budget, and the pick is chosen on that "
+        "accuracy. Only the pick is measured on the *test* set, once. \"met val limit\" "
+        "counts seeds whose pick met the limit on validation after its last training; "
+        "\"within 1 pt (test)\" counts seeds whose pick's test accuracy is within one point "
+        "of the teacher's, whether or not it met its validation limit. Hypervolume: area "
+        "dominated by the arm's (val accuracy, MACs ratio) points, reference (chance "
+        "accuracy, 1). Compute in two units: sample-passes (epochs × training samples) and "
+        "MAC-passes (each student's forward MACs × its sample-passes: a small student's "
+        "epoch costs less); the budget is counted in sample-passes.", "",
+        "| arm | kind | pick: × fewer MACs | pick test acc % | test Δ (pts) | met val limit "
+        "| within 1 pt (test) | hypervolume | students | sample-passes | MAC-passes (G) "
+        "| train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm, rows in arms.items():
         red = [_reduction(r) for r in rows]
         acc = [_test_acc(r) for r in rows]
         drop = [100 * (a - teacher["test_accuracy"]) for a in acc]
         within = sum(r["best_macs_ratio_within_1pt"] is not None for r in rows)
+        met = sum(bool((r["pick"] or {}).get("meets_val_limit")) for r in rows)
         lines.append(
             f"| {arm} | {rows[0]['kind']} | {_ms(red, '{:.2f}')} | "
             f"{_ms([100 * a for a in acc], '{:.2f}')} | {_ms(drop, '{:+.2f}')} | "
+            f"{met}/{len(rows)} | "
             f"{within}/{len(rows)} | {_ms([r['hypervolume'] for r in rows], '{:.4f}')} | "
             f"{_ms([float(r['students_trained']) for r in rows], '{:.0f}')} | "
             f"{_ms([float(r['sample_passes']) for r in rows], '{:.0f}')} | "
+            f"{_ms([_gmac(r) for r in rows], '{:.3g}')} | "
             f"{_ms([r['train_seconds'] for r in rows], '{:.0f}')} |")
     lines += ["", f"Paired tests against `{reference}` (differences {reference} − arm, over "
               "the seeds both ran; bootstrap 95 % CI of the mean difference, exact Wilcoxon "
@@ -249,6 +292,12 @@ def _markdown(arms: dict[str, list[dict[str, Any]]], *, teacher: dict[str, Any],
               "| arm | n | Δ hypervolume [95 % CI] | p | Δ log2 MAC reduction [95 % CI] | p "
               "| Δ test acc (pts) [95 % CI] | p |", "| --- | --- | --- | --- | --- | --- | --- "
               "| --- |"]
+    smallest = min((t["hypervolume"]["n"] for t in tests.values()), default=0)
+    if 0 < smallest < 6:
+        lines[-3:-3] = [f"With n = {smallest} seeds an exact two-sided Wilcoxon test cannot "
+                        f"go below p = {2 / 2 ** smallest:.3g}: no difference here can be "
+                        "significant at 0.05 (that takes at least 6 seeds); read the "
+                        "intervals and the per-seed rows instead.", ""]
 
     def cell(t: dict[str, Any], scale: float = 1.0, fmt: str = "{:+.4f}") -> str:
         lo, hi = (scale * v for v in t["ci95"])
@@ -273,18 +322,19 @@ def _markdown(arms: dict[str, list[dict[str, Any]]], *, teacher: dict[str, Any],
         lines += [f"- {arm}: {covered} of {total}" for arm, rows in arms.items() if arm != peer
                   for covered, total in [_covered(arms[peer], rows)]]
     lines += ["", "Per seed:", "",
-              "| arm | seed | pick | × fewer MACs | val acc % | test acc % | within 1 pt | "
-              "hypervolume | sample-passes | train s | wall s |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| arm | seed | pick | × fewer MACs | val acc % | met val limit | test acc % "
+              "| within 1 pt | hypervolume | sample-passes | MAC-passes (G) | train s | wall s |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for arm, rows in arms.items():
         for r in rows:
             p = r["pick"] or {}
             lines.append(
                 f"| {arm} | {r['seed']} | {p.get('source', '—')} | {_reduction(r):.2f} | "
-                f"{100 * p.get('val_accuracy', math.nan):.2f} | {100 * _test_acc(r):.2f} | "
+                f"{100 * p.get('val_accuracy', math.nan):.2f} | "
+                f"{'yes' if p.get('meets_val_limit') else 'no'} | {100 * _test_acc(r):.2f} | "
                 f"{'yes' if r['best_macs_ratio_within_1pt'] is not None else 'no'} | "
-                f"{r['hypervolume']:.4f} | {r['sample_passes']} | {r['train_seconds']:.0f} | "
-                f"{r['wall_seconds']:.0f} |")
+                f"{r['hypervolume']:.4f} | {r['sample_passes']} | {_gmac(r):.3g} | "
+                f"{r['train_seconds']:.0f} | {r['wall_seconds']:.0f} |")
     lines += ["", f"Plots, written next to this file by the command and kept out of git: "
               f"`{pngs[0]}` (hypervolume against students and time, 95 % intervals over "
               f"seeds) and `{pngs[1]}` (every arm's front)."]

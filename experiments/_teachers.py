@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from protege._io import atomic_write
+from protege.common import atomic_write
 from protege.distill import evaluate
 
 __all__ = [

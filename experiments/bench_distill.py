@@ -106,7 +106,7 @@ class _Setup:
         self._outputs: dict[bool, TeacherOutputs] = {}
 
     def outputs(self, config: DistillConfig) -> TeacherOutputs:
-        hints = config.uses_hints and config.teacher == "cached"
+        hints = config.uses_hints and config.teacher_mode == "cached"
         if hints not in self._outputs:
             self._outputs[hints] = cache_teacher_outputs(self.teacher, self.train,
                                                          cache_dir=self.cache_dir, config=config)
@@ -115,22 +115,24 @@ class _Setup:
     def student(self, size: str, init: str, seed: int) -> nn.Module:
         return self.space.materialize(self.students[size][0], init=init, seed=seed)  # type: ignore[arg-type]
 
-    def run(self, config: DistillConfig, size: str, init: str, seed: int) -> tuple[float, float]:
+    def run(self, config: DistillConfig, size: str, init: str, seed: int,
+            module: type[DistillModule] = DistillModule) -> tuple[float, float]:
         result = train_student(self.student(size, init, seed), self.outputs(config), self.val,
-                               config=config.for_init(init), seed=seed, teacher=self.teacher)
+                               config=config.for_init(init), seed=seed, teacher=self.teacher,
+                               module=module)
         return result.val_accuracy, result.seconds
 
 
 def _plain_loop(setup: _Setup, config: DistillConfig, size: str, seed: int) -> float:
     """The same trial as ``train_student`` in a hand-written loop: the Lightning-free cost."""
-    from protege.distill._trainer import _batches  # the identical batching
+    from protege.distill import batch_loader  # the identical batching
 
     torch.manual_seed(seed)
     student = setup.student(size, "inherit", seed)
     outputs = setup.outputs(config)
     if config.samples is not None:
         outputs = outputs.subset(config.samples, seed=0)  # as train_student does
-    loader = _batches(outputs.dataset(), config.batch_size, shuffle=True, seed=seed)
+    loader = batch_loader(outputs.dataset(), config.batch_size, shuffle=True, seed=seed)
     module = DistillModule(student, config=config, total_steps=config.epochs * len(loader))
     start = time.perf_counter()
     opt = module.configure_optimizers()
@@ -187,14 +189,7 @@ class _ManualOptimisation(DistillModule):
 def _swapped(module: type[DistillModule], setup: _Setup, config: DistillConfig, size: str,
              seed: int) -> float:
     """A trial's seconds with ``train_student`` building ``module`` instead."""
-    import protege.distill._trainer as trainer
-
-    original = trainer.DistillModule
-    trainer.DistillModule = module  # type: ignore[misc]
-    try:
-        return setup.run(config, size, "inherit", seed)[1]
-    finally:
-        trainer.DistillModule = original  # type: ignore[misc]
+    return setup.run(config, size, "inherit", seed, module=module)[1]
 
 
 def _per_step_logging(setup: _Setup, config: DistillConfig, size: str, seed: int) -> float:
@@ -222,13 +217,13 @@ def part_cost(setup: _Setup, base: DistillConfig, seeds: int,
         "CE only (Lightning)": lambda s: setup.run(_config(base, loss="ce"), size, "inherit", s)[1],
         "Hinton KD, cached teacher": lambda s: setup.run(base, size, "inherit", s)[1],
         "Hinton KD, online teacher":
-            lambda s: setup.run(_config(base, teacher="online"), size, "inherit", s)[1],
+            lambda s: setup.run(_config(base, teacher_mode="online"), size, "inherit", s)[1],
         "DKD, cached teacher":
             lambda s: setup.run(_config(base, loss="dkd"), size, "inherit", s)[1],
         "Hinton KD + hints, cached":
             lambda s: setup.run(_config(base, hint_weight=1.0), size, "inherit", s)[1],
         "Hinton KD + hints, online":
-            lambda s: setup.run(_config(base, hint_weight=1.0, teacher="online"), size,
+            lambda s: setup.run(_config(base, hint_weight=1.0, teacher_mode="online"), size,
                                 "inherit", s)[1],
         "CE only, plain PyTorch loop": lambda s: _plain_loop(setup, _config(base, loss="ce"),
                                                              size, s),

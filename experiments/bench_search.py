@@ -15,7 +15,7 @@ last trial end, from the study's own timestamps) spent outside student training
 and validation. ``scale`` times one and two worker processes on one storage (a
 journal file; PostgreSQL too when a URL is given); ``ray`` runs the Ray Tune
 backend with one and two trials at a time. Only public APIs are used: the
-``protege`` command for workers, ``protege.search.run_search`` for studies.
+``protege`` command for workers, ``protege.search(...)`` for studies.
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ import optuna
 import torch
 import yaml
 
+import protege
 from protege.experiments import load_task
 from protege.experiments._results import write_section
-from protege.search import Config, run_search
+from protege.search import Config, Outcome
 
 RESULTS = Path(__file__).resolve().parent / "results" / "search.md"
 TITLE = "Search controller on MNIST-1D"
@@ -60,7 +61,10 @@ def _config(**overrides: object) -> Config:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
-    return Config.from_dict(data)
+    return Config.from_dict(data).resolve()
+
+
+TASK = str(yaml.safe_load(CONFIG.read_text())["task"])
 
 
 def _trials_wall(out: Path) -> float:
@@ -73,17 +77,17 @@ def _trials_wall(out: Path) -> float:
 
 
 def _study(config: Config, out: Path) -> dict[str, float]:
-    task = load_task(config.task, seed=0)
+    task = load_task(TASK, seed=0)
     start = time.perf_counter()
-    result = run_search(task.teacher, train=task.train, val=task.val, test=task.test,
-                        example_input=task.example_input, config=config, out=out)
+    result = protege.search(task.teacher, train=task.train, val=task.val, test=task.test,
+                            example_input=task.example_input, config=config, out=out)
     wall = time.perf_counter() - start
     trained = [r for r in result.trials if r.duplicate_of is None]
     train = sum(r.train_seconds or 0.0 for r in trained)
     trials_wall = _trials_wall(out)
 
     def fired(prefix: str) -> int:
-        return sum((r.pruned_reason or "").startswith(prefix) for r in result.trials)
+        return sum((r.reason or "").startswith(prefix) for r in result.trials)
 
     return {
         "wall": wall,
@@ -91,8 +95,8 @@ def _study(config: Config, out: Path) -> dict[str, float]:
         "train": train,
         "overhead_share": 1.0 - train / trials_wall,
         "overhead_per_trial": (trials_wall - train) / len(result.trials),
-        "complete": sum(r.state == "complete" for r in result.trials),
-        "rejected": fired("macs") + fired("params") + fired("latency"),
+        "complete": sum(r.outcome.completed for r in result.trials),
+        "rejected": sum(r.outcome == Outcome.REJECTED for r in result.trials),
         **{rule: fired(rule) for rule in RULES},
         "hypervolume": result.hypervolume,
         "pick_ratio": result.pick.macs / result.teacher.macs if result.pick else float("nan"),
@@ -111,7 +115,7 @@ def _pruning(args: argparse.Namespace, root: Path) -> list[str]:
     for seed in range(args.seeds):
         for arm, rules in ARMS.items():
             config = _config(seed=seed, n_trials=args.trials,
-                             **{f"pruning.{rule}": on for rule, on in rules.items()})
+                             **{f"rules.{rule}": on for rule, on in rules.items()})
             rows[arm].append(_study(config, root / f"{arm.split()[0]}-{seed}"))
             print(arm, seed, json.dumps(rows[arm][-1]), flush=True)
     base = rows["no rule"]
@@ -154,7 +158,7 @@ def _pruning(args: argparse.Namespace, root: Path) -> list[str]:
 def _workers(n: int, trials: int, out: Path, storage: str) -> float:
     """Wall time for ``n`` processes (one torch thread each) to finish ``trials`` trials."""
     # Rules off: every trial trains, so the processes share real work, not skips.
-    rules = [f"pruning.{rule}=false" for rule in RULES]
+    rules = [f"rules.{rule}=false" for rule in RULES]
     common = ["--out", str(out), "--storage", storage, "--set", f"n_trials={trials}",
               "--set", "distill.finetune_epochs=1", *(f"--set={r}" for r in rules)]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -213,18 +217,18 @@ def _reset_postgres(url: str) -> None:
 def _ray(args: argparse.Namespace, root: Path) -> list[str]:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     rows = []
     for concurrent in (1, 2):
         config = _config(n_trials=args.ray_trials, backend="ray",
                          **{"ray.max_concurrent": concurrent, "ray.scheduler": "fifo",
                             "ray.cpus_per_trial": 1, "distill.finetune_epochs": 1})
-        task = load_task(config.task, seed=0)
+        task = load_task(TASK, seed=0)
         out = root / f"ray-{concurrent}"
         start = time.perf_counter()
-        result = run_search(task.teacher, train=task.train, val=task.val,
-                            example_input=task.example_input, config=config, out=out)
+        result = protege.search(task.teacher, train=task.train, val=task.val,
+                                example_input=task.example_input, config=config, out=out)
         wall = time.perf_counter() - start - (result.pick.finetune_seconds if result.pick else 0)
         train = sum(r.train_seconds or 0.0 for r in result.trials)
         rows.append((concurrent, wall, train, len(result.trials)))

@@ -6,29 +6,42 @@ import argparse
 import json
 import signal
 import threading
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from protege._io import atomic_write
+from protege.common import atomic_write
 
-__all__ = ["add_run_folder_commands", "task_of"]
+__all__ = ["add_run_folder_commands", "open_run_study", "task_of"]
 
 _RUN_DIR = "run folder written by `protege run`, e.g. runs/mnist1d"
 
 
-def task_of(config: Any, path: Path) -> Any:
-    """The benchmark task a run was made on; a run made from Python has none."""
+def task_of(run: Any) -> Any:
+    """The benchmark task a run folder was made on (its ``task:`` key); a run made from
+    Python has none."""
     from protege.experiments import available_tasks, load_task
 
-    if config.task not in available_tasks():
+    name = run.source.get("task")
+    if name not in available_tasks():
         raise ValueError(
-            f"{path}: task {config.task!r} is not a protege benchmark task (a run made from "
-            "Python): the CLI cannot rebuild its teacher. From Python: student = "
-            "protege.load_student(teacher, 'best/arch.json', 'best/student.pt'), then "
-            "protege.search.export_onnx(student, example_input, 'student.onnx')")
-    return load_task(config.task, seed=config.seed)
+            f"{run.path}: {'task ' + repr(name) if name else 'no task'} is not a protege "
+            "benchmark task (a run made from Python): the CLI cannot rebuild its teacher. From "
+            "Python: student = protege.load_student(teacher, 'best/arch.json', "
+            "'best/student.pt'), then export_onnx(student, example_input, 'student.onnx') "
+            "(from protege.search import export_onnx)")
+    return load_task(name, seed=run.config.seed)
+
+
+def open_run_study(run: Any, *, accelerator: str = "cpu") -> tuple[Any, Any]:
+    """The task and the :class:`protege.Study` of a run folder, opened again from it."""
+    import protege
+
+    task = task_of(run)
+    study = protege.create_study(task.teacher, train=task.train, val=task.val, test=task.test,
+                                 example_input=task.example_input, config=run.config,
+                                 out=run.path, accelerator=accelerator, source=run.source)
+    return task, study
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -66,7 +79,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from protege.search import (
         export_onnx,
         export_torchscript,
-        finetune_trial,
         load_run,
         quantize_int8,
         write_report,
@@ -79,13 +91,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if number is None:
         raise ValueError(f"{run.path}: no student was picked yet (finish the search with "
                          f"`protege resume {run.path}`), or pass --trial N")
-    task = task_of(run.config, run.path)
+    run.record(number)  # no such trial: one line, before the teacher is loaded
+    task, study = open_run_study(run, accelerator=args.accelerator)
     if not args.quiet and not (run.pick is not None and run.pick.trial == number):
         print(f"fine-tuning trial {number} as the pick was "
               f"({run.config.distill.finetune_epochs} epochs)...", flush=True)
-    folder, student = finetune_trial(run, task.teacher, number=number, train=task.train,
-                                     val=task.val, example_input=task.example_input,
-                                     test=task.test, accelerator=args.accelerator)
+    folder, student = study.finetune(number)
     student = student.cpu().eval()
     evaluation = task.test if task.test is not None else task.val
     check_inputs = _first(evaluation, 256)

@@ -2,7 +2,7 @@
 
 A line carries the study's count against its budget with elapsed time and an ETA,
 what became of the trial, the current front's size, the best pick so far and the
-counts of rejected, pruned and failed trials. No carriage returns or bars: the same
+counts of rejected, skipped, stopped and failed trials. No carriage returns or bars: the same
 text reads well in a plain log (Lightning's own bars are off during trials).
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from protege.search import TrialRecord, pareto_indices, read_records, trial_outcome
+from protege.search import Outcome, TrialRecord, pareto_indices, read_records
 
 __all__ = ["TrialProgress", "clock"]
 
@@ -81,32 +81,31 @@ class TrialProgress:
         """The progress line after ``record`` finished."""
         self.here += 1
         records = self._records(record)
-        kinds = [trial_outcome(r) for r in records]
+        kinds = [r.outcome.value for r in records]
         done = sum(kind not in ("failed", "running") for kind in kinds)
         elapsed = time.perf_counter() - self.start
         left = max(self.total - done, 0)
         eta = clock(elapsed / self.here * left) if left else "0:00"
-        kind = trial_outcome(record)
+        kind = record.outcome.value
         head = (f"trial {record.number:>3} [{done}/{self.total} {clock(elapsed)} ETA {eta}] "
                 f"{kind:<8}")
         if kind in ("trained", "reused"):
             note = f" (as trial {record.duplicate_of})" if record.duplicate_of is not None else ""
             what = (f"acc {record.accuracy:.4f} MACs {_ratio(record.macs, self.teacher_macs)} "
                     f"{record.train_seconds or 0:.1f}s{note}")
-        elif kind == "failed":
-            what = record.error or "unknown error"
         else:
-            what = record.pruned_reason or ""
+            what = record.reason or ("no reason recorded" if record.outcome == Outcome.FAILED
+                                     else "")
         trained = [r for r, k in zip(records, kinds, strict=True)
                    if k == "trained" and r.accuracy is not None]
         front = pareto_indices([(r.accuracy or 0.0, float(r.macs or 0)) for r in trained])
         best = self._best(trained)
         pick = (f"best #{best.number} {_ratio(best.macs, self.teacher_macs)} "
                 f"acc {best.accuracy:.4f}" if best is not None else "best -")
-        pruned = kinds.count("skipped") + kinds.count("stopped")
-        counts = (f"rejected {kinds.count('rejected')} pruned {pruned} "
-                  f"failed {kinds.count('failed')}")
+        counts = (f"rejected {kinds.count('rejected')} skipped {kinds.count('skipped')} "
+                  f"stopped {kinds.count('stopped')} failed {kinds.count('failed')}")
         return f"{head} {what} | front {len(front)}, {pick} | {counts}"
 
-    def __call__(self, record: TrialRecord) -> None:
+    def __call__(self, study: Any, record: TrialRecord) -> None:
+        """A :data:`protege.search.TrialCallback`: print the line after ``record``."""
         print(self.line(record), file=self.stream, flush=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from protege._cli_runs import add_run_folder_commands
-from protege._errors import describe
 from protege._logging import set_verbosity
+from protege.common import describe
 
 __all__ = ["main"]
 
@@ -42,35 +42,48 @@ def _front_table(result) -> str:  # type: ignore[no-untyped-def]
     return "\n".join(lines)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from protege._progress import TrialProgress
-    from protege.estimators import count_macs
+def _load_run_file(path: str, overrides: list[str]) -> tuple[Any, Any, dict[str, Any]]:
+    """The task (teacher and data), the config and the source keys of a YAML run file."""
+    from protege.common import read_yaml
     from protege.experiments import load_task
-    from protege.search import load_config, load_run, run_search
+    from protege.search import SOURCE_KEYS, Config, apply_overrides
+
+    data = apply_overrides(read_yaml(path), overrides)
+    source = {key: data[key] for key in SOURCE_KEYS if key in data}
+    config = Config.from_dict(data).resolve()
+    task = load_task(str(source.get("task", "mnist1d")), seed=config.seed)
+    return task, config, {"task": task.name}
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import protege
+    from protege._progress import TrialProgress
+    from protege.search import load_run
 
     overrides = list(args.set)
     if args.storage:
         overrides.append(f"storage={args.storage}")
-    config = load_config(args.config, overrides)
+    task, config, source = _load_run_file(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    task = load_task(config.task, seed=config.seed)
     quiet = args.quiet
     if not quiet:
         print(f"task {task.name}: teacher ready ({_teacher_line(task)})", flush=True)
-    progress = TrialProgress(
-        total=config.n_trials, teacher_accuracy=task.teacher_info.get("val_accuracy"),
-        teacher_macs=count_macs(task.teacher, task.example_input)[0],
-        max_accuracy_drop=config.constraints.max_accuracy_drop,
-        records_file=out / "trials.jsonl")
     start = time.perf_counter()
     worker = args.command == "worker"
-    result = run_search(task.teacher, train=task.train, val=task.val, test=task.test,
-                        example_input=task.example_input, config=config, out=out,
-                        callbacks=[] if quiet else [progress], accelerator=args.accelerator,
-                        worker=worker)
+    study = protege.create_study(task.teacher, train=task.train, val=task.val, test=task.test,
+                                 example_input=task.example_input, config=config, out=out,
+                                 accelerator=args.accelerator, worker=worker, source=source)
+    progress = TrialProgress(
+        total=config.trials, teacher_accuracy=study.profile.val_accuracy,
+        teacher_macs=study.profile.macs, max_accuracy_drop=config.constraints.max_accuracy_drop,
+        records_file=out / "trials.jsonl")
+    study.optimize(callbacks=[] if quiet else [progress])
     if worker:
-        print(f"worker done: the study holds {len(result.trials)} trials")
+        print(f"worker done: the study holds {len(study.trials)} trials")
         return 0
+    if not quiet:
+        print("picking, fine-tuning and exporting the pick...", flush=True)
+    result = study.finish()
     if not quiet:
         print(f"\nPareto front ({len(result.front)} of {len(result.trials)} trials), "
               f"hypervolume {result.hypervolume:.4f}:")
@@ -130,7 +143,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     words = ["protege", "compare", args.config, *(["--out", args.out] if args.out else []),
              *(w for item in args.set for w in ("--set", item)),
-             *(["--workers", str(args.workers)] if args.workers else [])]
+             *(["--workers", str(args.workers)] if args.workers else []),
+             *(["--reuse-stale"] if args.reuse_stale else [])]
     jobs = len(config.arms) * len(config.seeds)
     start = time.perf_counter()
     seen = 0
@@ -146,7 +160,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
               f"test {100 * (test or float('nan')):.2f} %, hypervolume "
               f"{record.hypervolume:.4f}, {record.students_trained} students", flush=True)
 
-    records = run_compare(config, out=out, progress=progress)
+    records = run_compare(config, out=out, progress=progress, reuse_stale=args.reuse_stale)
     paths = write_compare_report(records, config=config, command=shlex.join(words),
                                  results_dir=args.results, note=args.note or "")
     print(paths["md"].read_text().split("\nPaired tests")[0])
@@ -223,6 +237,9 @@ def _add_compare(commands: Any, common: argparse.ArgumentParser) -> None:
     compare.add_argument("--workers", type=int, default=0,
                          help="arm-seed runs in parallel processes (default: the config's)")
     compare.add_argument("--note", help="a sentence the report carries above its table")
+    compare.add_argument("--reuse-stale", action="store_true",
+                         help="reuse finished arms made by other code or another config "
+                              "(refused by default; the report then names every commit)")
     compare.set_defaults(func=_cmd_compare)
 
 

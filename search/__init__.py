@@ -1,43 +1,49 @@
-"""The search controller: strategies, limits, the trial function, the front and the pick.
+"""The search controller: strategies, limits, the one trial function, rules, backends,
+the front, and the study that composes them.
 
-The module is callable: ``protege.search(teacher, train=..., val=..., example_input=...)``
-runs a study (see :func:`protege.search.search`).
+``protege.create_study`` / ``protege.search`` are the entry points (re-exported by
+the facade). What a run writes and returns has its own subpackages:
+``protege.search.pick`` (which student is returned), ``protege.search.export``
+(student files, ONNX, int8), ``protege.search.runfolder`` (reading a run folder
+back) and ``protege.search.report`` (the report and plots).
 """
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import Any
-
-from protege.search._api import search
 from protege.search._config import (
+    SOURCE_KEYS,
     Config,
     ConfigError,
     Constraints,
-    PruningConfig,
+    RayConfig,
+    RulesConfig,
+    SpaceConfig,
     apply_overrides,
     load_config,
 )
-from protege.search._export import load_student
-from protege.search._onnx import (
+from protege.search._pareto import hypervolume, pareto_indices
+from protege.search._profile import TeacherProfile
+from protege.search._records import Outcome, Pick, TrialRecord
+from protege.search._rules import CurveRule, GainRule, PredictorRule, TrialRule
+from protege.search._stages import create_study, search
+from protege.search._storage import StorageError
+from protege.search._strategies import STRATEGIES, make_sampler
+from protege.search._study import SearchResult, Study, TooManyFailures, TrialCallback
+from protege.search._trial import TrialResult, run_trial
+from protege.search.export import (
     ExportCheck,
     Int8Result,
     ModelFigures,
     export_onnx,
     export_torchscript,
+    load_student,
     quantize_int8,
 )
-from protege.search._pareto import hypervolume, pareto_indices
-from protege.search._pruning import CurveRule, GainRule, PredictorRule, PruningRule
-from protege.search._records import Pick, TeacherProfile, TrialRecord
-from protege.search._report import write_report
-from protege.search._retrain import finetune_trial
-from protege.search._run import RunFolder, load_run, read_records, trial_outcome
-from protege.search._strategies import STRATEGIES, make_sampler
-from protege.search._study import SearchResult, TooManyFailures, TrialCallback, run_search
+from protege.search.report import write_report
+from protege.search.runfolder import RunFolder, load_run, read_records
 
 __all__ = [
+    "SOURCE_KEYS",
     "STRATEGIES",
     "Config",
     "ConfigError",
@@ -47,20 +53,26 @@ __all__ = [
     "GainRule",
     "Int8Result",
     "ModelFigures",
+    "Outcome",
     "Pick",
     "PredictorRule",
-    "PruningConfig",
-    "PruningRule",
+    "RayConfig",
+    "RulesConfig",
     "RunFolder",
     "SearchResult",
+    "SpaceConfig",
+    "StorageError",
+    "Study",
     "TeacherProfile",
     "TooManyFailures",
     "TrialCallback",
     "TrialRecord",
+    "TrialResult",
+    "TrialRule",
     "apply_overrides",
+    "create_study",
     "export_onnx",
     "export_torchscript",
-    "finetune_trial",
     "hypervolume",
     "load_config",
     "load_run",
@@ -69,18 +81,7 @@ __all__ = [
     "pareto_indices",
     "quantize_int8",
     "read_records",
-    "run_search",
+    "run_trial",
     "search",
-    "trial_outcome",
     "write_report",
 ]
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``protege.search(...)`` run a study while ``protege.search.X`` stays a module."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> SearchResult:
-        return search(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

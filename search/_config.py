@@ -1,7 +1,10 @@
-"""Run configuration: frozen dataclasses read from YAML with a safe loader.
+"""Run configuration: frozen, keyword-only dataclasses read from YAML with a safe loader.
 
 A config is strict: an unknown key, a value of the wrong type or a value out of
 range raises :class:`ConfigError` naming the key, before anything is computed.
+Defaults that depend on other keys (trials and epochs by level, the KD temperature
+by ``init``) are left as None and filled by one explicit step, :meth:`Config.resolve`,
+so a config means the same however it was built.
 """
 
 from __future__ import annotations
@@ -15,17 +18,22 @@ from typing import Any
 
 import yaml
 
+from protege.common import ConfigError, read_yaml, require
 from protege.distill import DistillConfig
 from protege.search._strategies import STRATEGIES
 
-__all__ = ["Config", "ConfigError", "Constraints", "PruningConfig", "RayConfig", "SpaceConfig",
-           "apply_overrides", "load_config"]
+__all__ = ["SOURCE_KEYS", "Config", "ConfigError", "Constraints", "RayConfig", "RulesConfig",
+           "SpaceConfig", "apply_overrides", "load_config"]
+
+SOURCE_KEYS = ("task", "teacher", "data")
+"""Top-level keys of a run file that say where the teacher and data come from: read by the
+CLI and the experiments layer (``protege.experiments``), never by the controller."""
 
 OBJECTIVES = ("accuracy", "macs", "params", "latency")
 """Objectives a study can have: accuracy first (maximised), then the costs (minimised)."""
 INITS = ("inherit", "scratch")
 LEVEL_TRIALS = {1: 30, 2: 50, 3: 80}
-"""Trials a study runs when ``n_trials`` is 0, by space level."""
+"""Trials a study runs when ``n_trials`` is not given, by space level."""
 LEVEL_EPOCHS = {1: 4, 2: 5, 3: 6}
 """Epochs of a trial when the config gives no ``distill.epochs``, by space level.
 
@@ -35,16 +43,10 @@ further from the teacher, so the larger spaces give each trial more.
 """
 
 
-class ConfigError(ValueError):
-    """A configuration key is unknown or its value is invalid."""
+_check = require
 
 
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Constraints:
     """Limits a student must meet to be picked.
 
@@ -82,9 +84,9 @@ class Constraints:
         return absolute(self.max_macs, teacher_macs), absolute(self.max_params, teacher_params)
 
 
-@dataclasses.dataclass(frozen=True)
-class PruningConfig:
-    """protege's own multi-objective pruning rules (Optuna's pruners are single-objective).
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RulesConfig:
+    """protege's rules that skip or stop students (Optuna's pruners are single-objective).
 
     Args:
         curve: Stop a training trial whose accuracy, even with the largest late gain
@@ -118,19 +120,19 @@ class PruningConfig:
     max_failed_fraction: float = 0.5
 
     def __post_init__(self) -> None:
-        _check(self.min_trials >= 1, "pruning.min_trials", f"must be >= 1, got {self.min_trials}")
-        _check(0.0 <= self.margin < 1.0, "pruning.margin", f"must be in [0, 1), got {self.margin}")
-        _check(self.predictor_min_trials >= 2, "pruning.predictor_min_trials",
+        _check(self.min_trials >= 1, "rules.min_trials", f"must be >= 1, got {self.min_trials}")
+        _check(0.0 <= self.margin < 1.0, "rules.margin", f"must be in [0, 1), got {self.margin}")
+        _check(self.predictor_min_trials >= 2, "rules.predictor_min_trials",
                f"must be >= 2, got {self.predictor_min_trials}")
-        _check(0.5 <= self.predictor_threshold <= 1.0, "pruning.predictor_threshold",
+        _check(0.5 <= self.predictor_threshold <= 1.0, "rules.predictor_threshold",
                f"must be in [0.5, 1], got {self.predictor_threshold}")
-        _check(0.0 <= self.min_gain < 1.0, "pruning.min_gain",
+        _check(0.0 <= self.min_gain < 1.0, "rules.min_gain",
                f"must be in [0, 1), got {self.min_gain}")
-        _check(0.0 < self.max_failed_fraction <= 1.0, "pruning.max_failed_fraction",
+        _check(0.0 < self.max_failed_fraction <= 1.0, "rules.max_failed_fraction",
                f"must be in (0, 1], got {self.max_failed_fraction}")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SpaceConfig:
     """How the search space is derived from the teacher (see ``protege.spaces.derive``).
 
@@ -156,7 +158,7 @@ class SpaceConfig:
                 "ignored": self.ignored}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RayConfig:
     """Settings of the Ray Tune backend.
 
@@ -165,13 +167,15 @@ class RayConfig:
             to); None starts a local Ray.
         cpus_per_trial: CPUs Ray reserves for each trial (also its torch threads).
         max_concurrent: Trials running at once; None lets Ray fill the CPUs.
-        scheduler: ``asha`` stops trials early by accuracy; ``fifo`` never does.
+        scheduler: ``fifo`` (the default) leaves stopping to protege's rules, as on every
+            backend; ``asha`` also lets Ray Tune's ASHA stop trials, on accuracy alone
+            (it favours large students).
     """
 
     address: str | None = None
     cpus_per_trial: float = 1.0
     max_concurrent: int | None = None
-    scheduler: str = "asha"
+    scheduler: str = "fifo"
 
     def __post_init__(self) -> None:
         _check(self.cpus_per_trial > 0, "ray.cpus_per_trial",
@@ -182,16 +186,19 @@ class RayConfig:
                f"must be asha or fifo, got {self.scheduler!r}")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
     """One search experiment, as written in its YAML file.
 
+    Where the teacher and the data come from (``task:``, ``teacher:``, ``data:`` in a
+    run file) is not the controller's business: the CLI and ``protege.experiments``
+    read those keys (:data:`SOURCE_KEYS`).
+
     Args:
-        task: Name of a benchmark task (``protege.experiments.load_task``).
         level: Size of the search space (1: width per coupled-channel group).
         strategy: Search strategy, a name in ``protege.search.STRATEGIES``.
-        n_trials: Total number of trials in the study, resumed ones included; 0 takes
-            the level's preset (:data:`LEVEL_TRIALS`): larger spaces get more trials.
+        n_trials: Total number of trials in the study, resumed ones included; None
+            (or 0) takes the level's preset (:data:`LEVEL_TRIALS`) in :meth:`resolve`.
         seed: Seed of the task split, the teacher, the sampler and every trial.
         timeout: Optional wall-clock bound of the search in seconds.
         objectives: ``accuracy`` followed by one or two costs (``macs``, ``params``).
@@ -201,9 +208,9 @@ class Config:
         space: How the search space is derived (option overrides, stages).
         constraints: Limits the pick must meet.
         distill: Distillation settings of trials and the final fine-tune; without
-            ``distill.epochs`` in the file, trials get the level's preset
-            (:data:`LEVEL_EPOCHS`).
-        pruning: Rules that stop hopeless trials (in-process and worker backends).
+            ``distill.epochs``, trials get the level's preset (:data:`LEVEL_EPOCHS`)
+            and without ``distill.temperature`` the one of ``init``, in :meth:`resolve`.
+        rules: Rules that skip or stop hopeless students (every backend).
         finetunes: Final fine-tunes the pick may spend. 1: fine-tune the smallest
             trial within the accuracy limit (else the most accurate one). ``k`` > 1:
             then bisect the (accuracy, MACs) front by fine-tuned accuracy, below that
@@ -215,10 +222,9 @@ class Config:
         ray: Settings of the Ray Tune backend.
     """
 
-    task: str = "mnist1d"
     level: int = 1
     strategy: str = "tpe"
-    n_trials: int = 0
+    n_trials: int | None = None
     seed: int = 0
     timeout: float | None = None
     objectives: tuple[str, ...] = ("accuracy", "macs")
@@ -227,7 +233,7 @@ class Config:
     space: SpaceConfig = dataclasses.field(default_factory=SpaceConfig)
     constraints: Constraints = dataclasses.field(default_factory=Constraints)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
-    pruning: PruningConfig = dataclasses.field(default_factory=PruningConfig)
+    rules: RulesConfig = dataclasses.field(default_factory=RulesConfig)
     finetunes: int = 1
     backend: str = "optuna"
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
@@ -236,10 +242,8 @@ class Config:
         _check(self.level in (1, 2, 3), "level", f"must be 1, 2 or 3, got {self.level}")
         _check(self.strategy in STRATEGIES, "strategy",
                f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
-        _check(self.n_trials >= 0, "n_trials",
-               f"must be >= 1 (or 0 for the level's preset), got {self.n_trials}")
-        if self.n_trials == 0 and self.level in LEVEL_TRIALS:
-            object.__setattr__(self, "n_trials", LEVEL_TRIALS[self.level])
+        _check(self.n_trials is None or self.n_trials >= 0, "n_trials",
+               f"must be >= 1 (or 0 / null for the level's preset), got {self.n_trials}")
         _check(self.timeout is None or self.timeout > 0, "timeout",
                f"must be positive, got {self.timeout}")
         costs = self.objectives[1:]
@@ -256,8 +260,24 @@ class Config:
         _check(self.backend in ("optuna", "ray"), "backend",
                f"must be optuna or ray, got {self.backend!r}")
         _check(self.init in INITS, "init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
-        # Distillation defaults that depend on how students start (the KD temperature).
-        object.__setattr__(self, "distill", self.distill.for_init(self.init))
+
+    @property
+    def trials(self) -> int:
+        """The study's budget of trials (the level's preset when ``n_trials`` is unset)."""
+        return self.n_trials or LEVEL_TRIALS[self.level]
+
+    def resolve(self) -> Config:
+        """This config with every default that depends on other keys filled in.
+
+        ``n_trials`` by level (:data:`LEVEL_TRIALS`), ``distill.epochs`` by level
+        (:data:`LEVEL_EPOCHS`), ``distill.temperature`` by ``init``. Idempotent; the
+        controller resolves every config it is given, so ``Config(level=3)`` and
+        ``Config.from_dict({"level": 3})`` train alike.
+        """
+        distill = self.distill
+        if distill.epochs is None:
+            distill = dataclasses.replace(distill, epochs=LEVEL_EPOCHS[self.level])
+        return dataclasses.replace(self, n_trials=self.trials, distill=distill.for_init(self.init))
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML-able mapping of every key."""
@@ -267,13 +287,17 @@ class Config:
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
         """Build a config from a mapping, naming any unknown key or bad value.
 
-        A mapping without ``distill.epochs`` gets the level's preset epochs.
+        The run-file keys of :data:`SOURCE_KEYS` are left to the caller and ignored
+        here; ``pruning:`` and ``distill.teacher`` (the names of ``rules:`` and
+        ``distill.teacher_mode`` in run folders written before) are read as the new ones.
         """
+        data = {key: value for key, value in data.items() if key not in SOURCE_KEYS}
+        if "pruning" in data and "rules" not in data:
+            data["rules"] = data.pop("pruning")
         distill = data.get("distill")
-        level = data.get("level", 1)
-        if (distill is None or isinstance(distill, Mapping)) and level in LEVEL_EPOCHS \
-                and "epochs" not in (distill or {}):
-            data = {**data, "distill": {**(distill or {}), "epochs": LEVEL_EPOCHS[level]}}
+        if isinstance(distill, Mapping) and "teacher" in distill:  # its name before 0.2
+            data["distill"] = {("teacher_mode" if key == "teacher" else key): value
+                               for key, value in distill.items()}
         return _build(cls, data, prefix="")
 
 
@@ -366,17 +390,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config with a safe loader, apply ``--set`` overrides and validate it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
-    return Config.from_dict(apply_overrides(data, overrides or []))
+    """Read a YAML run file with a safe loader, apply ``--set`` overrides and validate it.
+
+    The keys of :data:`SOURCE_KEYS` (where the teacher and data come from) are not
+    the controller's and are left out of the returned config.
+    """
+    return Config.from_dict(apply_overrides(read_yaml(path), overrides or []))

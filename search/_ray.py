@@ -1,10 +1,18 @@
-"""The Ray Tune backend: the same student evaluation, scheduled by Ray.
+"""The Ray Tune backend: the one trial function, scheduled on a Ray cluster.
 
-Ray Tune calls a function trainable per trial, with Optuna as its searcher (the
-same seeded sampler as the in-process backend, on the same run-folder storage)
-and ASHA as its scheduler. Results come back as protege's own trial records, so
-the run folder looks the same whichever backend ran. Ray adds a per-trial cost
-(``experiments/results/search.md``): it pays off on a cluster, not for
+The driver keeps protege's Optuna study (the same seeded sampler and storage as the
+in-process backend) and serves it to Ray Tune as a searcher: it asks the study for
+an architecture, ships it with the records the rules judge against, and tells the
+study the :class:`~protege.search._trial.TrialResult` that comes back. Each Ray
+trial runs :func:`~protege.search._trial.run_trial`, so limits, reuse of identical
+students, the rules and the typed outcomes are those of every other backend; a
+rejected student is a rejected record.
+
+Nothing a trial needs travels through a file system: the evaluator (the space, the
+cached teacher outputs, the validation data) goes through Ray's object store
+(``tune.with_parameters``), the architecture and the finished records through the
+trial's config, the result through Tune's reported metrics. Ray adds a per-trial
+cost (``experiments/results/search.md``): it pays off on a cluster, not for
 second-long trials on one machine.
 """
 
@@ -12,23 +20,34 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
-import zlib
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from protege.search._config import Config
-from protege.search._objective import StudentEvaluator
-from protege.search._records import TrialRecord
-from protege.search._storage import open_storage
-from protege.search._strategies import make_sampler
+import optuna
+from optuna.trial import TrialState
+
+from protege.search import _attrs as attrs
+from protege.search._records import Outcome, TrialRecord
+from protege.search._storage import worker_id
+from protege.search._trial import (
+    StudentEvaluator,
+    TrialResult,
+    finished_records,
+    run_trial,
+    suggest_arch,
+    write_result,
+)
+
+if TYPE_CHECKING:
+    from protege.search._study import Study, TrialCallback
 
 __all__ = ["run_ray"]
 
 logger = logging.getLogger(__name__)
 
-_EXPERIMENT = "ray"
+_RESULT = "protege_result"
+"""The metric that carries a trial's :class:`TrialResult` (as JSON) back to the driver."""
 
 
 def _import_ray() -> Any:
@@ -41,108 +60,121 @@ def _import_ray() -> Any:
 
 
 def _trainable(params: dict[str, Any], evaluator: StudentEvaluator) -> None:
-    """One Ray trial: the same build / check / distil as the Optuna backend."""
+    """One Ray trial: :func:`run_trial` on the architecture the driver's study asked for."""
     import torch
     from ray import tune
 
     torch.set_num_threads(max(1, int(evaluator.config.ray.cpus_per_trial)))
-    arch = evaluator.space.repair({name: options[int(params[name])]
-                                   for name, options in evaluator.space.choices.items()})
-    # Ray's trial ids are random: seed from the architecture so reruns repeat.
-    number = zlib.crc32(json.dumps(arch, sort_keys=True).encode()) % 1_000_003
-    student, costs = evaluator.build(arch, number)
-    base = {**costs, "arch": arch}
-    reason = evaluator.limits.reason(costs)
-    if reason is not None:
-        # The searcher needs values: a rejected student is the worst possible accuracy.
-        tune.report({"accuracy": 0.0, "rejected": reason, "history": [], **base})
-        return
-    history: list[float] = []
-    start = time.perf_counter()
+    finished = [TrialRecord.from_dict(data) for data in params["finished"]]
 
-    def report(epoch: int, accuracy: float) -> None:
-        history.append(accuracy)
-        tune.report({"accuracy": accuracy, "history": list(history),
-                     "train_seconds": round(time.perf_counter() - start, 3), **base})
+    def on_epoch(epoch: int, accuracy: float) -> None:
+        tune.report({"accuracy": accuracy, "epoch": epoch + 1})
 
-    evaluator.train(student, number, report)
+    result = run_trial(evaluator, params["arch"], number=int(params["number"]),
+                       finished=finished, on_epoch=on_epoch)
+    tune.report({"accuracy": result.accuracy or 0.0, _RESULT: json.dumps(result.to_dict())})
 
 
-def _record(number: int, result: Any, epochs: int) -> TrialRecord:
-    metrics = result.metrics or {}
-    arch = metrics.get("arch") or {}
-    history = tuple(metrics.get("history") or ())
-    common: dict[str, Any] = {"number": number, "arch": arch, "history": history,
-                              "macs": _int(metrics.get("macs")),
-                              "params": _int(metrics.get("params")),
-                              "latency_ms": metrics.get("latency"),
-                              "train_seconds": metrics.get("train_seconds")}
-    if result.error is not None:
-        lines = str(result.error).strip().splitlines() or [type(result.error).__name__]
-        return TrialRecord(state="failed", error=lines[-1].strip(), **common)
-    if metrics.get("rejected"):
-        return TrialRecord(state="pruned", pruned_reason=metrics["rejected"], **common)
-    done = len(history)
-    if done < epochs:
-        return TrialRecord(state="pruned", accuracy=None, **common,
-                           pruned_reason=f"asha: stopped after epoch {done}/{epochs}")
-    return TrialRecord(state="complete", accuracy=metrics.get("accuracy"), **common)
+def _searcher_class() -> type:
+    from ray.tune.search import Searcher
+
+    class StudySearcher(Searcher):  # type: ignore[misc]
+        """Ray Tune's searcher backed by protege's Optuna study (ask / tell)."""
+
+        def __init__(self, study: Study, *, budget: int, deadline: float | None,
+                     callbacks: Sequence[TrialCallback]) -> None:
+            super().__init__(metric="accuracy", mode="max")
+            self.study = study
+            self.budget = budget
+            self.deadline = deadline
+            self.callbacks = callbacks
+            self.pending: dict[str, optuna.Trial] = {}
+
+        def _active(self) -> int:
+            return sum(t.state != TrialState.FAIL for t in
+                       self.study.optuna_study.get_trials(deepcopy=False))
+
+        def suggest(  # type: ignore[override]  # Tune documents FINISHED, a str
+                self, trial_id: str) -> dict[str, Any] | str | None:
+            timed_out = self.deadline is not None and time.monotonic() > self.deadline
+            if self.study.stopped or timed_out or self._active() >= self.budget:
+                # Trials still running may fail and free a slot: wait for them.
+                return None if self.pending and not (self.study.stopped or timed_out) \
+                    else Searcher.FINISHED
+            optuna_study = self.study.optuna_study
+            trial = optuna_study.ask()
+            trial.set_user_attr(attrs.WORKER, worker_id())
+            arch = suggest_arch(trial, self.study.space)
+            trial.set_user_attr(attrs.ARCH, arch)
+            self.pending[trial_id] = trial
+            finished = finished_records(optuna_study, before=trial.number)
+            return {"number": trial.number, "arch": arch,
+                    "finished": [r.to_dict() for r in finished]}
+
+        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                              error: bool = False) -> None:
+            trial = self.pending.pop(trial_id, None)
+            if trial is None:
+                return
+            arch = trial.user_attrs.get(attrs.ARCH, {})
+            if result is not None and _RESULT in result:
+                outcome = TrialResult.from_dict(json.loads(result[_RESULT]))
+            elif not error and result is not None and "epoch" in result:
+                outcome = TrialResult(outcome=Outcome.STOPPED, arch=arch,
+                                      reason=f"asha: stopped after epoch {result['epoch']}")
+            else:
+                outcome = TrialResult(outcome=Outcome.FAILED, arch=arch,
+                                      reason="the Ray trial died (see the Ray logs)")
+            evaluator = self.study.evaluator
+            write_result(trial, outcome, evaluator)
+            if outcome.outcome.completed:
+                assert outcome.accuracy is not None
+                self.study.optuna_study.tell(
+                    trial, list(evaluator.objectives(outcome.accuracy, outcome.costs)))
+            else:
+                self.study.optuna_study.tell(trial, state=TrialState.FAIL
+                                             if outcome.outcome == Outcome.FAILED
+                                             else TrialState.PRUNED)
+            record = outcome.record(trial.number)
+            for callback in self.callbacks:
+                callback(self.study, record)
+
+    return StudySearcher
 
 
-def _int(value: Any) -> int | None:
-    return None if value is None else int(value)
+def run_ray(study: Study, *, budget: int, deadline: float | None,
+            callbacks: Sequence[TrialCallback]) -> None:
+    """Run ``study``'s trials under Ray Tune until it holds ``budget`` of them.
 
-
-def run_ray(evaluator: StudentEvaluator, *, config: Config, out: Path) -> list[TrialRecord]:
-    """Run the study's trials under Ray Tune and return their records by trial order.
-
-    Running again with the same ``out`` restores the Tune experiment (and its
-    searcher) and runs only the missing trials.
+    The study's storage is the driver's; a rerun on the same run folder resumes from
+    the study (trials a dead driver left running are failed and run again).
     """
     ray = _import_ray()
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
+    config = study.config
     if not ray.is_initialized():
-        ray.init(address=config.ray.address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-    costs = list(config.objectives[1:])
-    searcher = OptunaSearch(
-        metric=["accuracy", *costs], mode=["max"] + ["min"] * len(costs),
-        sampler=make_sampler(config.strategy, seed=config.seed, n_trials=config.n_trials),
-        storage=open_storage(config.storage, out), study_name="protege-ray", seed=config.seed,
-    )
-    epochs = config.distill.trial_epochs(len(evaluator.outputs.targets))
-    scheduler = (ASHAScheduler(metric="accuracy", mode="max", max_t=epochs, grace_period=1)
+        # No address starts a Ray of its own: without "local", Ray would join whatever
+        # cluster /tmp/ray/ray_current_cluster last named, even one long gone.
+        ray.init(address=config.ray.address or "local", include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    epochs = config.distill.trial_epochs(len(study.outputs.targets))
+    scheduler = (ASHAScheduler(metric="accuracy", mode="max", time_attr="epoch",
+                               max_t=epochs, grace_period=1)
                  if config.ray.scheduler == "asha" else FIFOScheduler())
-    trainable = tune.with_resources(tune.with_parameters(_trainable, evaluator=evaluator),
+    searcher = _searcher_class()(study, budget=budget, deadline=deadline, callbacks=callbacks)
+    trainable = tune.with_resources(tune.with_parameters(_trainable, evaluator=study.evaluator),
                                     {"cpu": config.ray.cpus_per_trial})
-    path = (out / _EXPERIMENT).resolve()
-    if tune.Tuner.can_restore(str(path)):
-        logger.info("restoring the Ray Tune experiment in %s", path)
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
-    else:
-        space = {name: tune.randint(0, len(options))
-                 for name, options in evaluator.space.choices.items()}
-        tuner = tune.Tuner(
-            trainable, param_space=space,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher, scheduler=scheduler, num_samples=config.n_trials,
-                max_concurrent_trials=config.ray.max_concurrent,
-                time_budget_s=config.timeout,
-                # A fresh actor per trial costs a process start and the imports
-                # (seconds); a reused one keeps them.
-                reuse_actors=True),
-            run_config=tune.RunConfig(name=_EXPERIMENT, storage_path=str(out.resolve()),
-                                      verbose=0),
-        )
-    grid = tuner.fit()
-    results: list[Any] = sorted((grid[i] for i in range(len(grid))), key=_creation_order)
-    return [_record(i, result, epochs) for i, result in enumerate(results)]
-
-
-def _creation_order(result: Any) -> int:
-    """Tune names trial folders ``<trainable>_<id>_<n>_<params>``: n counts trials made."""
-    match = re.search(r"_[0-9a-f]{5,}_(\d+)_", Path(str(result.path)).name)
-    return int(match.group(1)) if match else 0
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=-1,
+            max_concurrent_trials=config.ray.max_concurrent,
+            # A fresh actor per trial costs a process start and the imports (seconds).
+            reuse_actors=True),
+        run_config=tune.RunConfig(name="ray", storage_path=str(study.out.resolve()),
+                                  verbose=0),
+    )
+    tuner.fit()
+    logger.info("Ray Tune finished: the study holds %d trials", len(study.trials))

@@ -3,78 +3,83 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["Pick", "TeacherProfile", "TrialRecord", "record_of"]
+from protege.search import _attrs as attrs
 
-_STATES = {
-    TrialState.COMPLETE: "complete",
-    TrialState.PRUNED: "pruned",
-    TrialState.FAIL: "failed",
-    TrialState.RUNNING: "running",
-    TrialState.WAITING: "waiting",
-}
+__all__ = ["Outcome", "Pick", "TrialRecord", "load_records", "record_of"]
 
 
-@dataclasses.dataclass(frozen=True)
-class TeacherProfile:
-    """The teacher's cost and quality, the reference of every limit."""
+class Outcome(str, enum.Enum):
+    """What became of a trial, one word each.
 
-    macs: int
-    params: int
-    val_accuracy: float
-    test_accuracy: float | None = None
-    latency_ms: float | None = None
-    classes: int | None = None
+    ``trained``: distilled to the end of its budget. ``reused``: the same student as
+    an earlier trial, whose result it copies. ``rejected``: over a hard limit, never
+    trained. ``skipped``: a rule judged it not worth training (the accuracy
+    predictor, the hypervolume gain). ``stopped``: a rule (or a scheduler) stopped
+    its training. ``failed``: an error (see the reason). ``running``: not finished.
+    """
+
+    TRAINED = "trained"
+    REUSED = "reused"
+    REJECTED = "rejected"
+    SKIPPED = "skipped"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    RUNNING = "running"
 
     @property
-    def chance(self) -> float:
-        """Accuracy of guessing: the reference point's accuracy for hypervolumes."""
-        return 1.0 / self.classes if self.classes else 0.0
+    def completed(self) -> bool:
+        """Whether the trial has an accuracy (trained or reused)."""
+        return self in (Outcome.TRAINED, Outcome.REUSED)
 
-    def costs(self) -> dict[str, float]:
-        """The teacher's value of each cost objective (latency only when measured)."""
-        costs = {"macs": float(self.macs), "params": float(self.params)}
-        if self.latency_ms is not None:
-            costs["latency"] = float(self.latency_ms)
-        return costs
+    def __str__(self) -> str:
+        return self.value
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class TrialRecord:
     """One trial: the student it tried and what became of it.
 
     Attributes:
-        number: Optuna's trial number.
-        state: ``complete``, ``pruned`` (rejected or stopped: see
-            ``pruned_reason``), ``failed`` (see ``error``) or ``running``.
+        number: The trial's number in the study.
+        outcome: What became of it (:class:`Outcome`).
         arch: The student's architecture.
-        accuracy: Validation accuracy after the brief distillation.
+        accuracy: Validation accuracy after the brief distillation (trained or reused).
         macs: MACs per sample.
         params: Parameter count.
         latency_ms: Predicted latency (ms), when latency is an objective or a limit.
         train_seconds: Wall time of the distillation.
-        pruned_reason: Which limit or rule rejected the student, with the numbers.
+        reason: Why it was rejected, skipped, stopped or failed, with the numbers.
         history: Validation accuracy after each epoch.
         duplicate_of: Trial whose result was reused for the same architecture.
-        error: Why the trial failed.
+        features: What the accuracy predictor learns from (encoded architecture, log-MACs).
+        provenance: What made it: commit, dirty tree, package versions, config hash and
+            the machine that ran it (``protege.provenance``); None in older run folders.
     """
 
     number: int
-    state: str
+    outcome: Outcome
     arch: dict[str, Any]
     accuracy: float | None = None
     macs: int | None = None
     params: int | None = None
     latency_ms: float | None = None
     train_seconds: float | None = None
-    pruned_reason: str | None = None
+    reason: str | None = None
     history: tuple[float, ...] = ()
     duplicate_of: int | None = None
-    error: str | None = None
+    features: tuple[float, ...] = ()
+    provenance: dict[str, Any] | None = None
+
+    @property
+    def trained(self) -> bool:
+        """Whether this trial's own training finished (not a copy of an earlier one)."""
+        return self.outcome == Outcome.TRAINED
 
     def costs(self) -> dict[str, float | None]:
         """The value of every cost objective, by name (None where not measured)."""
@@ -82,11 +87,40 @@ class TrialRecord:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        data["outcome"] = self.outcome.value
         data["history"] = list(self.history)
+        data["features"] = list(self.features)
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialRecord:
+        """A record from :meth:`to_dict`'s mapping, or from a ``trials.jsonl`` line written
+        before outcomes were stored (``state`` and ``pruned_reason``/``error``)."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        known = {key: value for key, value in data.items() if key in names}
+        if "outcome" not in known:
+            known["outcome"] = _legacy_outcome(data)
+            known["reason"] = data.get("pruned_reason") or data.get("error")
+        known["outcome"] = Outcome(known["outcome"])
+        known["history"] = tuple(known.get("history") or ())
+        known["features"] = tuple(known.get("features") or ())
+        return cls(**known)
 
-@dataclasses.dataclass(frozen=True)
+
+def _legacy_outcome(data: dict[str, Any]) -> Outcome:
+    """The outcome of a record written before outcomes were stored, from its state."""
+    state = data.get("state")
+    if state == "complete":
+        return Outcome.REUSED if data.get("duplicate_of") is not None else Outcome.TRAINED
+    if state == "pruned":
+        if (data.get("pruned_reason") or "").startswith(("macs", "params", "latency")):
+            return Outcome.REJECTED
+        return Outcome.STOPPED if data.get("history") or data.get("train_seconds") \
+            else Outcome.SKIPPED
+    return Outcome.FAILED if state == "failed" else Outcome.RUNNING
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Pick:
     """The student chosen under the limits, after its final distillation.
 
@@ -119,27 +153,44 @@ class Pick:
     finetuned: tuple[dict[str, Any], ...] = ()
 
 
+def _outcome_of(trial: FrozenTrial) -> Outcome:
+    stored = trial.user_attrs.get(attrs.OUTCOME)
+    if stored is not None:
+        return Outcome(stored)
+    if trial.state == TrialState.RUNNING or trial.state == TrialState.WAITING:
+        return Outcome.RUNNING
+    legacy = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
+              TrialState.FAIL: "failed"}.get(trial.state, "running")
+    return _legacy_outcome({"state": legacy, **trial.user_attrs})
+
+
 def record_of(trial: FrozenTrial) -> TrialRecord:
     """The record of an Optuna trial, from the user attributes protege sets."""
-    attrs = trial.user_attrs
+    get = trial.user_attrs.get
+    outcome = _outcome_of(trial)
+    if trial.state == TrialState.FAIL and outcome != Outcome.FAILED:
+        outcome = Outcome.FAILED  # e.g. a trial whose process died after its outcome was set
     accuracy = trial.values[0] if trial.state == TrialState.COMPLETE and trial.values else None
+    reason = get(attrs.REASON) or get(attrs.LEGACY_PRUNED_REASON) or get(attrs.LEGACY_ERROR)
     return TrialRecord(
         number=trial.number,
-        state=_STATES.get(trial.state, trial.state.name.lower()),
-        arch=dict(attrs.get("arch", trial.params)),
+        outcome=outcome,
+        arch=dict(get(attrs.ARCH, trial.params)),
         accuracy=accuracy,
-        macs=attrs.get("macs"),
-        params=attrs.get("params"),
-        latency_ms=attrs.get("latency"),
-        train_seconds=attrs.get("train_seconds"),
-        pruned_reason=attrs.get("pruned_reason"),
-        history=tuple(attrs.get("history", ())),
-        duplicate_of=attrs.get("duplicate_of"),
-        error=attrs.get("error"),
+        macs=get(attrs.MACS),
+        params=get(attrs.PARAMS),
+        latency_ms=get(attrs.LATENCY),
+        train_seconds=get(attrs.TRAIN_SECONDS),
+        reason=reason,
+        history=tuple(get(attrs.HISTORY) or ()),
+        duplicate_of=get(attrs.DUPLICATE_OF),
+        features=tuple(get(attrs.FEATURES) or ()),
+        provenance=get(attrs.PROVENANCE),
     )
 
 
 def load_records(study: optuna.Study) -> list[TrialRecord]:
-    """Records of every trial in a study, by number."""
+    """Records of every trial in a study, by number (budget-spent ones left out)."""
     return [record_of(trial) for trial in study.get_trials(deepcopy=False)
-            if not trial.user_attrs.get("skipped")]
+            if not trial.user_attrs.get(attrs.BUDGET_SPENT)
+            and not trial.user_attrs.get(attrs.LEGACY_SKIPPED)]

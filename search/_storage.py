@@ -19,15 +19,14 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from protege._errors import describe
+from protege.common import describe
+from protege.search import _attrs as attrs
 
-__all__ = ["WORKER_ATTR", "StorageError", "fail_dead_trials", "open_storage", "storage_errors",
+__all__ = ["StorageError", "fail_dead_trials", "open_storage", "storage_errors",
            "worker_id"]
 
 logger = logging.getLogger(__name__)
 
-WORKER_ATTR = "worker"
-"""User attribute naming the process (``host:pid``) that runs a trial."""
 _ORPHAN_AFTER_S = 60.0
 """A running trial that names no process is taken as dead after this long."""
 _MULTI_WRITER = ("several processes writing one SQLite file wait for each other and fail "
@@ -206,7 +205,12 @@ def _alive(worker: str) -> bool | None:
 
 
 def _stale_ids(study: optuna.Study) -> set[int]:
-    """Ids of running trials whose RDB heartbeat is older than the grace period."""
+    """Ids of running trials whose RDB heartbeat is older than the grace period.
+
+    Optuna's public ``optuna.storages.fail_stale_trials`` fails such trials itself,
+    with no way to record why; protege records the reason on each trial first, so it
+    asks the storage which trials are stale (private API, pinned by the worker tests).
+    """
     from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 
     storage = study._storage
@@ -234,7 +238,7 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
     failed = []
     now = time.time()
     for trial in running:
-        worker = trial.user_attrs.get(WORKER_ATTR)
+        worker = trial.user_attrs.get(attrs.WORKER)
         if trial._trial_id in stale:
             dead = True
             why = f"its process {worker or ''} stopped sending heartbeats (killed, hung or cut off)"
@@ -248,7 +252,10 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
         if not dead:
             continue
         try:
-            study._storage.set_trial_user_attr(trial._trial_id, "error", why)
+            # A trial another process runs has no Trial object here: the storage's call
+            # is the only way to give it its reason before it is failed.
+            study._storage.set_trial_user_attr(trial._trial_id, attrs.REASON, why)
+            study._storage.set_trial_user_attr(trial._trial_id, attrs.OUTCOME, "failed")
             study.tell(trial.number, state=TrialState.FAIL)
         except Exception as exc:  # another process failed it first
             logger.debug("trial %d: %s", trial.number, exc)

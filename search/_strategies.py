@@ -1,7 +1,7 @@
 """Search strategies by name: each is a seeded Optuna sampler.
 
 Choices are suggested as integer indices into their ordered option lists (see
-``search/_objective.py``), so model-based samplers see that a width of 0.5 lies
+``search/_trial.py``), so model-based samplers see that a width of 0.5 lies
 between 0.25 and 0.75. Every trial sets its limit violations with
 ``Trial.set_constraint``, so samplers that handle constraints (TPE, GP, NSGA-II/III)
 learn where the infeasible region is from the students rejected there.

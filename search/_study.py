@@ -1,75 +1,62 @@
-"""One search study: profile the teacher, run the trials, then pick, fine-tune and save."""
+"""The study: one teacher, its data, a config and a run folder; trials, front and pick.
+
+Made by :func:`protege.search.create_study` (stages 1-4, ``_stages.py``);
+:meth:`Study.optimize` runs trials on the config's backend (stage 5);
+:meth:`Study.finish` measures the front, picks, fine-tunes, exports and reports.
+"""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
-import json
 import logging
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
-import yaml
-from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from protege._io import atomic_write
-from protege.distill import TeacherOutputs, as_tensors, cache_teacher_outputs, evaluate
-from protege.distill import train_student as _train_student
-from protege.estimators import (
-    LatencyPredictor,
-    count_macs,
-    measure_latency,
-    measure_latency_stats,
-)
-from protege.search._checks import (
-    check_data,
-    check_feasible,
-    check_study,
-    check_teacher,
-    space_key,
-)
+from protege.distill import TeacherOutputs, evaluate
+from protege.estimators import measure_latency, measure_latency_stats
+from protege.provenance import provenance
 from protege.search._config import Config
-from protege.search._export import save_student, write_json
-from protege.search._objective import (
-    SKIPPED_ATTR,
-    Limits,
-    StudentEvaluator,
-    TrialFunction,
-    device_of,
-)
-from protege.search._onnx import export_pick_onnx
 from protege.search._pareto import pareto_indices, scaled_hypervolume
-from protege.search._pruning import CurveRule, GainRule, PredictorRule, PruningRule
-from protege.search._records import Pick, TeacherProfile, TrialRecord, load_records
-from protege.search._report import write_report
+from protege.search._profile import (
+    TeacherProfile,
+)
+from protege.search._records import Outcome, Pick, TrialRecord, load_records
 from protege.search._storage import (
     fail_dead_trials,
-    open_storage,
     storage_errors,
-    warn_if_shared_sqlite,
 )
-from protege.search._strategies import make_sampler
-from protege.spaces import SearchSpace, derive
+from protege.search._trial import (
+    StudentEvaluator,
+    device_of,
+    run_optuna_trial,
+)
+from protege.search.export import export_pick_onnx, save_student, write_json
+from protege.search.pick import accuracy_floor, bisect, choose, finetune_student
+from protege.search.report import write_report
+from protege.search.runfolder import write_records
+from protege.spaces import SearchSpace
 
-__all__ = ["SearchResult", "TrialCallback", "run_search"]
+__all__ = ["SearchResult", "Study", "TooManyFailures", "TrialCallback", "front_hypervolume"]
 
 logger = logging.getLogger(__name__)
 
-STUDY_NAME = "protege"
-TrialCallback = Callable[[TrialRecord], None]
-"""Called with the record of every trial as it finishes."""
+TrialCallback = Callable[["Study", TrialRecord], None]
+"""Called with the study and each trial's record as it finishes (as Optuna's callbacks);
+a callback may call :meth:`Study.stop`."""
+
+Data = Dataset | DataLoader
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SearchResult:
     """The outcome of a study.
 
@@ -77,12 +64,12 @@ class SearchResult:
         out: The run folder.
         teacher: The teacher's cost and accuracy.
         trials: Every trial, by number.
-        front: Pareto-optimal completed trials (accuracy up, costs down), by cost.
+        front: Pareto-optimal trained trials (accuracy up, costs down), by cost.
         hypervolume: Volume the front dominates over every objective, each cost
             divided by the teacher's, against the reference (chance accuracy, the
             teacher's costs).
         pick: The chosen student after its final distillation, or None when no
-            trial completed (or this process only ran trials).
+            trial completed.
         student: The chosen student's module (in eval mode), or None.
     """
 
@@ -99,270 +86,9 @@ class TooManyFailures(RuntimeError):
     """Most trials failed: the setup, not the students, is likely at fault."""
 
 
-def _write_records(path: Path, records: Sequence[TrialRecord]) -> None:
-    with atomic_write(path) as handle:
-        for record in records:
-            handle.write(json.dumps(record.to_dict()) + "\n")
-
-
-def _profile(teacher: nn.Module, example_input: torch.Tensor, val: TensorDataset,
-             test: TensorDataset | None, *, classes: int) -> TeacherProfile:
-    macs, params = count_macs(teacher, example_input)
-    return TeacherProfile(
-        macs=macs, params=params, val_accuracy=evaluate(teacher, val),
-        test_accuracy=evaluate(teacher, test) if test is not None else None, classes=classes,
-    )
-
-
-def _derive(teacher: nn.Module, example_input: torch.Tensor, config: Config) -> SearchSpace:
-    """The search space; a teacher that cannot be traced is a ``ValueError`` naming where."""
-    try:
-        return derive(teacher, example_input, level=config.level, **config.space.derive_kwargs())
-    except RuntimeError as exc:
-        raise ValueError(f"cannot derive a search space from the teacher: {exc}; protege runs "
-                         "the teacher once with gradients on to find its layers, so its forward "
-                         "must work then (no .numpy() or in-place edits of parameters)") from exc
-
-
-def _to_tensor_dataset(data: Dataset | DataLoader | None, what: str) -> TensorDataset | None:
-    if data is None:
-        return None
-    return TensorDataset(*as_tensors(data, what=what))
-
-
-def _active(study: optuna.Study) -> int:
-    """Trials that hold a slot of the budget: all but the failed ones."""
-    return sum(t.state != TrialState.FAIL for t in study.get_trials(deepcopy=False))
-
-
-def _run_trials(study: optuna.Study, objective: TrialFunction, *, config: Config,
-                after_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None],
-                deadline: float | None = None) -> bool:
-    """Run trials until the study holds ``n_trials`` finished ones or time is up.
-
-    One trial per ``optimize`` call keeps the budget exact when several workers
-    share the storage; a failed trial's slot is retried, and so is the slot of a
-    trial whose process died.
-
-    Returns:
-        Whether it stopped because ``deadline`` (``time.monotonic``) passed.
-    """
-    attempts = failures = 0
-    mine: list[optuna.trial.FrozenTrial] = []
-
-    def remember(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        mine.append(trial)
-        after_trial(study, trial)
-
-    while True:
-        with storage_errors(config.storage):
-            fail_dead_trials(study)
-            if _active(study) >= config.n_trials:
-                return False
-            if deadline is not None and time.monotonic() > deadline:
-                logger.info("timeout of %ss reached", config.timeout)
-                return True
-            study.optimize(objective, n_trials=1, callbacks=[remember], catch=(Exception,),
-                           gc_after_trial=False)
-        last = mine.pop() if mine else None
-        if last is not None and last.user_attrs.get(SKIPPED_ATTR):
-            return False
-        attempts += 1
-        failures += last is None or last.state == TrialState.FAIL
-        if attempts >= 5 and failures > config.pruning.max_failed_fraction * attempts:
-            error = last.user_attrs.get("error") if last is not None else None
-            raise TooManyFailures(
-                f"{failures} of the {attempts} trials run so far failed (last: "
-                f"{error or 'unknown error'}); stopping early instead of "
-                "spending the budget. Fix the cause (trials.jsonl has every reason) and run the "
-                "same command again to resume.")
-
-
-def open_study(config: Config, out: Path, *, owner: bool) -> optuna.Study:
-    """Create or load the study; trials left running by a dead process are marked failed.
-
-    Raises:
-        StorageError: If the storage cannot be opened or is locked by another writer.
-    """
-    costs = len(config.objectives) - 1
-    with storage_errors(config.storage):
-        study = optuna.create_study(
-            storage=open_storage(config.storage, out), study_name=STUDY_NAME,
-            directions=[StudyDirection.MAXIMIZE] + [StudyDirection.MINIMIZE] * costs,
-            sampler=make_sampler(config.strategy, seed=config.seed, n_trials=config.n_trials),
-            load_if_exists=True,
-        )
-        fail_dead_trials(study)
-        if study.metric_names is None:  # the dashboard names the objectives
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names(list(config.objectives))
-    if not owner:
-        warn_if_shared_sqlite(config.storage)
-    return study
-
-
-def run_search(
-    teacher: nn.Module,
-    *,
-    train: Dataset | DataLoader,
-    val: Dataset | DataLoader,
-    example_input: torch.Tensor,
-    config: Config,
-    out: str | Path,
-    test: Dataset | DataLoader | None = None,
-    callbacks: Sequence[TrialCallback] = (),
-    accelerator: str = "cpu",
-    worker: bool = False,
-) -> SearchResult:
-    """Search students of ``teacher`` and return the front and the pick.
-
-    The run folder ``out`` receives ``config.yaml``, the Optuna storage
-    ``study.db`` (unless ``config.storage`` names another), ``trials.jsonl``,
-    ``pareto.json``, ``summary.json`` and ``best/`` (``arch.json``,
-    ``student.pt``). Running again with the same ``out`` resumes the study:
-    finished trials are kept and only the missing ones run.
-
-    Args:
-        worker: Join a study that another process owns: run trials until the
-            budget is spent, then return without picking (the owner picks).
-    """
-    # Everything that can be wrong with the input is found before the run folder is
-    # touched: a failed start leaves no half-written run (and loses no earlier one).
-    classes = check_teacher(teacher, example_input)
-    out = Path(out)
-    train_data = _to_tensor_dataset(train, "training data")
-    val_data = _to_tensor_dataset(val, "validation data")
-    test_data = _to_tensor_dataset(test, "test data")
-    assert train_data is not None and val_data is not None
-    check_data(classes, example_input, train=train_data, val=val_data, test=test_data)
-    if worker and config.backend == "ray":
-        raise ValueError("backend: ray schedules its own workers; use `protege run` "
-                         "with ray.address instead of `protege worker`")
-    space = _derive(teacher, example_input, config)
-    profile = _profile(teacher, example_input, val_data, test_data, classes=classes)
-    limits = Limits(*config.constraints.resolve(profile.macs, profile.params),
-                    max_latency_ms=config.constraints.max_latency_ms or float("inf"))
-    latency = None
-    if "latency" in config.objectives or config.constraints.max_latency_ms is not None:
-        latency = LatencyPredictor.for_space(space, example_input, seed=config.seed)
-        profile = dataclasses.replace(profile, latency_ms=measure_latency(teacher, example_input))
-    check_feasible(space, example_input, limits, latency, teacher_macs=profile.macs,
-                   teacher_params=profile.params)
-    study = None
-    if config.backend != "ray":
-        if config.storage is None:
-            out.mkdir(parents=True, exist_ok=True)  # the default storage lives in it
-        study = open_study(config, out, owner=not worker)
-        check_study(study, key=space_key(space, config.objectives), config=config,
-                    where=config.storage or str(out / "study.db"))
-    out.mkdir(parents=True, exist_ok=True)
-    if not worker:
-        with atomic_write(out / "config.yaml") as handle:
-            yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
-    outputs = cache_teacher_outputs(teacher, train_data, cache_dir=out / "cache",
-                                    config=config.distill)
-    evaluator = StudentEvaluator(space=space, outputs=outputs, val=val_data,
-                                 example_input=example_input, config=config, limits=limits,
-                                 accelerator=accelerator, trainer=_train_student,
-                                 latency=latency, teacher=teacher)
-    logger.info("teacher: %d MACs, %d params, val accuracy %.4f",
-                profile.macs, profile.params, profile.val_accuracy)
-
-    finish = functools.partial(_finish, out=out, profile=profile, space=space, outputs=outputs,
-                               val=val_data, test=test_data, config=config,
-                               accelerator=accelerator, teacher=teacher)
-    if study is None:
-        from protege.search._ray import run_ray
-
-        records = run_ray(evaluator, config=config, out=out)
-        _write_records(out / "trials.jsonl", records)
-        for record in records:
-            for callback in callbacks:
-                callback(record)
-        return finish(records=records)
-
-    if not worker:
-        study.set_user_attr("teacher", dataclasses.asdict(profile))
-    rules: list[PruningRule] = []
-    if config.pruning.gain:
-        teacher_costs = profile.costs()
-        rules.append(GainRule(teacher_costs={n: teacher_costs[n] for n in config.objectives[1:]},
-                              chance=profile.chance, min_gain=config.pruning.min_gain,
-                              margin=config.pruning.margin,
-                              min_trials=config.pruning.min_trials))
-    if config.pruning.predictor:
-        rules.append(PredictorRule(min_trials=config.pruning.predictor_min_trials,
-                                   threshold=config.pruning.predictor_threshold,
-                                   seed=config.seed))
-    if config.pruning.curve:
-        rules.append(CurveRule(min_trials=config.pruning.min_trials,
-                               margin=config.pruning.margin))
-    objective = TrialFunction(evaluator, rules=tuple(rules))
-
-    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        records = load_records(study)
-        _write_records(out / "trials.jsonl", records)
-        record = next((r for r in records if r.number == trial.number), None)
-        if record is None:  # skipped: the budget was spent by other workers meanwhile
-            return
-        for callback in callbacks:
-            callback(record)
-
-    logger.info("study holds %d of %d trials", _active(study), config.n_trials)
-    deadline = time.monotonic() + config.timeout if config.timeout is not None else None
-    while True:
-        timed_out = _run_trials(study, objective, config=config, after_trial=after_trial,
-                                deadline=deadline)
-        if worker:
-            records = load_records(study)
-            return SearchResult(out, profile, tuple(records), (), 0.0, None)
-        _wait_for_workers(study)
-        # A worker that died mid-trial freed its slot: run it here before picking.
-        if timed_out or _active(study) >= config.n_trials:
-            break
-    records = load_records(study)
-    _write_records(out / "trials.jsonl", records)
-    return finish(records=records)
-
-
-def _wait_for_workers(study: optuna.Study, *, poll: float = 2.0, limit: float = 600.0) -> None:
-    """Let trials that other workers are still running finish before picking."""
-    deadline = time.monotonic() + limit
-    while True:
-        fail_dead_trials(study)
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if not running:
-            return
-        if time.monotonic() > deadline:
-            logger.warning("%d trials still running after %.0fs; picking without them",
-                           len(running), limit)
-            return
-        logger.info("waiting for %d trials of other workers", len(running))
-        time.sleep(poll)
-
-
-def _choose(records: Sequence[TrialRecord], teacher: TeacherProfile,
-            config: Config) -> tuple[TrialRecord, bool] | None:
-    """Smallest completed student within the accuracy limit; else the most accurate one."""
-    done = [r for r in records if r.state == "complete" and r.accuracy is not None]
-    if not done:
-        return None
-    floor = _floor(teacher, config)
-    within = [r for r in done if (r.accuracy or 0.0) >= floor]
-    if within:
-        return min(within, key=lambda r: (r.macs, -(r.accuracy or 0.0), r.number)), True
-    return max(done, key=lambda r: (r.accuracy or 0.0, -(r.macs or 0), -r.number)), False
-
-
-def _point(record: TrialRecord, config: Config) -> tuple[float, ...]:
-    costs = record.costs()
-    return (record.accuracy or 0.0, *(float(costs[name] or 0) for name in config.objectives[1:]))
-
-
 def front_hypervolume(records: Sequence[TrialRecord], teacher: TeacherProfile,
                       objectives: Sequence[str]) -> float:
-    """Hypervolume of completed trials over every objective, costs divided by the teacher's.
+    """Hypervolume of trained trials over every objective, costs divided by the teacher's.
 
     The reference point is fixed per task: chance accuracy and the teacher's costs.
     """
@@ -371,24 +97,10 @@ def front_hypervolume(records: Sequence[TrialRecord], teacher: TeacherProfile,
     points = []
     for r in records:
         costs = r.costs()
-        if r.state == "complete" and r.accuracy is not None and \
+        if r.outcome.completed and r.accuracy is not None and \
                 all(costs[n] is not None for n in scale):
             points.append((r.accuracy, costs))
     return scaled_hypervolume(points, teacher_costs=scale, chance=teacher.chance)
-
-
-def _front_member(record: TrialRecord, space: SearchSpace, config: Config) -> dict[str, Any]:
-    member: dict[str, Any] = {"trial": record.number, "arch": record.arch,
-                              "accuracy": record.accuracy, "macs": record.macs,
-                              "params": record.params}
-    # Measured on every front (a few ms each) for the report's latency plot; next to the
-    # predicted latency, when there is one, so the predictor can be judged on the front.
-    stats = measure_latency_stats(space.materialize(record.arch), space.example_input)
-    if record.latency_ms is not None:
-        member.update(latency_ms_predicted=record.latency_ms)
-    member.update(latency_ms_measured=round(stats.median_ms, 5),
-                  latency_spread=round(stats.spread, 4))
-    return member
 
 
 def _cpu_latency(model: nn.Module, example_input: torch.Tensor) -> float | None:
@@ -403,107 +115,290 @@ def _cpu_latency(model: nn.Module, example_input: torch.Tensor) -> float | None:
         return None
 
 
-def _finish(*, out: Path, records: list[TrialRecord], profile: TeacherProfile,
-            space: SearchSpace, outputs: TeacherOutputs, val: TensorDataset,
-            test: TensorDataset | None, config: Config, accelerator: str,
-            teacher: nn.Module) -> SearchResult:
-    if profile.latency_ms is None:  # the report plots accuracy against latency too
-        profile = dataclasses.replace(profile,
-                                      latency_ms=_cpu_latency(teacher, space.example_input))
-    done = [r for r in records if r.state == "complete" and r.duplicate_of is None]
-    front = [done[i] for i in pareto_indices([_point(r, config) for r in done])]
-    volume = front_hypervolume(done, profile, config.objectives)
-    write_json(out / "pareto.json", [_front_member(r, space, config) for r in front])
-    summary: dict[str, Any] = {
-        "teacher": dataclasses.asdict(profile),
-        "trials": {state: sum(r.state == state for r in records)
-                   for state in ("complete", "pruned", "failed")},
-        "hypervolume": volume,
-        "hypervolume_reference": {"accuracy": profile.chance,
-                                  **{name: 1.0 for name in config.objectives[1:]}},
-        "pick": None,
-    }
-    chosen = _choose(done, profile, config)
-    pick, student = None, None
-    if chosen is None:
-        logger.warning("no trial completed: nothing to pick")
-    else:
+class Study:
+    """A search of students of one teacher, on its data, under one config and run folder.
+
+    Made by :func:`create_study`. Optuna's shape: :meth:`optimize` runs trials (again
+    to extend the study), :meth:`stop` ends the current :meth:`optimize` after the
+    running trial, :attr:`trials`, :attr:`front` and :attr:`hypervolume` read the
+    study, :meth:`pick` fine-tunes the chosen student, :meth:`finetune` any trial's,
+    :meth:`export` writes ONNX, and :meth:`finish` does the end of a run (front,
+    pick, export, ``summary.json``, report).
+    """
+
+    def __init__(self, *, out: Path, config: Config, teacher: nn.Module, space: SearchSpace,
+                 profile: TeacherProfile, outputs: TeacherOutputs, val: TensorDataset,
+                 test: TensorDataset | None, evaluator: StudentEvaluator,
+                 optuna_study: optuna.Study, accelerator: str, worker: bool) -> None:
+        self.out = out
+        self.config = config
+        self.teacher = teacher
+        self.space = space
+        self.profile = profile
+        self.outputs = outputs
+        self.val = val
+        self.test = test
+        self.evaluator = evaluator
+        self.optuna_study = optuna_study
+        self.accelerator = accelerator
+        self.worker = worker
+        self._stop = False
+        self._budget = config.trials
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def trials(self) -> tuple[TrialRecord, ...]:
+        """Every trial's record, by number."""
+        return tuple(load_records(self.optuna_study))
+
+    @property
+    def front(self) -> tuple[TrialRecord, ...]:
+        """The Pareto front of the trained trials (accuracy up, costs down), by cost."""
+        done = [r for r in self.trials if r.trained]
+        return tuple(done[i] for i in pareto_indices([self._point(r) for r in done]))
+
+    @property
+    def hypervolume(self) -> float:
+        """The front's volume, costs divided by the teacher's, against (chance, teacher)."""
+        return front_hypervolume([r for r in self.trials if r.trained], self.profile,
+                                 self.config.objectives)
+
+    def _point(self, record: TrialRecord) -> tuple[float, ...]:
+        costs = record.costs()
+        return (record.accuracy or 0.0,
+                *(float(costs[name] or 0) for name in self.config.objectives[1:]))
+
+    def _active(self) -> int:
+        """Trials that hold a slot of the budget: all but the failed ones."""
+        return sum(r.outcome != Outcome.FAILED for r in self.trials)
+
+    # -- running ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """End the running :meth:`optimize` once the trial in progress has finished."""
+        self._stop = True
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called during the running :meth:`optimize`."""
+        return self._stop
+
+    def optimize(self, *, n_trials: int | None = None, timeout: float | None = None,
+                 callbacks: Sequence[TrialCallback] = ()) -> None:
+        """Run trials.
+
+        Args:
+            n_trials: Trials to run in this call; None runs until the study holds the
+                config's budget (``n_trials``, shared by every worker on the storage).
+            timeout: Stop starting trials after this many seconds (default: the
+                config's ``timeout``).
+            callbacks: Called with the study and each finished trial's record.
+
+        Raises:
+            TooManyFailures: If more than ``rules.max_failed_fraction`` of the first
+                trials (at least 5) failed; the message quotes the last failure.
+            StorageError: If the storage is locked or unreachable.
+        """
+        self._stop = False
+        if n_trials is not None:
+            self._budget = self._active() + n_trials
+        timeout = timeout if timeout is not None else self.config.timeout
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        if self.config.backend == "ray":
+            from protege.search._ray import run_ray
+
+            run_ray(self, budget=self._budget, deadline=deadline, callbacks=callbacks)
+            write_records(self.out / "trials.jsonl", self.trials)
+            return
+        logger.info("study holds %d of %d trials", self._active(), self._budget)
+        while True:
+            timed_out = self._run_trials(deadline, callbacks)
+            if self.worker or timed_out or self._stop:
+                return
+            self._wait_for_workers()
+            # A worker that died mid-trial freed its slot: run it here.
+            if self._active() >= self._budget:
+                return
+
+    def _run_trials(self, deadline: float | None, callbacks: Sequence[TrialCallback]) -> bool:
+        """Run trials until the budget is held, time is up or :meth:`stop` was called.
+
+        One trial at a time keeps the budget exact when several workers share the
+        storage; a failed trial's slot is run again, as is that of a dead process.
+
+        Returns:
+            Whether it stopped because ``deadline`` (``time.monotonic``) passed.
+        """
+        study = self.optuna_study
+        attempts = failures = 0
+        last_failure: TrialRecord | None = None
+        while not self._stop:
+            with storage_errors(self.config.storage):
+                fail_dead_trials(study)
+                if self._active() >= self._budget:
+                    return False
+                if deadline is not None and time.monotonic() > deadline:
+                    logger.info("timeout reached")
+                    return True
+                record = run_optuna_trial(study, self.evaluator, n_trials=self._budget)
+                write_records(self.out / "trials.jsonl", load_records(study))
+            if record is None:  # the budget was spent by other workers meanwhile
+                return False
+            for callback in callbacks:
+                callback(self, record)
+            attempts += 1
+            if record.outcome == Outcome.FAILED:
+                failures += 1
+                last_failure = record
+            if attempts >= 5 and failures > self.config.rules.max_failed_fraction * attempts:
+                why = last_failure.reason if last_failure is not None else None
+                raise TooManyFailures(
+                    f"{failures} of the {attempts} trials run so far failed (last failure, "
+                    f"trial {last_failure.number if last_failure else '?'}: "
+                    f"{why or 'no reason recorded'}); stopping early instead of spending the "
+                    "budget. Fix the cause (trials.jsonl has every reason) and run the same "
+                    "command again to resume.")
+        return False
+
+    def _wait_for_workers(self, *, poll: float = 2.0, limit: float = 600.0) -> None:
+        """Let trials that other workers are still running finish before picking."""
+        study = self.optuna_study
+        deadline = time.monotonic() + limit
+        while True:
+            fail_dead_trials(study)
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not running:
+                return
+            if time.monotonic() > deadline:
+                logger.warning("%d trials still running after %.0fs; picking without them",
+                               len(running), limit)
+                return
+            logger.info("waiting for %d trials of other workers", len(running))
+            time.sleep(poll)
+
+    # -- finishing -------------------------------------------------------------------------
+
+    def _tune(self, record: TrialRecord, *, test: bool = False) -> tuple[Pick, nn.Module]:
+        return finetune_student(record, floor=accuracy_floor(self.profile, self.config),
+                                space=self.space, outputs=self.outputs, val=self.val,
+                                test=self.test if test else None, config=self.config,
+                                device=device_of(self.accelerator),
+                                accelerator=self.accelerator, teacher=self.teacher)
+
+    def pick(self) -> tuple[Pick, nn.Module] | None:
+        """Choose, fine-tune and save (``best/``) the student to return.
+
+        The smallest trained student within ``constraints.max_accuracy_drop`` (else
+        the most accurate) is fine-tuned; with ``finetunes`` > 1 the front is then
+        bisected by fine-tuned accuracy (:func:`protege.search.pick.bisect`).
+
+        Returns:
+            The pick and its module (eval mode), or None when no trial completed.
+        """
+        done = [r for r in self.trials if r.trained]
+        chosen = choose(done, floor=accuracy_floor(self.profile, self.config))
+        if chosen is None:
+            logger.warning("no trial completed: nothing to pick")
+            return None
         if not chosen[1]:
             logger.warning("no student met max_accuracy_drop=%s in its trial; fine-tuning the "
                            "most accurate one (trial %d)",
-                           config.constraints.max_accuracy_drop, chosen[0].number)
-        tune = functools.partial(_finetune, floor=_floor(profile, config), space=space,
-                                 outputs=outputs, val=val, test=test, config=config,
-                                 accelerator=accelerator, teacher=teacher)
-        pick, student = _bisect(chosen[0], done, tune=tune, finetunes=config.finetunes)
-        save_student(out / "best", student, pick.arch, space,
-                     derive_kwargs=config.space.derive_kwargs(), trial=pick.trial)
-        summary["pick"] = dataclasses.asdict(pick) | {
-            "macs_ratio": pick.macs / profile.macs,
-            "accuracy_drop": profile.val_accuracy - pick.val_accuracy,
-            "latency_ms": _cpu_latency(student, space.example_input),
+                           self.config.constraints.max_accuracy_drop, chosen[0].number)
+        pick, student = bisect(chosen[0], done, tune=self._tune, finetunes=self.config.finetunes)
+        # Only the pick is measured on the test set, once: the students the bisection
+        # tried were judged on validation alone.
+        if self.test is not None:
+            pick = dataclasses.replace(pick, test_accuracy=evaluate(student, self.test))
+        save_student(self.out / "best", student, pick.arch, self.space,
+                     derive_kwargs=self.config.space.derive_kwargs(), trial=pick.trial)
+        return pick, student
+
+    def finetune(self, number: int) -> tuple[Path, nn.Module]:
+        """Trial ``number``'s student fine-tuned like the pick, saved in ``trial-<number>/``.
+
+        The pick's own folder (``best/``) is returned for the pick's trial, and a trial
+        fine-tuned before is loaded, not trained again.
+
+        Raises:
+            ValueError: If the study has no such trial, or it never trained.
+        """
+        from protege.search.export import load_student
+        from protege.search.runfolder import load_run
+
+        summary = load_run(self.out).pick if (self.out / "config.yaml").is_file() else None
+        folder = self.out / ("best" if summary is not None and summary.trial == number
+                             else f"trial-{number}")
+        if (folder / "arch.json").is_file() and (folder / "student.pt").is_file():
+            return folder, load_student(self.teacher, folder / "arch.json", folder / "student.pt")
+        record = next((r for r in self.trials if r.number == number), None)
+        if record is None:
+            raise ValueError(f"{self.out}: no trial {number} (the study has "
+                             f"{len(self.trials)} trials)")
+        if not record.arch or not record.costs()["macs"]:
+            raise ValueError(f"{self.out}: trial {number} built no student ({record.outcome}: "
+                             f"{record.reason})")
+        pick, student = self._tune(record, test=True)  # asked for by name: measured on test
+        save_student(folder, student, record.arch, self.space,
+                     derive_kwargs=self.config.space.derive_kwargs(), trial=number)
+        write_json(folder / "summary.json", dataclasses.asdict(pick))
+        return folder, student
+
+    def export(self, student: nn.Module, folder: Path | None = None) -> dict[str, Any]:
+        """Write ``student.onnx`` of ``student`` (default folder: ``best/``), checked against
+        PyTorch on validation inputs; returns what was checked, or why there is no file."""
+        return export_pick_onnx(folder or self.out / "best", student, self.space.example_input,
+                                check_inputs=self.val.tensors[0][:256])
+
+    def _front_member(self, record: TrialRecord) -> dict[str, Any]:
+        member: dict[str, Any] = {"trial": record.number, "arch": record.arch,
+                                  "accuracy": record.accuracy, "macs": record.macs,
+                                  "params": record.params}
+        # Measured on every front (a few ms each) for the report's latency plot; next to the
+        # predicted latency, when there is one, so the predictor can be judged on the front.
+        stats = measure_latency_stats(self.space.materialize(record.arch),
+                                      self.space.example_input)
+        if record.latency_ms is not None:
+            member.update(latency_ms_predicted=record.latency_ms)
+        member.update(latency_ms_measured=round(stats.median_ms, 5),
+                      latency_spread=round(stats.spread, 4))
+        return member
+
+    def finish(self) -> SearchResult:
+        """The end of a run: wait for other workers' trials, measure the front, pick and
+        fine-tune, export ONNX, write ``pareto.json``, ``summary.json`` and the report."""
+        self._wait_for_workers()
+        records = list(self.trials)
+        write_records(self.out / "trials.jsonl", records)
+        profile = self.profile
+        if profile.latency_ms is None:  # the report plots accuracy against latency too
+            profile = dataclasses.replace(
+                profile, latency_ms=_cpu_latency(self.teacher, self.space.example_input))
+        front = list(self.front)
+        volume = self.hypervolume
+        write_json(self.out / "pareto.json", [self._front_member(r) for r in front])
+        summary: dict[str, Any] = {
+            "teacher": dataclasses.asdict(profile),
+            "trials": {kind.value: sum(r.outcome == kind for r in records)
+                       for kind in Outcome if kind != Outcome.RUNNING},
+            "hypervolume": volume,
+            "hypervolume_reference": {"accuracy": profile.chance,
+                                      **{name: 1.0 for name in self.config.objectives[1:]}},
+            "pick": None,
+            "provenance": provenance(self.config.to_dict()),
         }
-        summary["onnx"] = export_pick_onnx(out / "best", student, space.example_input,
-                                           check_inputs=val.tensors[0][:256])
-    write_json(out / "summary.json", summary)
-    write_report(out)
-    return SearchResult(out, profile, tuple(records), tuple(front), volume, pick, student)
+        chosen = self.pick()
+        pick, student = chosen if chosen is not None else (None, None)
+        if pick is not None and student is not None:
+            summary["pick"] = dataclasses.asdict(pick) | {
+                "macs_ratio": pick.macs / profile.macs,
+                "accuracy_drop": profile.val_accuracy - pick.val_accuracy,
+                "latency_ms": _cpu_latency(student, self.space.example_input),
+            }
+            summary["onnx"] = self.export(student)
+        write_json(self.out / "summary.json", summary)
+        write_report(self.out)
+        return SearchResult(out=self.out, teacher=profile, trials=tuple(records),
+                            front=tuple(front), hypervolume=volume, pick=pick, student=student)
 
 
-def _floor(profile: TeacherProfile, config: Config) -> float:
-    """The lowest validation accuracy within the accuracy limit."""
-    return profile.val_accuracy - config.constraints.max_accuracy_drop - 1e-12
-
-
-def _bisect(first: TrialRecord, done: Sequence[TrialRecord], *,
-            tune: Callable[[TrialRecord], tuple[Pick, nn.Module]],
-            finetunes: int) -> tuple[Pick, nn.Module]:
-    """Fine-tune ``first``, then, while fine-tunes remain, bisect for the smallest student
-    that meets the limit after its own fine-tune, assuming fine-tuned accuracy grows with
-    MACs: below ``first`` (among the smaller members of the (accuracy, MACs) front) when
-    it meets, above it (among every larger student, by MACs: brief accuracy says little
-    about them) when it misses. Returns the smallest that met, else the most accurate.
-    """
-    macs = first.macs or 0
-    smaller = [r for r in done if (r.macs or 0) < macs]
-    below = [smaller[i] for i in pareto_indices([(r.accuracy or 0.0, float(r.macs or 0))
-                                                 for r in smaller])]  # by MACs, ascending
-    above = sorted((r for r in done if (r.macs or 0) > macs), key=lambda r: (r.macs, r.number))
-    front = [*below, first, *above]
-    at = len(below)
-    tried = [tune(first)]
-    lo, hi = (0, at) if tried[0][0].meets_constraints else (at + 1, len(front))
-    while len(tried) < finetunes and lo < hi:  # the answer lies in front[lo:hi]
-        mid = (lo + hi) // 2
-        tried.append(tune(front[mid]))
-        meets = tried[-1][0].meets_constraints
-        logger.info("bisecting the front: trial %d (%d MACs) %s the limit after fine-tuning",
-                    front[mid].number, front[mid].macs or 0, "meets" if meets else "misses")
-        lo, hi = (lo, mid) if meets else (mid + 1, hi)
-    met = [t for t in tried if t[0].meets_constraints]
-    best = (min(met, key=lambda t: t[0].macs) if met
-            else max(tried, key=lambda t: t[0].val_accuracy))
-    finetuned = tuple({"trial": p.trial, "macs": p.macs, "search_accuracy": p.search_accuracy,
-                       "val_accuracy": p.val_accuracy, "meets": p.meets_constraints,
-                       "seconds": p.finetune_seconds} for p, _ in tried)
-    return dataclasses.replace(best[0], finetuned=finetuned), best[1]
-
-
-def _finetune(record: TrialRecord, *, floor: float, space: SearchSpace, outputs: TeacherOutputs,
-              val: TensorDataset, test: TensorDataset | None, config: Config,
-              accelerator: str, teacher: nn.Module) -> tuple[Pick, nn.Module]:
-    student = space.materialize(record.arch, init=config.init, seed=config.seed + record.number)
-    student = student.to(device_of(accelerator))
-    final = config.distill.for_finetune()  # all data, no trial step/seconds budget
-    logger.info("fine-tuning trial %d for %d epochs", record.number, final.epochs)
-    result = _train_student(student, outputs, val, config=final,
-                            seed=config.seed, accelerator=accelerator, teacher=teacher)
-    student = student.cpu().eval()
-    pick = Pick(
-        trial=record.number, arch=record.arch, macs=record.macs or 0, params=record.params or 0,
-        search_accuracy=record.accuracy or 0.0, val_accuracy=result.val_accuracy,
-        test_accuracy=evaluate(student, test) if test is not None else None,
-        meets_constraints=result.val_accuracy >= floor,
-        finetune_seconds=round(result.seconds, 3),
-    )
-    return pick, student

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from protege._modes import eval_mode
+from protege.common import eval_mode
 
 __all__ = ["LayerUse", "ResidualBlock", "Shortcut", "Trace", "trace_teacher"]
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from protege._errors import describe
+from protege.common import describe
 from protege.spaces._blocks import ResidualBlock, Trace, trace_teacher
 from protege.spaces._groups import GraphError, find_channel_groups
 from protege.spaces._lowrank import MIN_RANK_PARAMS, RANK_OPTIONS, rank_candidates

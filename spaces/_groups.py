@@ -24,7 +24,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from protege._modes import eval_mode
+from protege.common import eval_mode
 
 __all__ = ["ChannelGroup", "DeriveTimeout", "GraphError", "PruneOp", "find_channel_groups",
            "time_limit"]

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import protege
 from protege.cli import main
-from protege.search import Config, run_search
+from protege.search import Config
 
 X = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 Y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(0))
@@ -67,11 +67,11 @@ class NanHead(nn.Module):
 
 
 def cfg(**extra) -> Config:
-    return Config.from_dict({"task": "custom", "n_trials": 1,
+    return Config.from_dict({"n_trials": 1,
                              "distill": {"epochs": 1, "finetune_epochs": 1}, **extra})
 
 
-# case -> (run_search overrides, error type, text the message must contain)
+# case -> (create_study overrides, error type, text the message must contain)
 SEARCH_CASES = {
     "teacher is not a module": (dict(teacher=lambda x: x), TypeError,
                                 "the teacher must be a torch.nn.Module, got function"),
@@ -164,7 +164,7 @@ def test_bad_search_input(case, tmp_path):
                                             | {"storage": config.storage.format(tmp=tmp_path)})
     teacher = kwargs.pop("teacher")
     with pytest.raises(error, match=re.escape(message)):
-        run_search(teacher, **kwargs)
+        protege.create_study(teacher, **kwargs)
     assert list(tmp_path.iterdir()) == []  # no run folder, no stray storage file
 
 
@@ -172,8 +172,8 @@ def test_bad_search_input(case, tmp_path):
 def finished(tmp_path_factory):
     """A finished run of the tiny teacher: its folder and its saved student."""
     out = tmp_path_factory.mktemp("finished") / "run"
-    run_search(make_tiny_net(), train=GOOD, val=GOOD, example_input=X[:1],
-               config=cfg(constraints={"max_accuracy_drop": 1.0 - 1e-9}), out=out)
+    protege.search(make_tiny_net(), train=GOOD, val=GOOD, example_input=X[:1],
+                   config=cfg(constraints={"max_accuracy_drop": 1.0 - 1e-9}), out=out)
     return out
 
 
@@ -191,8 +191,8 @@ def test_resuming_with_a_mismatched_config_is_refused(case, finished):
     changes, message = RESUME_CASES[case]
     before = _snapshot(finished)
     with pytest.raises(ValueError, match=re.escape(message)):
-        run_search(make_tiny_net(), train=GOOD, val=GOOD, example_input=X[:1],
-                   config=cfg(**changes), out=finished)
+        protege.search(make_tiny_net(), train=GOOD, val=GOOD, example_input=X[:1],
+                       config=cfg(**changes), out=finished)
     assert _snapshot(finished) == before  # the earlier run is untouched
 
 
@@ -214,8 +214,8 @@ CLI_CASES = {
         "task: digits\n", ["--set", "constraints.max_accuracy_drop=1.5"],
         "constraints.max_accuracy_drop: must be in [0, 1)"),
     "--set without a value": ("task: digits\n", ["--set", "n_trials"], "expected KEY=VALUE"),
-    "--set of an unknown key": ("task: digits\n", ["--set", "pruning.curv=false"],
-                                "unknown key 'pruning.curv'"),
+    "--set of an unknown key": ("task: digits\n", ["--set", "rules.curv=false"],
+                                "unknown key 'rules.curv'"),
     "missing config file": (None, [], "config file not found"),
     "--storage outside the run folder": (
         "task: digits\nn_trials: 1\n", ["--storage", "journal:{tmp}/study.journal"],

@@ -122,7 +122,7 @@ def test_export_torchscript_of_another_trial(finished_run, tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     records = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()]
     other = next(r["number"] for r in records
-                 if r["state"] == "complete" and r["number"] != summary["pick"]["trial"])
+                 if r["outcome"] == "trained" and r["number"] != summary["pick"]["trial"])
     assert main(["export", str(run), "--format", "torchscript", "--trial", str(other)]) == 0
     assert "max abs difference against PyTorch 0 " in capsys.readouterr().out
     assert (run / f"trial-{other}" / "student.torchscript.pt").stat().st_size > 0
@@ -207,12 +207,12 @@ def test_run_folder_mistakes_exit_2_with_one_line(tmp_path, capsys, argv, messag
 
 
 def test_an_unexpected_error_is_one_line_unless_verbose(finished_run, monkeypatch, capsys):
-    import protege.search
+    import sys
 
     def broken(out):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(protege.search, "write_report", broken)
+    monkeypatch.setattr(sys.modules["protege.search"], "write_report", broken)
     assert main(["report", str(finished_run[0])]) == 1
     err = capsys.readouterr().err
     assert "RuntimeError: boom" in err and "-v" in err and "Traceback" not in err

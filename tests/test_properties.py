@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tiny_nets import make_tiny_net
 
 from protege.search import hypervolume, pareto_indices
-from protege.search._export import save_student
+from protege.search.export import save_student
 from protege.spaces import derive
 
 SETTINGS = settings(max_examples=40, deadline=None,

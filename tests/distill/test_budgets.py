@@ -8,10 +8,11 @@ import pytest
 import torch
 from tiny_nets import make_tiny_net
 
+import protege
+from protege import distill
 from protege.distill import DistillConfig, cache_teacher_outputs, train_student
 from protege.distill._module import _OneCycle
-from protege.search import Config, apply_overrides, run_search
-from protege.search import _study as study_module
+from protege.search import Config, apply_overrides
 
 
 @pytest.fixture
@@ -116,21 +117,21 @@ def test_budget_keys_load_from_yaml_and_set_overrides():
 def test_search_trials_use_the_budgets_and_the_finetune_all_data(tiny_data, tmp_path,
                                                                  monkeypatch):
     runs = []
-    real = study_module._train_student
+    real = distill.train_student
 
     def recording(*args, **kwargs):
         result = real(*args, **kwargs)
         runs.append(result)
         return result
 
-    monkeypatch.setattr(study_module, "_train_student", recording)
+    monkeypatch.setattr(distill, "train_student", recording)
     config = Config.from_dict({
-        "task": "custom", "n_trials": 2, "strategy": "random",
+        "n_trials": 2, "strategy": "random",
         "constraints": {"max_accuracy_drop": 0.5},
         "distill": {"batch_size": 64, "samples": 50, "max_steps": 2, "finetune_epochs": 1}})
-    result = run_search(make_tiny_net(), train=tiny_data["train"], val=tiny_data["val"],
-                        example_input=torch.randn(1, 1, 8, 8), config=config,
-                        out=tmp_path / "run")
+    result = protege.search(make_tiny_net(), train=tiny_data["train"], val=tiny_data["val"],
+                            example_input=torch.randn(1, 1, 8, 8), config=config,
+                            out=tmp_path / "run")
     assert result.pick is not None
     *trials, finetune = runs
     assert trials and all((r.samples, r.steps, len(r.history)) == (50, 2, 2) for r in trials)

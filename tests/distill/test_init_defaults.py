@@ -22,11 +22,12 @@ def test_the_temperature_is_resolved_by_init_unless_it_is_set():
 
 
 def test_the_search_config_resolves_the_temperature_by_its_init():
-    assert Config.from_dict({}).distill.temperature == 2.0
-    scratch = Config.from_dict({"init": "scratch"})
+    assert Config.from_dict({}).distill.temperature is None  # resolve() fills it
+    assert Config.from_dict({}).resolve().distill.temperature == 2.0
+    scratch = Config.from_dict({"init": "scratch"}).resolve()
     assert scratch.distill.temperature == 1.0
     assert Config.from_dict(scratch.to_dict()) == scratch
-    explicit = Config.from_dict({"init": "scratch", "distill": {"temperature": 3}})
+    explicit = Config.from_dict({"init": "scratch", "distill": {"temperature": 3}}).resolve()
     assert explicit.distill.temperature == 3.0
 
 

@@ -35,7 +35,7 @@ def test_online_teacher_runs_on_every_batch(tiny_net, tiny_data, tmp_path):
     outputs = cache_teacher_outputs(tiny_net, tiny_data["train"], cache_dir=tmp_path)
     student = copy.deepcopy(tiny_net)
     calls = _count_forwards(tiny_net)
-    config = DistillConfig(teacher="online", epochs=2, batch_size=64)
+    config = DistillConfig(teacher_mode="online", epochs=2, batch_size=64)
     result = train_student(student, outputs, tiny_data["val"], config=config,
                            teacher=tiny_net)
     assert calls[0] == 2 * 3  # 192 samples, batches of 64, two epochs
@@ -45,7 +45,7 @@ def test_online_teacher_runs_on_every_batch(tiny_net, tiny_data, tmp_path):
 
 def test_online_hints_match_cached_hints(tiny_net, tiny_data, tmp_path):
     cached = DistillConfig(hint_weight=1.0, epochs=1, batch_size=64)
-    online = DistillConfig(hint_weight=1.0, epochs=1, batch_size=64, teacher="online")
+    online = DistillConfig(hint_weight=1.0, epochs=1, batch_size=64, teacher_mode="online")
     outputs = cache_teacher_outputs(tiny_net, tiny_data["train"], cache_dir=tmp_path, config=cached)
     a = train_student(copy.deepcopy(tiny_net), outputs, tiny_data["val"], config=cached)
     b = train_student(copy.deepcopy(tiny_net), outputs, tiny_data["val"], config=online,
@@ -72,7 +72,7 @@ def test_augmentation_runs_the_teacher_online(tiny_net, tiny_data, tmp_path):
 
 def test_ce_needs_no_teacher_even_online(tiny_net, tiny_data, tmp_path):
     outputs = cache_teacher_outputs(tiny_net, tiny_data["train"], cache_dir=tmp_path)
-    config = DistillConfig(loss="ce", teacher="online", epochs=1, batch_size=64)
+    config = DistillConfig(loss="ce", teacher_mode="online", epochs=1, batch_size=64)
     result = train_student(copy.deepcopy(tiny_net), outputs, tiny_data["val"], config=config)
     assert len(result.history) == 1
 
@@ -84,7 +84,7 @@ def test_hints_without_cached_features_or_teacher_fail_clearly(tiny_net, tiny_da
                       config=DistillConfig(hint_weight=1.0, epochs=1))
 
 
-@pytest.mark.parametrize(("key", "value"), [("loss", "fitnet"), ("teacher", "lazy"),
+@pytest.mark.parametrize(("key", "value"), [("loss", "fitnet"), ("teacher_mode", "lazy"),
                                             ("hint_weight", -1.0), ("dkd_beta", -1.0),
                                             ("hint_layers", 0)])
 def test_config_names_the_bad_key(key, value):

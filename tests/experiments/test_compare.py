@@ -15,9 +15,9 @@ from tiny_nets import make_tiny_net
 from torch.utils.data import TensorDataset
 
 import protege.distill
-import protege.search._study
 from protege.experiments import (
     CompareTask,
+    StaleRecord,
     load_compare_config,
     paired_test,
     run_compare,
@@ -72,7 +72,6 @@ class _Meter:
                 self.spent.append(len(epochs) * len(train.inputs))
 
         monkeypatch.setattr(protege.distill, "train_student", counting)
-        monkeypatch.setattr(protege.search._study, "_train_student", counting)
 
     def take(self) -> int:
         total, self.spent[:] = sum(self.spent), []
@@ -120,6 +119,27 @@ def test_two_arms_two_seeds_equal_budgets_json_and_resume(
     assert meter.take() == 0
     assert [r.to_dict() for r in again] == [r.to_dict() for r in records]
 
+    # Every record names what made it, and the report names the one code version.
+    for row in payload["records"]:
+        assert {"commit", "dirty", "versions", "config_hash", "machine"} <= set(
+            row["provenance"])
+    assert "Every record was made by one code version" in text
+    assert payload["made_by"] and len(payload["made_by"]) == 1
+
+    # A record made by other code is refused, in one line, before anything runs.
+    done = tmp_path / "cmp" / "torch_pruning" / "seed1" / "record.json"
+    row = json.loads(done.read_text())
+    row["provenance"]["commit"] = "0" * 40
+    done.write_text(json.dumps(row))
+    with pytest.raises(StaleRecord, match=r"made by other code .*--reuse-stale"):
+        run_compare(config, out=tmp_path / "cmp", task=toy_task)
+    assert meter.take() == 0
+    stale = run_compare(config, out=tmp_path / "cmp", task=toy_task, reuse_stale=True)
+    assert meter.take() == 0 and stale[3].provenance["commit"] == "0" * 40
+    mixed = write_compare_report(stale, config=config, command="protege compare toy.yaml",
+                                 results_dir=tmp_path / "mixed")
+    assert "Records of 2 code versions are mixed here" in mixed["md"].read_text()
+
 
 def test_a_search_arm_with_several_fine_tunes_reserves_them_in_its_budget(
         toy_task: CompareTask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,9 +157,9 @@ def test_a_search_arm_with_several_fine_tunes_reserves_them_in_its_budget(
 @pytest.mark.slow  # two more searches: ~10 s on a quiet 2-core machine
 def test_uniform_arm_and_pruned_trials_spend_the_budget(
         toy_task: CompareTask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Curve pruning stops trials early: the search runs more of them until its share is spent.
+    # The curve rule stops trials early: the search runs more of them until its share is spent.
     config = _config(seeds=[0], budget={"trials": 6}, arms={
-        "protege": {"set": ["pruning.min_trials=1", "pruning.margin=0.5",
+        "protege": {"set": ["rules.min_trials=1", "rules.margin=0.5",
                             "distill.epochs=2"]},
         "uniform": {"kind": "uniform", "ratios": [0.25, 0.5, 1.0]}})
     meter = _Meter(monkeypatch)

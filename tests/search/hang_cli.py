@@ -14,13 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-from protege.search import _study
+from protege import distill
 
 
 def _install() -> None:
     spec = os.environ.get("PROTEGE_TEST_HANG", "")
     marker = Path(os.environ.get("PROTEGE_TEST_MARKER", "hanging"))
-    real = _study._train_student
+    real = distill.train_student
     trials = []
 
     def hang() -> None:
@@ -42,7 +42,7 @@ def _install() -> None:
 
         return real(student, *args, report=report, **kwargs)
 
-    _study._train_student = trainer
+    distill.train_student = trainer  # the seam every trial and fine-tune calls
 
 
 if __name__ == "__main__":

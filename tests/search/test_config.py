@@ -71,16 +71,27 @@ def test_limits_resolve_fractions_and_absolutes():
 
 
 def test_level_presets_the_trial_budget():
-    assert Config(level=1).n_trials == 30 and Config(level=3).n_trials == 80
-    assert Config(level=3, n_trials=7).n_trials == 7
-    assert Config.from_dict(Config(level=2).to_dict()).n_trials == 50
+    assert Config(level=1).resolve().n_trials == 30 and Config(level=3).trials == 80
+    assert Config(level=3, n_trials=7).resolve().n_trials == 7
+    assert Config.from_dict(Config(level=2).resolve().to_dict()).n_trials == 50
+    assert Config(level=2).n_trials is None  # left for resolve(): nothing rewrites a field
 
 
 def test_level_presets_the_epochs_of_a_trial_unless_given():
-    assert Config.from_dict({"level": 1}).distill.epochs == 4
-    assert Config.from_dict({"level": 3}).distill.epochs == 6
-    assert Config.from_dict({"level": 3, "distill": {"epochs": 2}}).distill.epochs == 2
-    assert Config.from_dict({"level": 2, "distill": {"alpha": 0.7}}).distill.epochs == 5
+    def epochs(data):  # type: ignore[no-untyped-def]
+        return Config.from_dict(data).resolve().distill.epochs
+
+    assert epochs({"level": 1}) == 4 and epochs({"level": 3}) == 6
+    assert epochs({"level": 3, "distill": {"epochs": 2}}) == 2
+    assert epochs({"level": 2, "distill": {"alpha": 0.7}}) == 5
+    assert Config(level=3).resolve().distill.epochs == 6  # however the config is built
     # The resolved config keeps the epochs it ran with: a resumed run gets the same.
-    resolved = Config.from_dict({"level": 3}).to_dict()
-    assert Config.from_dict({**resolved, "level": 1}).distill.epochs == 6
+    resolved = Config.from_dict({"level": 3}).resolve().to_dict()
+    assert epochs({**resolved, "level": 1}) == 6
+
+
+def test_a_config_written_before_the_renames_still_loads():
+    old = Config.from_dict({"task": "digits", "pruning": {"gain": False},
+                            "distill": {"teacher": "online", "epochs": 2}})
+    assert old.rules.gain is False and old.distill.teacher_mode == "online"
+    assert old.resolve().distill.epochs == 2

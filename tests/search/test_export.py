@@ -11,7 +11,7 @@ import torch
 from tiny_nets import make_tiny_net
 
 from protege.search import export_onnx, export_torchscript, quantize_int8
-from protege.search._onnx import export_pick_onnx
+from protege.search.export import export_pick_onnx
 
 
 def test_onnx_export_matches_pytorch_with_any_batch(tiny_net, tiny_data, tmp_path):
@@ -33,7 +33,7 @@ def test_the_check_sees_a_model_that_differs(tiny_data, tmp_path):
     check = export_onnx(net, inputs[:1], tmp_path / "s.onnx", check_inputs=inputs)
     with torch.no_grad():
         net.fc.bias.add_(1.0)  # the file keeps the old bias
-    from protege.search._onnx import _max_diff, _reference
+    from protege.search.export._onnx import _max_diff, _reference
 
     session = onnxruntime.InferenceSession(str(check.path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"input": inputs.numpy()})[0]

@@ -1,24 +1,22 @@
-"""The Ray Tune backend completes a tiny study and resumes it (Ray is an optional extra)."""
+"""The Ray Tune backend runs the one trial function: the same study as in-process, rejected
+students as rejected records, resumable, and on a cluster whose nodes share no run folder."""
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from protege.search import Config, run_search
+import protege
+from protege.search import Config, Outcome
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 def teacher() -> nn.Module:
@@ -29,33 +27,74 @@ def teacher() -> nn.Module:
                          nn.Linear(16 * 16, 10)).eval()
 
 
-def test_ray_backend_runs_and_resumes_a_study(tmp_path):
+def data() -> dict[str, TensorDataset]:
     net = teacher()
     x = torch.randn(320, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         y = net(x).argmax(1)
-    config = Config.from_dict({
-        "task": "custom", "n_trials": 5, "strategy": "tpe", "backend": "ray",
+    return {"train": TensorDataset(x[:192], y[:192]), "val": TensorDataset(x[192:256], y[192:256])}
+
+
+def config(backend: str, n_trials: int, **ray_settings) -> Config:
+    return Config.from_dict({
+        "n_trials": n_trials, "strategy": "tpe", "seed": 3, "backend": backend,
         "constraints": {"max_accuracy_drop": 0.5, "max_macs": 0.7},
+        "rules": {"min_trials": 2, "margin": 0.0, "min_gain": 0.05},
         "distill": {"epochs": 2, "finetune_epochs": 1, "batch_size": 64},
+        "ray": {"max_concurrent": 1, **ray_settings},
     })
 
-    def search():
-        return run_search(net, train=TensorDataset(x[:192], y[:192]),
-                          val=TensorDataset(x[192:256], y[192:256]), example_input=x[:1],
-                          config=config, out=tmp_path / "run")
 
-    first = search()
-    assert len(first.trials) == 5
-    assert {r.state for r in first.trials} <= {"complete", "pruned"}
-    for record in first.trials:
-        if record.state == "pruned":
-            assert record.pruned_reason.startswith(("macs", "asha"))
-    assert first.pick is not None
-    for name in ("trials.jsonl", "pareto.json", "summary.json", "best/arch.json"):
-        assert (tmp_path / "run" / name).is_file()
-    lines = (tmp_path / "run" / "trials.jsonl").read_text().splitlines()
-    assert [json.loads(line)["number"] for line in lines] == [0, 1, 2, 3, 4]
+def search(out, cfg: Config) -> protege.SearchResult:
+    return protege.search(teacher(), **data(), example_input=torch.zeros(1, 1, 8, 8),
+                          config=cfg, out=out)
 
-    again = search()  # restores the Tune experiment: nothing new runs
-    assert [r.to_dict() for r in again.trials] == [r.to_dict() for r in first.trials]
+
+@pytest.fixture
+def local_ray():
+    torch.set_num_threads(1)  # as each Ray trial (ray.cpus_per_trial: 1), so runs agree
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def test_ray_and_in_process_run_the_same_study(tmp_path, local_ray):
+    here = search(tmp_path / "here", config("optuna", 7))
+    there = search(tmp_path / "ray", config("ray", 7))
+    kinds = [(r.number, r.outcome, r.arch) for r in here.trials]
+    assert [(r.number, r.outcome, r.arch) for r in there.trials] == kinds
+    assert {Outcome.REJECTED, Outcome.TRAINED} <= {r.outcome for r in there.trials}
+    for record in there.trials:
+        if record.outcome == Outcome.REJECTED:  # a record, never accuracy 0.0
+            assert record.accuracy is None and record.reason.startswith("macs ")
+    assert there.pick is not None and there.pick.trial == here.pick.trial
+    lines = (tmp_path / "ray" / "trials.jsonl").read_text().splitlines()
+    assert [json.loads(line)["number"] for line in lines] == list(range(7))
+
+    # Resumed with a larger budget: the seven trials are kept, one more runs.
+    more = search(tmp_path / "ray", config("ray", 8))
+    assert [r.to_dict() for r in more.trials[:7]] == [r.to_dict() for r in there.trials]
+    assert len(more.trials) == 8
+
+
+@pytest.mark.slow
+def test_a_study_runs_on_a_two_node_cluster_whose_nodes_share_no_folder(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    os.makedirs("/tmp/ray", exist_ok=True)  # Ray writes its address file there
+    head, other = tempfile.mkdtemp(prefix="head-"), tempfile.mkdtemp(prefix="node-")
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 1, "temp_dir": head, "include_dashboard": False})
+    cluster.add_node(num_cpus=1, temp_dir=other)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        result = search(tmp_path / "run", config("ray", 6, max_concurrent=2))
+        assert len(result.trials) == 6 and result.pick is not None
+        assert all(r.outcome != Outcome.FAILED for r in result.trials)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        # Ray names the cluster it started there; a later ray.init() would try to join it.
+        Path("/tmp/ray/ray_current_cluster").unlink(missing_ok=True)

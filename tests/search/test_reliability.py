@@ -17,27 +17,41 @@ import pytest
 import torch
 from tiny_nets import make_tiny_net
 
+import protege
+from protege import distill
 from protege.cli import main
-from protege.search import Config, TooManyFailures, run_search
+from protege.search import (
+    Config,
+    StorageError,
+    TeacherProfile,
+    TooManyFailures,
+    TrialRecord,
+)
 from protege.search import _study as study_module
-from protege.search._objective import StudentEvaluator
-from protege.search._records import TeacherProfile, TrialRecord
-from protege.search._storage import StorageError
+from protege.search._trial import StudentEvaluator
+from protege.search.pick import accuracy_floor, choose
 
 HERE = Path(__file__).resolve().parent
 FAST = {"epochs": 1, "finetune_epochs": 1, "batch_size": 64}
 
 
 def config(**overrides) -> Config:
-    data = {"task": "custom", "n_trials": 4, "strategy": "random",
+    data = {"n_trials": 4, "strategy": "random",
             "constraints": {"max_accuracy_drop": 0.5}, "distill": FAST}
     data.update(overrides)
     return Config.from_dict(data)
 
 
 def search(tiny_data, out, cfg, **kwargs):
-    return run_search(make_tiny_net(), train=tiny_data["train"], val=tiny_data["val"],
-                      example_input=torch.randn(1, 1, 8, 8), config=cfg, out=out, **kwargs)
+    return protege.search(make_tiny_net(), train=tiny_data["train"], val=tiny_data["val"],
+                          example_input=torch.randn(1, 1, 8, 8), config=cfg, out=out, **kwargs)
+
+
+def join(tiny_data, out, cfg):
+    """A worker on the run's storage: runs trials, never picks."""
+    return protege.create_study(make_tiny_net(), train=tiny_data["train"],
+                                val=tiny_data["val"], example_input=torch.randn(1, 1, 8, 8),
+                                config=cfg, out=out, worker=True)
 
 
 def read_records(out: Path) -> list[dict]:
@@ -45,7 +59,7 @@ def read_records(out: Path) -> list[dict]:
 
 
 def finished(records: list[dict]) -> list[dict]:
-    return [r for r in records if r["state"] in ("complete", "pruned")]
+    return [r for r in records if r["outcome"] not in ("failed", "running")]
 
 
 # --- failing trials ------------------------------------------------------------------------
@@ -88,7 +102,7 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(
     monkeypatch.setattr(StudentEvaluator, "build", build)
     result = search(tiny_data, tmp_path / "run", config(n_trials=4))
     records = read_records(tmp_path / "run")
-    assert records[1]["state"] == "failed" and reason in records[1]["error"]
+    assert records[1]["outcome"] == "failed" and reason in records[1]["reason"]
     assert [r.to_dict() for r in result.trials] == records
     assert len(finished(records)) == 4  # its slot was run again
     assert len({r["number"] for r in records}) == len(records)
@@ -99,19 +113,39 @@ def test_a_study_where_most_trials_fail_stops_early(tiny_data, tmp_path, monkeyp
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA error: device-side assert triggered")
 
-    monkeypatch.setattr(study_module, "_train_student", broken)
+    monkeypatch.setattr(distill, "train_student", broken)
     with pytest.raises(TooManyFailures, match="5 of the 5 trials run so far failed .*"
                                               "device-side assert.*stopping early"):
         search(tiny_data, tmp_path / "run", config(n_trials=50))
     records = read_records(tmp_path / "run")
-    assert len(records) == 5 and all("device-side assert" in r["error"] for r in records)
+    assert len(records) == 5 and all("device-side assert" in r["reason"] for r in records)
+
+
+def test_the_early_stop_quotes_the_last_failure_not_the_last_trial(tiny_data, tmp_path,
+                                                                   monkeypatch):
+    real = StudentEvaluator.build
+
+    def build(self, arch, number):  # type: ignore[no-untyped-def]
+        if number < 4:
+            raise RuntimeError(f"broken student {number}")
+        student, costs = real(self, arch, number)
+        return student, {**costs, "macs": 1e12}  # over the MAC limit: rejected
+
+    # trials 0-3 fail, trial 4 is rejected: 4 of 5 failed, and the last trial is a
+    # rejection, whose reason is no failure's
+    monkeypatch.setattr(StudentEvaluator, "build", build)
+    with pytest.raises(TooManyFailures, match=r"4 of the 5 trials .* \(last failure, trial 3: "
+                                              r"RuntimeError: broken student 3\)"):
+        search(tiny_data, tmp_path / "run", config(
+            n_trials=50, constraints={"max_accuracy_drop": 0.5, "max_macs": 0.9}))
+    assert read_records(tmp_path / "run")[-1]["outcome"] == "rejected"
 
 
 def test_the_cli_stops_a_failing_study_with_one_line(tmp_path, monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA error: device-side assert triggered")
 
-    monkeypatch.setattr(study_module, "_train_student", broken)
+    monkeypatch.setattr(distill, "train_student", broken)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("task: digits\nn_trials: 50\nstrategy: random\n"
                    "distill: {epochs: 1, finetune_epochs: 1, batch_size: 128}\n")
@@ -152,11 +186,10 @@ def _kill_when_hanging(proc: subprocess.Popen, marker: Path) -> None:
 
 
 def _expected_pick(out: Path, records: list[dict], cfg: Config) -> int:
-    """The trial an uninterrupted run's ``_choose`` takes from these same records."""
+    """The trial an uninterrupted run's pick takes from these same records."""
     teacher = TeacherProfile(**json.loads((out / "summary.json").read_text())["teacher"])
-    done = [TrialRecord(**(r | {"history": tuple(r["history"])})) for r in records
-            if r["state"] == "complete" and r["duplicate_of"] is None]
-    chosen = study_module._choose(done, teacher, cfg)
+    done = [TrialRecord.from_dict(r) for r in records if r["outcome"] == "trained"]
+    chosen = choose(done, floor=accuracy_floor(teacher, cfg))
     assert chosen is not None
     return chosen[0].number
 
@@ -171,7 +204,7 @@ def test_a_run_killed_mid_trial_and_mid_finetune_resumes_with_the_same_command(t
     # 1. SIGKILL while the third trial trains.
     _kill_when_hanging(_launch(command, hang="trial:3", marker=tmp_path / "m1"), tmp_path / "m1")
     before = read_records(out)
-    assert len(before) >= 2 and all(r["state"] != "failed" for r in before)
+    assert len(before) >= 2 and all(r["outcome"] != "failed" for r in before)
 
     # 2. The same command resumes; SIGKILL it again while the pick is fine-tuned.
     _kill_when_hanging(_launch(command, hang="finetune", marker=tmp_path / "m2"),
@@ -179,7 +212,7 @@ def test_a_run_killed_mid_trial_and_mid_finetune_resumes_with_the_same_command(t
     middle = read_records(out)
     assert middle[:len(before)] == before  # no finished trial lost or changed
     killed = middle[len(before)]
-    assert killed["state"] == "failed" and "stopped while it ran" in killed["error"]
+    assert killed["outcome"] == "failed" and "stopped while it ran" in killed["reason"]
     assert len(finished(middle)) == n
     assert not (out / "best" / "student.pt").exists()
 
@@ -193,7 +226,8 @@ def test_a_run_killed_mid_trial_and_mid_finetune_resumes_with_the_same_command(t
     numbers = [r["number"] for r in after]
     assert numbers == sorted(set(numbers))
     summary = json.loads((out / "summary.json").read_text())
-    cfg = Config.from_dict(__import__("yaml").safe_load(cfg_path.read_text()) | {"n_trials": n})
+    cfg = Config.from_dict(__import__("yaml").safe_load(cfg_path.read_text())
+                           | {"n_trials": n}).resolve()
     assert summary["pick"]["trial"] == _expected_pick(out, after, cfg)
     assert (out / "best" / "student.pt").is_file() and (out / "best" / "arch.json").is_file()
 
@@ -222,7 +256,7 @@ def _worker(path: str, value: int, rounds: int, folder: str, start, both) -> Non
     """One worker: rewrites ``path`` ``rounds`` times, then computes the teacher cache."""
     from tiny_nets import make_tiny_net
 
-    from protege._io import atomic_write
+    from protege.common import atomic_write
     from protege.distill import cache_teacher_outputs
 
     payload = {"logits": torch.full((512, 512), float(value))}
@@ -269,17 +303,18 @@ def test_a_trial_skipped_because_other_workers_spent_the_budget_is_not_reported(
         tiny_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     search(tiny_data, out, config(n_trials=2))
-    real = study_module._active
+    real = study_module.Study._active
 
-    def racing(study):  # type: ignore[no-untyped-def]
+    def racing(self):  # type: ignore[no-untyped-def]
         # Until it starts a trial, this worker misses the ones others just finished.
-        return 0 if len(study.get_trials()) == 2 else real(study)
+        return 0 if len(self.optuna_study.get_trials()) == 2 else real(self)
 
-    monkeypatch.setattr(study_module, "_active", racing)
+    monkeypatch.setattr(study_module.Study, "_active", racing)
     seen = []
-    result = search(tiny_data, out, config(n_trials=2), worker=True, callbacks=[seen.append])
-    assert seen == []  # the skipped trial is no record, and no callback crashed on it
-    assert [r.number for r in result.trials] == [0, 1]
+    worker = join(tiny_data, out, config(n_trials=2))
+    worker.optimize(callbacks=[lambda study, record: seen.append(record)])
+    assert seen == []  # the budget-spent trial is no record, and no callback ran on it
+    assert [r.number for r in worker.trials] == [0, 1]
     assert len(read_records(out)) == 2
 
 

@@ -13,14 +13,14 @@ import yaml
 
 from protege.search import (
     Config,
+    Outcome,
     TeacherProfile,
     TrialRecord,
     hypervolume,
     load_run,
-    trial_outcome,
     write_report,
 )
-from protege.search._report import choice_importances, hypervolume_curve, pruning_savings
+from protege.search.report import choice_importances, hypervolume_curve, rule_savings
 
 TEACHER = {"macs": 1000, "params": 100, "val_accuracy": 0.95, "test_accuracy": 0.94,
            "latency_ms": 0.5, "classes": 10}
@@ -32,30 +32,31 @@ def _records() -> list[TrialRecord]:
     for n in range(12):
         a, b = [0.25, 0.5, 1.0][n % 3], [0.5, 1.0][n // 3 % 2]
         records.append(TrialRecord(
-            number=n, state="complete", arch={"width.a": a, "width.b": b},
+            number=n, outcome=Outcome.TRAINED, arch={"width.a": a, "width.b": b},
             accuracy=0.6 + 0.3 * a + 0.001 * n, macs=int(1000 * a * b), params=int(100 * a),
             train_seconds=2.0, history=(0.5, 0.6 + 0.3 * a)))
     records += [
-        TrialRecord(number=12, state="pruned", arch={"width.a": 1.0, "width.b": 1.0},
-                    macs=1000, params=100, pruned_reason="macs 1000 > max_macs 900 (over by 11%)"),
-        TrialRecord(number=13, state="pruned", arch={"width.a": 0.25, "width.b": 0.5},
+        TrialRecord(number=12, outcome=Outcome.REJECTED, arch={"width.a": 1.0, "width.b": 1.0},
+                    macs=1000, params=100, reason="macs 1000 > max_macs 900 (over by 11%)"),
+        TrialRecord(number=13, outcome=Outcome.STOPPED, arch={"width.a": 0.25, "width.b": 0.5},
                     macs=125, params=25, train_seconds=0.5,
-                    pruned_reason="curve: after epoch 1/2 accuracy 0.5 ..."),
-        TrialRecord(number=14, state="pruned", arch={"width.a": 0.25, "width.b": 1.0},
-                    macs=250, params=25, pruned_reason="predictor: accuracy 0.6 ± 0.01 ..."),
-        TrialRecord(number=15, state="complete", arch={"width.a": 1.0, "width.b": 0.5},
+                    reason="curve: after epoch 1/2 accuracy 0.5 ..."),
+        TrialRecord(number=14, outcome=Outcome.SKIPPED, arch={"width.a": 0.25, "width.b": 1.0},
+                    macs=250, params=25, reason="predictor: accuracy 0.6 ± 0.01 ..."),
+        TrialRecord(number=15, outcome=Outcome.REUSED, arch={"width.a": 1.0, "width.b": 0.5},
                     accuracy=0.9, macs=500, params=100, duplicate_of=2),
-        TrialRecord(number=16, state="failed", arch={"width.a": 0.5, "width.b": 0.5},
-                    error="RuntimeError: out of memory"),
+        TrialRecord(number=16, outcome=Outcome.FAILED, arch={"width.a": 0.5, "width.b": 0.5},
+                    reason="RuntimeError: out of memory"),
     ]
     return records
 
 
 def _write_run(out: Path, records: list[TrialRecord], *, finished: bool = True) -> Path:
     out.mkdir(parents=True)
-    config = Config.from_dict({"task": "digits", "n_trials": len(records), "strategy": "random",
+    config = Config.from_dict({"n_trials": len(records), "strategy": "random",
                                "constraints": {"max_accuracy_drop": 0.1, "max_macs": 0.9}})
-    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    (out / "config.yaml").write_text(yaml.safe_dump({"task": "digits", **config.to_dict()},
+                                                    sort_keys=False))
     (out / "trials.jsonl").write_text(
         "".join(json.dumps(r.to_dict()) + "\n" for r in records))
     if not finished:
@@ -82,12 +83,12 @@ def _write_study(out: Path, records: list[TrialRecord]) -> None:
                                 directions=["maximize", "minimize"])
     start = datetime.datetime(2024, 1, 1)
     for r in records:
-        state = {"complete": optuna.trial.TrialState.COMPLETE,
-                 "pruned": optuna.trial.TrialState.PRUNED,
-                 "failed": optuna.trial.TrialState.FAIL}[r.state]
+        state = (optuna.trial.TrialState.COMPLETE if r.outcome.completed
+                 else optuna.trial.TrialState.FAIL if r.outcome == Outcome.FAILED
+                 else optuna.trial.TrialState.PRUNED)
         trial = optuna.trial.create_trial(
-            state=state, values=[r.accuracy, r.macs] if r.state == "complete" else None,
-            user_attrs={"pruned_reason": r.pruned_reason} if r.pruned_reason else {})
+            state=state, values=[r.accuracy, r.macs] if r.outcome.completed else None,
+            user_attrs={"outcome": r.outcome.value} | ({"reason": r.reason} if r.reason else {}))
         trial.datetime_start = start + datetime.timedelta(seconds=2 * r.number)
         trial.datetime_complete = trial.datetime_start + datetime.timedelta(seconds=1.5)
         study.add_trial(trial)
@@ -107,7 +108,7 @@ def test_report_writes_markdown_html_and_every_plot(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
     for heading in ("## Trials", "## Pareto front", "## Hypervolume", "## Which choices mattered",
-                    "## What pruning saved", "## Pick"):
+                    "## What the limits and rules saved", "## Pick"):
         assert heading in md
     assert "max abs difference 2e-06" in md
     assert "| 1 | 0.7510 | 250 | 0.250 |" in md  # the front's table
@@ -140,22 +141,34 @@ def test_hypervolume_curve_grows_to_the_study_hypervolume():
     assert all(b >= a for a, b in zip(values, values[1:], strict=False))
     assert values[0] == pytest.approx((0.675 - 0.1) * (1 - 0.125))  # one student: a rectangle
     trained = [(r.accuracy, r.macs / 1000) for r in records
-               if r.state == "complete" and r.duplicate_of is None]
+               if r.outcome == Outcome.TRAINED]
     # The study's measure: costs over the teacher's, reference (chance accuracy, 1).
     assert values[-1] == pytest.approx(hypervolume(trained, reference=(0.1, 1.0)))
 
 
-def test_pruning_savings_count_each_rule_and_estimate_the_time():
-    saved = pruning_savings(_records())
+def test_rule_savings_count_each_rule_and_estimate_the_time():
+    saved = rule_savings(_records())
     assert (saved["rejected"], saved["skipped"], saved["stopped"], saved["reused"]) == (1, 1, 1, 1)
     assert saved["mean_train_seconds"] == pytest.approx(2.0)
     assert saved["spent_seconds"] == pytest.approx(12 * 2.0 + 0.5)
     assert saved["saved_seconds"] == pytest.approx(3 * 2.0 + 1.5)
 
 
-def test_outcomes_name_what_became_of_each_trial():
-    assert [trial_outcome(r) for r in _records()[11:]] == [
+def test_records_written_before_outcomes_were_stored_still_load():
+    legacy = [
+        {"number": 0, "state": "complete", "arch": {}, "accuracy": 0.9, "history": [0.9]},
+        {"number": 1, "state": "pruned", "arch": {}, "pruned_reason": "macs 9 > max_macs 8"},
+        {"number": 2, "state": "pruned", "arch": {}, "pruned_reason": "curve: ...",
+         "history": [0.5]},
+        {"number": 3, "state": "pruned", "arch": {}, "pruned_reason": "gain: ..."},
+        {"number": 4, "state": "complete", "arch": {}, "accuracy": 0.9, "duplicate_of": 0},
+        {"number": 5, "state": "failed", "arch": {}, "error": "RuntimeError: boom"},
+    ]
+    records = [TrialRecord.from_dict(data) for data in legacy]
+    assert [r.outcome.value for r in records] == [
         "trained", "rejected", "stopped", "skipped", "reused", "failed"]
+    assert records[5].reason == "RuntimeError: boom"
+    assert records[1].reason == "macs 9 > max_macs 8"
 
 
 def test_load_run_reads_back_what_a_search_wrote(tmp_path):

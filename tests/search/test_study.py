@@ -8,43 +8,51 @@ import torch
 from tiny_nets import make_tiny_net
 
 import protege
+from protege import distill
 from protege.distill import DistillConfig
-from protege.search import Config, Constraints, run_search
-from protege.search import _study as study_module
+from protege.search import Config, ConfigError, Constraints, Outcome
+from protege.search.pick import bisect
 
 FAST = {"epochs": 1, "finetune_epochs": 1, "batch_size": 64}
 
 
 def config(**overrides) -> Config:
-    data = {"task": "custom", "n_trials": 4, "strategy": "random",
+    data = {"n_trials": 4, "strategy": "random",
             "constraints": {"max_accuracy_drop": 0.5, "max_macs": 0.6}, "distill": FAST}
     data.update(overrides)
     return Config.from_dict(data)
 
 
 def search(tiny_data, out, cfg, **kwargs):
-    return run_search(make_tiny_net(), train=tiny_data["train"], val=tiny_data["val"],
-                      test=tiny_data["test"], example_input=torch.randn(1, 1, 8, 8),
-                      config=cfg, out=out, **kwargs)
+    return protege.search(make_tiny_net(), train=tiny_data["train"], val=tiny_data["val"],
+                          test=tiny_data["test"], example_input=torch.randn(1, 1, 8, 8),
+                          config=cfg, out=out, **kwargs)
+
+
+def open_study(tiny_data, out, cfg):
+    return protege.create_study(make_tiny_net(), train=tiny_data["train"],
+                                val=tiny_data["val"], test=tiny_data["test"],
+                                example_input=torch.randn(1, 1, 8, 8), config=cfg, out=out)
 
 
 @pytest.fixture
 def train_calls(monkeypatch):
     """Counts the distillation runs of trials and of the final fine-tune."""
     calls: list[int] = []
-    real = study_module._train_student
+    real = distill.train_student
 
     def counting(student, *args, **kwargs):
         calls.append(sum(p.numel() for p in student.parameters()))
         return real(student, *args, **kwargs)
 
-    monkeypatch.setattr(study_module, "_train_student", counting)
+    monkeypatch.setattr(distill, "train_student", counting)
     return calls
 
 
 def test_run_writes_the_run_folder(tiny_data, tmp_path):
     seen = []
-    result = search(tiny_data, tmp_path / "run", config(), callbacks=[seen.append])
+    result = search(tiny_data, tmp_path / "run", config(),
+                    callbacks=[lambda study, record: seen.append(record)])
     run = tmp_path / "run"
     for name in ("config.yaml", "study.db", "trials.jsonl", "pareto.json", "summary.json",
                  "best/arch.json", "best/student.pt", "report.md", "front.png"):
@@ -52,12 +60,17 @@ def test_run_writes_the_run_folder(tiny_data, tmp_path):
     lines = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()]
     assert [r["number"] for r in lines] == [0, 1, 2, 3] == [r.number for r in seen]
     for record in lines:
-        assert {"number", "state", "arch", "accuracy", "macs", "params", "train_seconds",
-                "pruned_reason"} <= set(record)
+        assert {"number", "outcome", "arch", "accuracy", "macs", "params", "train_seconds",
+                "reason"} <= set(record)
+        assert record["outcome"] in {kind.value for kind in Outcome}
+        stamp = record["provenance"]  # what made it, and on which machine
+        assert {"commit", "dirty", "versions", "config_hash", "machine"} <= set(stamp)
+        assert stamp["versions"]["torch"] and stamp["machine"]["cores"]
     front = json.loads((run / "pareto.json").read_text())
     assert front and all({"trial", "arch", "accuracy", "macs", "params"} <= set(m) for m in front)
     assert [m["trial"] for m in front] == [r.number for r in result.front]
     summary = json.loads((run / "summary.json").read_text())
+    assert summary["provenance"]["config_hash"] == lines[0]["provenance"]["config_hash"]
     assert summary["teacher"]["val_accuracy"] == 1.0
     assert summary["pick"]["trial"] == result.pick.trial
     assert summary["pick"]["test_accuracy"] is not None
@@ -75,11 +88,11 @@ def test_saved_student_rebuilds_with_identical_outputs(tiny_data, tmp_path):
 def test_student_over_the_mac_limit_never_trains(tiny_data, tmp_path, train_calls):
     limits = {"max_accuracy_drop": 0.5, "max_macs": 0.3}
     result = search(tiny_data, tmp_path / "run", config(n_trials=8, constraints=limits))
-    rejected = [r for r in result.trials if r.state == "pruned"]
-    trained = [r for r in result.trials if r.state == "complete" and r.duplicate_of is None]
+    rejected = [r for r in result.trials if r.outcome == Outcome.REJECTED]
+    trained = [r for r in result.trials if r.outcome == Outcome.TRAINED]
     assert rejected, "the MAC limit should reject some random students"
     for record in rejected:
-        assert record.pruned_reason.startswith("macs ")
+        assert record.reason.startswith("macs ")
         assert record.accuracy is None and record.train_seconds is None
     # One distillation per trained trial, plus the pick's fine-tune; none for rejected ones.
     assert len(train_calls) == len(trained) + 1
@@ -107,17 +120,55 @@ def test_impossible_mac_limit_is_a_clear_error_before_any_trial(tiny_data, tmp_p
 def test_public_api_runs_a_search(tiny_data, tmp_path):
     result = protege.search(
         make_tiny_net(), train=tiny_data["train"], val=tiny_data["val"],
-        example_input=torch.randn(1, 1, 8, 8), n_trials=2, strategy="tpe",
-        constraints=Constraints(max_accuracy_drop=0.5), distill=DistillConfig(**FAST),
-        out=tmp_path / "api",
+        example_input=torch.randn(1, 1, 8, 8), out=tmp_path / "api",
+        config=protege.Config(n_trials=2, strategy="tpe",
+                              constraints=Constraints(max_accuracy_drop=0.5),
+                              distill=DistillConfig(**FAST)),
     )
     assert len(result.trials) == 2 and result.pick is not None
     assert result.pick.test_accuracy is None  # no test data given
 
 
+def test_a_study_is_stopped_by_a_callback_and_extended(tiny_data, tmp_path):
+    study = open_study(tiny_data, tmp_path / "run", config(n_trials=10))
+    study.optimize(callbacks=[lambda study, record: study.stop() if record.number == 1 else None])
+    assert [r.number for r in study.trials] == [0, 1]
+    study.optimize(n_trials=2)  # two more, whatever the config's budget
+    assert [r.number for r in study.trials] == [0, 1, 2, 3]
+    assert study.front and study.hypervolume > 0
+    result = study.finish()
+    assert result.pick is not None and (tmp_path / "run" / "best" / "student.pt").is_file()
+
+
+def test_a_resumed_study_does_not_replay_its_sampler(tiny_data, tmp_path):
+    cfg = config(n_trials=2, constraints={"max_accuracy_drop": 0.5},
+                 rules={"gain": False, "predictor": False, "curve": False})
+    first = open_study(tiny_data, tmp_path / "run", cfg)
+    first.optimize()
+    resumed = open_study(tiny_data, tmp_path / "run", config(
+        n_trials=4, constraints={"max_accuracy_drop": 0.5},
+        rules={"gain": False, "predictor": False, "curve": False}))
+    resumed.optimize()
+    records = resumed.trials
+    assert len(records) == 4
+    # a sampler restarted from the same seed would propose trials 0 and 1 again
+    assert [r.arch for r in records[2:]] != [r.arch for r in records[:2]]
+    assert all(r.duplicate_of is None for r in records[2:])
+
+
+def test_level_presets_resolve_alike_however_the_config_is_built():
+    built = Config(level=3).resolve()
+    read = Config.from_dict({"level": 3}).resolve()
+    assert built == read
+    assert built.distill.epochs == 6 and built.n_trials == 80
+    assert built.resolve() == built
+    with pytest.raises(TypeError):
+        Config(3)  # type: ignore[misc]  # keyword-only
+
+
 def test_non_module_teacher_is_rejected(tiny_data, tmp_path):
     with pytest.raises(TypeError, match="must be a torch.nn.Module"):
-        run_search(object(), train=tiny_data["train"], val=tiny_data["val"],  # type: ignore
+        protege.search(object(), train=tiny_data["train"], val=tiny_data["val"],  # type: ignore
                    example_input=torch.randn(1, 1, 8, 8), config=config(), out=tmp_path)
 
 
@@ -171,7 +222,7 @@ def _fake_tune(finetuned_accuracy, floor, calls):
 def _records(*points):
     from protege.search import TrialRecord
 
-    return [TrialRecord(number=i, state="complete", arch={}, accuracy=a, macs=m)
+    return [TrialRecord(number=i, outcome=Outcome.TRAINED, arch={}, accuracy=a, macs=m)
             for i, (a, m) in enumerate(points)]
 
 
@@ -184,7 +235,7 @@ TUNED = {r.number: round(r.accuracy + 0.14, 4) for r in FRONT}
 
 def test_bisection_finds_the_smallest_student_that_meets_the_limit_after_fine_tuning():
     calls = []
-    pick, _ = study_module._bisect(FRONT[6], FRONT, tune=_fake_tune(TUNED, 0.88, calls),
+    pick, _ = bisect(FRONT[6], FRONT, tune=_fake_tune(TUNED, 0.88, calls),
                                    finetunes=4)
     # trial 6 first, then the front below it: 0..5 -> mid 3 (meets), 0..3 -> 1 (misses),
     # 2..3 -> 2 (misses): trial 3 is the smallest that meets, found in 4 fine-tunes
@@ -196,17 +247,17 @@ def test_bisection_finds_the_smallest_student_that_meets_the_limit_after_fine_tu
 
 def test_bisection_goes_up_by_macs_when_the_first_student_misses_after_fine_tuning():
     calls = []
-    pick, _ = study_module._bisect(FRONT[2], FRONT, tune=_fake_tune(TUNED, 0.88, calls),
+    pick, _ = bisect(FRONT[2], FRONT, tune=_fake_tune(TUNED, 0.88, calls),
                                    finetunes=4)
     # trial 2 misses (0.84); above it, by MACs, every larger student (dominated trial 7
     # too): [7, 3, 4, 5, 6] -> trial 4 (meets), trial 3 (meets), trial 7 (misses)
     assert calls == [2, 4, 3, 7] and pick.trial == 3 and pick.meets_constraints
     calls.clear()
-    pick, _ = study_module._bisect(FRONT[2], FRONT, tune=_fake_tune(TUNED, 0.88, calls),
+    pick, _ = bisect(FRONT[2], FRONT, tune=_fake_tune(TUNED, 0.88, calls),
                                    finetunes=2)
     assert calls == [2, 4] and pick.trial == 4  # the smallest that met so far
     calls.clear()
-    pick, _ = study_module._bisect(FRONT[2], FRONT, tune=_fake_tune(TUNED, 0.995, calls),
+    pick, _ = bisect(FRONT[2], FRONT, tune=_fake_tune(TUNED, 0.995, calls),
                                    finetunes=3)
     # nothing meets 0.995: the most accurate fine-tuned student is returned, marked so
     assert calls == [2, 4, 6] and pick.trial == 6 and not pick.meets_constraints
@@ -214,15 +265,15 @@ def test_bisection_goes_up_by_macs_when_the_first_student_misses_after_fine_tuni
 
 def test_bisection_stops_at_its_fine_tune_budget_and_when_the_first_misses():
     calls = []
-    pick, _ = study_module._bisect(FRONT[6], FRONT, tune=_fake_tune(TUNED, 0.88, calls),
+    pick, _ = bisect(FRONT[6], FRONT, tune=_fake_tune(TUNED, 0.88, calls),
                                    finetunes=2)
     assert calls == [6, 3] and pick.trial == 3
     calls.clear()
-    pick, _ = study_module._bisect(FRONT[6], FRONT, tune=_fake_tune(TUNED, 0.995, calls),
+    pick, _ = bisect(FRONT[6], FRONT, tune=_fake_tune(TUNED, 0.995, calls),
                                    finetunes=4)
     assert calls == [6] and pick.trial == 6 and not pick.meets_constraints
     calls.clear()
-    pick, _ = study_module._bisect(FRONT[6], FRONT, tune=_fake_tune(TUNED, 0.88, calls),
+    pick, _ = bisect(FRONT[6], FRONT, tune=_fake_tune(TUNED, 0.88, calls),
                                    finetunes=1)
     assert calls == [6] and len(pick.finetuned) == 1
 
@@ -230,8 +281,10 @@ def test_bisection_stops_at_its_fine_tune_budget_and_when_the_first_misses():
 def test_finetunes_runs_a_search_that_fine_tunes_several_students(tiny_data, tmp_path,
                                                                    train_calls, monkeypatch):
     # as if no trial met the limit: the largest student is fine-tuned first
-    monkeypatch.setattr(study_module, "_choose",
-                        lambda done, teacher, cfg: (max(done, key=lambda r: r.macs), False))
+    from protege.search import _study as study_module
+
+    monkeypatch.setattr(study_module, "choose",  # the pick's policy, replaced here
+                        lambda done, floor: (max(done, key=lambda r: r.macs), False))
     cfg = config(finetunes=3, n_trials=6, constraints={"max_accuracy_drop": 0.99})
     result = search(tiny_data, tmp_path / "run", cfg)
     tried = result.pick.finetuned
@@ -239,12 +292,12 @@ def test_finetunes_runs_a_search_that_fine_tunes_several_students(tiny_data, tmp
     # every fine-tuned student meets a 0.99 drop: the bisection goes down the front (it
     # stops early once no smaller front member is left)
     assert all(f["meets"] for f in tried) and 2 <= len(tried) <= 3
-    trained = sum(r.state == "complete" for r in result.trials)  # the gain rule may skip some
+    trained = sum(r.outcome == Outcome.TRAINED for r in result.trials)  # rules may skip some
     assert len(train_calls) == trained + len(tried)
     assert result.pick.trial == tried[-1]["trial"] and result.pick.meets_constraints
     assert result.pick.macs == min(f["macs"] for f in tried)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert [f["trial"] for f in summary["pick"]["finetuned"]] == [f["trial"] for f in tried]
     assert "students were fine-tuned to choose it" in (tmp_path / "run" / "report.md").read_text()
-    with pytest.raises(protege.search.ConfigError, match="finetunes"):
+    with pytest.raises(ConfigError, match="finetunes"):
         config(finetunes=0)

@@ -13,13 +13,14 @@ import optuna
 import pytest
 
 from protege.experiments import load_task
-from protege.search._storage import WORKER_ATTR, open_storage
+from protege.search import _attrs as attrs
+from protege.search._storage import open_storage
 
 CONFIG = """
 task: digits
 strategy: random
 constraints: {max_accuracy_drop: 0.5}
-pruning: {predictor: false}
+rules: {predictor: false}
 distill: {epochs: 1, finetune_epochs: 1, batch_size: 128}
 """
 
@@ -45,7 +46,7 @@ def _run_workers(tmp_path: Path, *, storage: str, n_trials: int, workers: int) -
 
 def _check_study(out: Path, storage: str, n_trials: int) -> list[optuna.trial.FrozenTrial]:
     study = optuna.load_study(study_name="protege", storage=open_storage(storage, out))
-    trials = [t for t in study.get_trials() if not t.user_attrs.get("skipped")]
+    trials = [t for t in study.get_trials() if not t.user_attrs.get(attrs.BUDGET_SPENT)]
     done = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE,
                                              optuna.trial.TrialState.PRUNED)]
     assert len(done) == n_trials
@@ -53,19 +54,21 @@ def _check_study(out: Path, storage: str, n_trials: int) -> list[optuna.trial.Fr
     assert len(numbers) == len(set(numbers))
     for trial in done:  # every result is whole
         assert trial.user_attrs["arch"] and trial.user_attrs["macs"] > 0
-        assert trial.user_attrs[WORKER_ATTR]
+        assert trial.user_attrs[attrs.WORKER]
         if trial.state == optuna.trial.TrialState.COMPLETE:
             assert len(trial.values) == 2 and 0.0 <= trial.values[0] <= 1.0
         else:
-            assert trial.user_attrs["pruned_reason"]
+            assert trial.user_attrs[attrs.REASON]
+        assert trial.user_attrs[attrs.OUTCOME] in ("trained", "reused", "rejected", "skipped",
+                                                   "stopped")
     for trial in trials:
         if trial.state == optuna.trial.TrialState.FAIL:
-            assert trial.user_attrs.get("error")
+            assert trial.user_attrs.get(attrs.REASON)
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     # The owner's trials.jsonl and pick cover the whole study, whoever ran each trial.
     records = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     assert [r["number"] for r in records] == numbers
-    assert sum(r["state"] in ("complete", "pruned") for r in records) == n_trials
+    assert sum(r["outcome"] not in ("failed", "running") for r in records) == n_trials
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pick"]["trial"] in {t.number for t in done}
     return done
@@ -74,7 +77,7 @@ def _check_study(out: Path, storage: str, n_trials: int) -> list[optuna.trial.Fr
 def test_four_workers_on_postgresql_finish_exactly_forty_trials(tmp_path, postgres_url):
     out = _run_workers(tmp_path, storage=postgres_url, n_trials=40, workers=4)
     done = _check_study(out, postgres_url, 40)
-    assert len({t.user_attrs[WORKER_ATTR] for t in done}) >= 2  # they really shared it
+    assert len({t.user_attrs[attrs.WORKER] for t in done}) >= 2  # they really shared it
 
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])

@@ -5,20 +5,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from protege.search._config import Config, load_config
-from protege.search._records import Pick, TeacherProfile, TrialRecord
+from protege.common import atomic_write, read_yaml
+from protege.search import _attrs as attrs
+from protege.search._config import SOURCE_KEYS, Config
+from protege.search._profile import TeacherProfile
+from protege.search._records import Pick, TrialRecord
 from protege.search._storage import open_storage
 
-__all__ = ["RunFolder", "load_run", "read_records", "trial_outcome"]
+__all__ = ["RunFolder", "load_run", "read_records", "write_records"]
 
 logger = logging.getLogger(__name__)
-
-STUDY_NAME = "protege"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +30,8 @@ class RunFolder:
     Attributes:
         path: The folder.
         config: The resolved config (``config.yaml``).
+        source: Where the teacher and data came from: the ``task:``, ``teacher:`` and
+            ``data:`` keys of ``config.yaml`` (empty for a run made from Python).
         records: Every trial (``trials.jsonl``), by number.
         summary: ``summary.json``; empty while the search has not finished.
         front: ``pareto.json``: the front's members with their measured latency.
@@ -38,6 +42,7 @@ class RunFolder:
 
     path: Path
     config: Config
+    source: dict[str, Any]
     records: tuple[TrialRecord, ...]
     summary: dict[str, Any]
     front: tuple[dict[str, Any], ...]
@@ -77,27 +82,10 @@ class RunFolder:
         if storage is None:
             return None
         try:
-            return optuna.load_study(study_name=STUDY_NAME, storage=storage)
-        except KeyError:  # e.g. a Ray run, whose searcher keeps a study of its own
-            logger.info("%s: no study named %r in its storage", self.path, STUDY_NAME)
+            return optuna.load_study(study_name=attrs.STUDY_NAME, storage=storage)
+        except KeyError:  # e.g. a Ray run made before Ray shared the study
+            logger.info("%s: no study named %r in its storage", self.path, attrs.STUDY_NAME)
             return None
-
-
-def trial_outcome(record: TrialRecord) -> str:
-    """What became of a trial, in one word.
-
-    ``trained``; ``reused`` (the same student as an earlier trial); ``rejected`` (over a
-    hard limit, never trained); ``skipped`` (a rule judged it not worth training: the
-    accuracy predictor, the hypervolume gain); ``stopped`` (during training, by a rule
-    or a scheduler); ``failed``; or ``running``.
-    """
-    if record.state == "complete":
-        return "reused" if record.duplicate_of is not None else "trained"
-    if record.state == "pruned":
-        if (record.pruned_reason or "").startswith(("macs", "params", "latency")):
-            return "rejected"
-        return "stopped" if record.history or record.train_seconds else "skipped"
-    return "failed" if record.state == "failed" else "running"
 
 
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
@@ -119,13 +107,15 @@ def read_records(path: Path) -> list[TrialRecord]:
     """The records of ``trials.jsonl`` (empty when the file does not exist)."""
     if not path.is_file():
         return []
-    records = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            data = _known(TrialRecord, json.loads(line))
-            data["history"] = tuple(data.get("history") or ())
-            records.append(TrialRecord(**data))
-    return records
+    return [TrialRecord.from_dict(json.loads(line))
+            for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_records(path: Path, records: Sequence[TrialRecord]) -> None:
+    """Write ``trials.jsonl`` atomically: one JSON object per trial."""
+    with atomic_write(path) as handle:
+        for record in records:
+            handle.write(json.dumps(record.to_dict()) + "\n")
 
 
 def load_run(path: str | Path) -> RunFolder:
@@ -141,9 +131,11 @@ def load_run(path: str | Path) -> RunFolder:
     summary = _json(path / "summary.json", {})
     teacher = summary.get("teacher")
     pick = summary.get("pick")
+    data = read_yaml(path / "config.yaml")
     return RunFolder(
         path=path,
-        config=load_config(path / "config.yaml"),
+        config=Config.from_dict(data).resolve(),
+        source={key: data[key] for key in SOURCE_KEYS if key in data},
         records=tuple(read_records(path / "trials.jsonl")),
         summary=summary,
         front=tuple(_json(path / "pareto.json", [])),

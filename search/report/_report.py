@@ -16,20 +16,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from protege._io import atomic_write
+from protege.common import atomic_write
+from protege.search import _attrs as attrs
 from protege.search._pareto import hypervolume, pareto_indices
-from protege.search._plots import (
+from protege.search._profile import TeacherProfile
+from protege.search._records import Outcome, Pick, TrialRecord, record_of
+from protege.search.report._plots import (
     plot_front,
     plot_hypervolume,
     plot_importances,
     plot_latency,
     plot_timeline,
 )
-from protege.search._records import Pick, TeacherProfile, TrialRecord, record_of
-from protege.search._run import RunFolder, load_run
-from protege.search._run import trial_outcome as outcome
+from protege.search.runfolder import RunFolder, load_run
 
-__all__ = ["choice_importances", "hypervolume_curve", "pruning_savings", "write_report"]
+__all__ = ["choice_importances", "hypervolume_curve", "rule_savings", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def hypervolume_curve(records: Sequence[TrialRecord], teacher: TeacherProfile,
     volume, curve = 0.0, []
     for record in sorted(records, key=lambda r: r.number):
         costs = _costs(record)
-        if (outcome(record) == "trained" and record.accuracy is not None
+        if (record.outcome == Outcome.TRAINED and record.accuracy is not None
                 and all(costs[n] is not None for n in names)):
             front.append((record.accuracy, *(float(costs[n] or 0.0) / scale[n] for n in names)))
             front = [front[i] for i in pareto_indices(front)]
@@ -74,7 +75,7 @@ def choice_importances(records: Sequence[TrialRecord], objectives: Sequence[str]
     """
     import optuna
 
-    trained = [r for r in records if outcome(r) == "trained" and r.accuracy is not None]
+    trained = [r for r in records if r.outcome == Outcome.TRAINED and r.accuracy is not None]
     if len(trained) < 3:
         return {}
     names = sorted({name for r in trained for name in r.arch})
@@ -112,14 +113,14 @@ def choice_importances(records: Sequence[TrialRecord], objectives: Sequence[str]
     return result
 
 
-def pruning_savings(records: Sequence[TrialRecord]) -> dict[str, Any]:
+def rule_savings(records: Sequence[TrialRecord]) -> dict[str, Any]:
     """What rejecting, skipping, stopping and reusing trials saved, in training seconds.
 
     A trial that never trained is counted as saving one mean full training (of the
     trials trained to the end); a stopped one saves that mean less what it spent.
     These are estimates, and say so in the report.
     """
-    kinds = [outcome(r) for r in records]
+    kinds = [r.outcome.value for r in records]
     full = [r.train_seconds or 0.0 for r, kind in zip(records, kinds, strict=True)
             if kind == "trained"]
     mean = sum(full) / len(full) if full else 0.0
@@ -137,7 +138,8 @@ def _timeline(run: RunFolder) -> list[tuple[int, float, float, str]]:
     if study is None:
         return []
     trials = [t for t in study.get_trials(deepcopy=False)
-              if t.datetime_start is not None and not t.user_attrs.get("skipped")]
+              if t.datetime_start is not None and not t.user_attrs.get(attrs.BUDGET_SPENT)
+              and not t.user_attrs.get(attrs.LEGACY_SKIPPED)]
     if not trials:
         return []
     origin = min(t.datetime_start for t in trials if t.datetime_start is not None)
@@ -146,7 +148,7 @@ def _timeline(run: RunFolder) -> list[tuple[int, float, float, str]]:
         assert t.datetime_start is not None
         end = t.datetime_complete or t.datetime_start
         spans.append((t.number, (t.datetime_start - origin).total_seconds(),
-                      (end - origin).total_seconds(), outcome(record_of(t))))
+                      (end - origin).total_seconds(), record_of(t).outcome.value))
     return spans
 
 
@@ -161,6 +163,14 @@ def _plot(name: str, out: Path, draw: Callable[[Path], object]) -> str | None:
     return name
 
 
+def _name(run: RunFolder) -> str:
+    """The run's task (or teacher class) as its title says it; else the folder's name."""
+    source = run.source
+    teacher = source.get("teacher")
+    named = teacher.get("class_path") if isinstance(teacher, dict) else None
+    return str(source.get("task") or named or run.path.name)
+
+
 def _teacher_blocks(run: RunFolder, teacher: TeacherProfile) -> list[Block]:
     test = f"{teacher.test_accuracy:.4f}" if teacher.test_accuracy is not None else "n/a"
     latency = (f", {teacher.latency_ms:.3f} ms per sample (batch 1, 1 thread)"
@@ -173,7 +183,7 @@ def _teacher_blocks(run: RunFolder, teacher: TeacherProfile) -> list[Block]:
         if value is not None:
             scale = " x the teacher's" if unit == "" and value <= 1 else unit
             limits.append(f"{name} <= {value:g}{scale}")
-    return [("h1", f"protege run: {c.task}"),
+    return [("h1", f"protege run: {_name(run)}"),
             ("p", f"Teacher: {teacher.macs:,} MACs, {teacher.params:,} params{latency}; "
                   f"validation accuracy {teacher.val_accuracy:.4f}, test accuracy {test}."),
             ("p", f"Search: strategy `{c.strategy}`, level {c.level}, objectives "
@@ -182,7 +192,7 @@ def _teacher_blocks(run: RunFolder, teacher: TeacherProfile) -> list[Block]:
 
 
 def _trial_blocks(run: RunFolder, out: Path) -> list[Block]:
-    kinds = [outcome(r) for r in run.records]
+    kinds = [r.outcome.value for r in run.records]
     counts = ", ".join(f"{kinds.count(k)} {k}" for k in
                        ("trained", "reused", "rejected", "skipped", "stopped", "failed")
                        if kinds.count(k))
@@ -267,12 +277,12 @@ def _importance_blocks(run: RunFolder, out: Path) -> list[Block]:
     return blocks
 
 
-def _pruning_blocks(run: RunFolder) -> list[Block]:
-    s = pruning_savings(run.records)
+def _rule_blocks(run: RunFolder) -> list[Block]:
+    s = rule_savings(run.records)
     never = s["rejected"] + s["skipped"] + s["reused"]
     total = s["spent_seconds"] + s["saved_seconds"]
     share = f" ({100 * s['saved_seconds'] / total:.0f}% of the training)" if total else ""
-    return [("h2", "What pruning saved"),
+    return [("h2", "What the limits and rules saved"),
             ("p", f"{s['rejected']} students rejected by a limit and {s['skipped']} skipped by "
                   f"a rule (predicted dominated, or too little hypervolume gain) before any "
                   f"training, {s['reused']} reused an "
@@ -331,11 +341,11 @@ def _pick_blocks(run: RunFolder, pick: Pick | None, teacher: TeacherProfile) -> 
 def _blocks(run: RunFolder, out: Path) -> list[Block]:
     teacher = run.teacher
     if teacher is None:
-        return [("h1", f"protege run: {run.config.task}"),
+        return [("h1", f"protege run: {_name(run)}"),
                 ("p", f"The search has not finished: {len(run.records)} trials so far.")]
     return [*_teacher_blocks(run, teacher), *_trial_blocks(run, out),
             *_front_blocks(run, teacher, out), *_hypervolume_blocks(run, teacher, out),
-            *_importance_blocks(run, out), *_pruning_blocks(run),
+            *_importance_blocks(run, out), *_rule_blocks(run),
             *_pick_blocks(run, run.pick, teacher)]
 
 
@@ -398,7 +408,7 @@ def write_report(out: str | Path) -> list[Path]:
     out = Path(out)
     run = load_run(out)
     blocks = _blocks(run, out)
-    title = f"protege run: {run.config.task}"
+    title = f"protege run: {_name(run)}"
     with atomic_write(out / "report.md") as handle:
         handle.write(_markdown(blocks))
     with atomic_write(out / "report.html") as handle:

@@ -1,12 +1,15 @@
-"""Checks of a study's input, run before anything is written to the run folder.
+"""The data flow's first stage: check the teacher and its data, profile the teacher.
 
 Each failure is a ``ValueError`` (``TypeError`` for a wrong kind of object) whose
 message names the problem and what to do about it, so the CLI prints one line and
-a run folder is never left half-written by input that could not work.
+a run folder is never left half-written by input that could not work. Then the
+teacher's profile (MACs, parameters, accuracy, classes) becomes the reference of
+every limit and of the hypervolume.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -17,16 +20,59 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from protege._errors import describe
-from protege._modes import eval_mode
+from protege.common import describe, eval_mode
+from protege.distill import evaluate
+from protege.estimators import count_macs
+from protege.search import _attrs as attrs
 from protege.search._config import Config
-from protege.search._objective import Limits, student_costs
+from protege.search._trial import Limits, student_costs
 from protege.spaces import SearchSpace
 
-__all__ = ["check_data", "check_feasible", "check_study", "check_teacher", "space_key"]
+__all__ = ["TeacherProfile", "check_data", "check_feasible", "check_study", "check_teacher",
+           "profile_teacher", "space_key"]
 
-SPACE_ATTR = "space"
-"""Study user attribute holding :func:`space_key`, so a resume with another space is refused."""
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TeacherProfile:
+    """The teacher's cost and quality, the reference of every limit.
+
+    Attributes:
+        macs: MACs per sample.
+        params: Parameter count.
+        val_accuracy: Accuracy on the validation data (a fraction).
+        test_accuracy: Accuracy on the test data, when given.
+        latency_ms: Latency (ms, batch 1) on this machine, when measured.
+        classes: Number of classes (the width of its logits).
+    """
+
+    macs: int
+    params: int
+    val_accuracy: float
+    test_accuracy: float | None = None
+    latency_ms: float | None = None
+    classes: int | None = None
+
+    @property
+    def chance(self) -> float:
+        """Accuracy of guessing: the reference point's accuracy for hypervolumes."""
+        return 1.0 / self.classes if self.classes else 0.0
+
+    def costs(self) -> dict[str, float]:
+        """The teacher's value of each cost objective (latency only when measured)."""
+        costs = {"macs": float(self.macs), "params": float(self.params)}
+        if self.latency_ms is not None:
+            costs["latency"] = float(self.latency_ms)
+        return costs
+
+
+def profile_teacher(teacher: nn.Module, example_input: torch.Tensor, *, val: TensorDataset,
+                    test: TensorDataset | None, classes: int) -> TeacherProfile:
+    """The teacher's MACs, parameters and accuracies (latency is measured where needed)."""
+    macs, params = count_macs(teacher, example_input)
+    return TeacherProfile(
+        macs=macs, params=params, val_accuracy=evaluate(teacher, val),
+        test_accuracy=evaluate(teacher, test) if test is not None else None, classes=classes,
+    )
 
 
 def _failing_module(teacher: nn.Module, example_input: torch.Tensor) -> tuple[str, Exception]:
@@ -173,10 +219,10 @@ def check_study(study: optuna.Study, *, key: str, config: Config, where: str) ->
         raise ValueError(f"the study in {where} has {len(study.directions)} objectives but the "
                          f"config lists {len(config.objectives)} ({', '.join(config.objectives)}); "
                          + fix)
-    recorded = study.user_attrs.get(SPACE_ATTR)
+    recorded = study.user_attrs.get(attrs.SPACE)
     if recorded is None:
-        study.set_user_attr(SPACE_ATTR, key)
-        recorded = study.user_attrs.get(SPACE_ATTR, key)  # another worker may have won
+        study.set_user_attr(attrs.SPACE, key)
+        recorded = study.user_attrs.get(attrs.SPACE, key)  # another worker may have won
     if recorded != key:
         raise ValueError(f"the study in {where} was made for another search space (the teacher, "
                          "level, space options or objectives changed), so its trials do not "

@@ -1,7 +1,10 @@
-"""protege's multi-objective trial pruning, which Optuna's single-objective pruners lack.
+"""Rules that skip a student before training or stop it during training.
 
-A rule looks at a running trial and says why it should stop, or None. Every
-firing is recorded in the trial's ``pruned_reason`` with the numbers behind it.
+Optuna's pruners are single-objective (optuna#2792, #3450); these rules judge a
+student against the multi-objective front. A rule sees only the records of the
+trials finished before it (no storage, no backend), so the in-process backend,
+workers on one storage and Ray apply the same rule to the same history. Every
+firing is recorded as the trial's reason, with the numbers behind it.
 """
 
 from __future__ import annotations
@@ -11,38 +14,42 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import optuna
-from optuna.trial import TrialState
 
 from protege.search._pareto import scaled_hypervolume
+from protege.search._records import TrialRecord
 
-__all__ = ["CurveRule", "GainRule", "PredictorRule", "PruningRule"]
+__all__ = ["CurveRule", "GainRule", "PredictorRule", "TrialRule"]
 
 
-class PruningRule(abc.ABC):  # noqa: B024 (hooks are optional, like Lightning callbacks)
+class TrialRule(abc.ABC):  # noqa: B024 (hooks are optional, like Lightning callbacks)
     """Decides whether a trial should be skipped before training or stopped during it.
 
-    Both hooks return the reason to stop, or None; a rule overrides the ones it needs.
+    Both hooks get ``finished``, the records of the trials finished before this one,
+    and return the reason to skip or stop, or None; a rule overrides the hooks it needs.
     """
 
-    def before_training(self, study: optuna.Study, *, features: Sequence[float],
+    def before_training(self, finished: Sequence[TrialRecord], *, features: Sequence[float],
                         costs: Mapping[str, float]) -> str | None:
-        """Called once the student's costs are known, before any training."""
+        """Called once the student's costs are known, before any training (skip)."""
         return None
 
-    def after_epoch(self, study: optuna.Study, *, epoch: int, epochs: int, accuracy: float,
-                    costs: Mapping[str, float]) -> str | None:
-        """Called after each training epoch with the validation accuracy."""
+    def after_epoch(self, finished: Sequence[TrialRecord], *, epoch: int, epochs: int,
+                    accuracy: float, costs: Mapping[str, float]) -> str | None:
+        """Called after each training epoch with the validation accuracy (stop)."""
         return None
 
 
-def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Completed trials that were trained (not copies of an earlier identical student)."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("duplicate_of") is None]
+def _trained(finished: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """Trials that trained to the end (not copies of an earlier identical student)."""
+    return [r for r in finished if r.trained and r.accuracy is not None]
 
 
-class CurveRule(PruningRule):
+def _cost(record: TrialRecord, name: str) -> float:
+    value = record.costs().get(name)
+    return math.inf if value is None else float(value)
+
+
+class CurveRule(TrialRule):
     """Stops a student whose learning curve cannot reach the front at its cost.
 
     After epoch ``e`` of ``E``, the student's most optimistic final accuracy is its
@@ -60,31 +67,29 @@ class CurveRule(PruningRule):
         self.min_trials = min_trials
         self.margin = margin
 
-    def after_epoch(self, study: optuna.Study, *, epoch: int, epochs: int, accuracy: float,
-                    costs: Mapping[str, float]) -> str | None:
+    def after_epoch(self, finished: Sequence[TrialRecord], *, epoch: int, epochs: int,
+                    accuracy: float, costs: Mapping[str, float]) -> str | None:
         if epoch >= epochs - 1:
             return None  # the last epoch is paid for already
-        finished = [t for t in _finished(study)
-                    if len(t.user_attrs.get("history") or ()) == epochs]
-        if len(finished) < self.min_trials:
+        full = [r for r in _trained(finished) if len(r.history) == epochs]
+        if len(full) < self.min_trials:
             return None
-        late_gain = max(t.user_attrs["history"][-1] - t.user_attrs["history"][epoch]
-                        for t in finished)
+        late_gain = max(r.history[-1] - r.history[epoch] for r in full)
         optimistic = accuracy + max(0.0, late_gain) + self.margin
-        cheaper = [t for t in finished
-                   if all(t.user_attrs.get(name, float("inf")) <= value
-                          for name, value in costs.items())]
+        cheaper = [r for r in full
+                   if all(_cost(r, name) <= value for name, value in costs.items())]
         if not cheaper:
             return None
-        best = max(cheaper, key=lambda t: (t.values[0], -t.number))
-        if optimistic >= best.values[0]:
+        best = max(cheaper, key=lambda r: (r.accuracy or 0.0, -r.number))
+        best_accuracy = best.accuracy or 0.0
+        if optimistic >= best_accuracy:
             return None
         return (f"curve: after epoch {epoch + 1}/{epochs} accuracy {accuracy:.4f} + largest late "
                 f"gain {late_gain:.4f} + margin {self.margin} = {optimistic:.4f} < "
-                f"{best.values[0]:.4f} of trial {best.number}, which costs no more")
+                f"{best_accuracy:.4f} of trial {best.number}, which costs no more")
 
 
-class PredictorRule(PruningRule):
+class PredictorRule(TrialRule):
     """Skips, before any training, a student predicted to be dominated by the front.
 
     An accuracy predictor (a seeded forest over the encoded architecture and
@@ -103,31 +108,30 @@ class PredictorRule(PruningRule):
         self.threshold = threshold
         self.seed = seed
 
-    def before_training(self, study: optuna.Study, *, features: Sequence[float],
+    def before_training(self, finished: Sequence[TrialRecord], *, features: Sequence[float],
                         costs: Mapping[str, float]) -> str | None:
         from protege.estimators import AccuracyPredictor, prob_dominated
 
-        finished = [t for t in _finished(study) if t.user_attrs.get("features") is not None]
-        if len(finished) < self.min_trials:
+        known = [r for r in _trained(finished) if r.features]
+        if len(known) < self.min_trials:
             return None
-        x = np.asarray([t.user_attrs["features"] for t in finished], dtype=np.float64)
-        y = np.asarray([t.values[0] for t in finished], dtype=np.float64)
+        x = np.asarray([r.features for r in known], dtype=np.float64)
+        y = np.asarray([r.accuracy for r in known], dtype=np.float64)
         # 50 trees: refitted before every trial, so its cost is controller overhead.
         predictor = AccuracyPredictor(kind="forest", seed=self.seed, trees=50).fit(x, y)
         mean, std = predictor.predict(np.asarray([features], dtype=np.float64))
         names = list(costs)
-        front = [(t.values[0], tuple(float(t.user_attrs.get(n, math.inf)) for n in names))
-                 for t in finished]
+        front = [(r.accuracy or 0.0, tuple(_cost(r, n) for n in names)) for r in known]
         cost = tuple(float(costs[n]) for n in names)
         probability = prob_dominated(float(mean[0]), float(std[0]), cost, front)
         if probability <= self.threshold:
             return None
         return (f"predictor: accuracy {float(mean[0]):.4f} ± {float(std[0]):.4f} predicted from "
-                f"{len(finished)} trials; dominated by a finished student that costs no more "
+                f"{len(known)} trials; dominated by a finished student that costs no more "
                 f"with probability {probability:.3f} > {self.threshold}")
 
 
-class GainRule(PruningRule):
+class GainRule(TrialRule):
     """Skips, before any training, a student that cannot add to the front's hypervolume.
 
     No student is assumed to end more than ``margin`` above the most accurate
@@ -158,13 +162,13 @@ class GainRule(PruningRule):
         self.margin = margin
         self.min_trials = min_trials
 
-    def before_training(self, study: optuna.Study, *, features: Sequence[float],
+    def before_training(self, finished: Sequence[TrialRecord], *, features: Sequence[float],
                         costs: Mapping[str, float]) -> str | None:
-        finished = _finished(study)
-        if len(finished) < self.min_trials:
+        trained = _trained(finished)
+        if len(trained) < self.min_trials:
             return None
-        points = [(t.values[0], {n: t.user_attrs.get(n, math.inf) for n in self.teacher_costs})
-                  for t in finished]
+        points = [(r.accuracy or 0.0, {n: _cost(r, n) for n in self.teacher_costs})
+                  for r in trained]
         scale = {"teacher_costs": self.teacher_costs, "chance": self.chance}
         volume = scaled_hypervolume(points, **scale)
         best = min(1.0, max(accuracy for accuracy, _ in points) + self.margin)
@@ -173,4 +177,4 @@ class GainRule(PruningRule):
             return None
         return (f"gain: even at accuracy {best:.4f} (best finished + margin {self.margin}) this "
                 f"student would add {gain / volume:.2%} to the front's hypervolume "
-                f"{volume:.4f} of {len(finished)} trials, below min_gain {self.min_gain:.2%}")
+                f"{volume:.4f} of {len(trained)} trials, below min_gain {self.min_gain:.2%}")

@@ -1,28 +1,31 @@
 from __future__ import annotations
 
-import optuna
 import pytest
-from optuna.trial import TrialState, create_trial
 
-from protege.search import CurveRule, GainRule, hypervolume
+from protege.search import CurveRule, GainRule, Outcome, TrialRecord, hypervolume
 
 
-def finished(number: int, history: list[float], macs: float) -> optuna.trial.FrozenTrial:
-    return create_trial(state=TrialState.COMPLETE, values=[history[-1], macs],
-                        user_attrs={"history": history, "macs": macs, "params": 10})
+def finished(number: int, history: list[float], macs: int) -> TrialRecord:
+    return TrialRecord(number=number, outcome=Outcome.TRAINED, arch={}, accuracy=history[-1],
+                       macs=macs, params=10, history=tuple(history))
 
 
 @pytest.fixture
-def study() -> optuna.Study:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(directions=["maximize", "minimize"])
-    for i, (history, macs) in enumerate([
-        ([0.80, 0.88, 0.90, 0.91], 100.0),   # largest gain from epoch 1 on: 0.05
-        ([0.70, 0.86, 0.89, 0.91], 300.0),
-        ([0.85, 0.93, 0.95, 0.96], 200.0),
-    ]):
-        study.add_trial(finished(i, history, macs))
-    return study
+def study() -> list[TrialRecord]:
+    """The records the rules judge against: no storage, no backend."""
+    records = [finished(i, history, macs) for i, (history, macs) in enumerate([
+        ([0.80, 0.88, 0.90, 0.91], 100),   # largest gain from epoch 1 on: 0.05
+        ([0.70, 0.86, 0.89, 0.91], 300),
+        ([0.85, 0.93, 0.95, 0.96], 200),
+    ])]
+    # Records a rule must ignore: a reused copy, a rejected and a stopped student.
+    records += [
+        TrialRecord(number=3, outcome=Outcome.REUSED, arch={}, accuracy=0.99, macs=10,
+                    duplicate_of=0, history=(0.80, 0.88, 0.90, 0.91)),
+        TrialRecord(number=4, outcome=Outcome.REJECTED, arch={}, macs=5),
+        TrialRecord(number=5, outcome=Outcome.STOPPED, arch={}, macs=6, history=(0.99,)),
+    ]
+    return records
 
 
 def test_stops_a_student_that_cannot_catch_a_cheaper_one(study):

@@ -28,8 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from protege._errors import describe
-from protege._modes import eval_mode
+from protege.common import describe, eval_mode
 
 __all__ = [
     "ExportCheck",

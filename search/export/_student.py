@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from protege._io import atomic_write
+from protege.common import atomic_write
 from protege.spaces import Architecture, SearchSpace, derive
 
 __all__ = ["load_student", "save_student", "write_json"]

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from protege.search._config import Config
-from protege.search._records import Pick, TeacherProfile, TrialRecord
-from protege.search._run import trial_outcome as outcome
+from protege.search._profile import TeacherProfile
+from protege.search._records import Outcome, Pick, TrialRecord
 
 __all__ = ["plot_front", "plot_hypervolume", "plot_importances", "plot_latency", "plot_timeline"]
 
-# One colour per trial outcome (``trial_outcome``), shared by every plot.
+# One colour per trial outcome (``Outcome``), shared by every plot.
 OUTCOME_COLORS = {"trained": "tab:blue", "reused": "tab:cyan", "rejected": "tab:orange",
                   "skipped": "tab:purple", "stopped": "tab:olive", "failed": "tab:red",
                   "running": "0.6"}
@@ -57,7 +57,7 @@ def plot_front(path: Path, *, records: Sequence[TrialRecord], front: Sequence[Tr
                teacher: TeacherProfile, config: Config, pick: Pick | None) -> None:
     """Accuracy against MACs (a fraction of the teacher's): trials, front, teacher,
     limits, pick."""
-    done = [r for r in records if outcome(r) == "trained"]
+    done = [r for r in records if r.outcome == Outcome.TRAINED]
     with _figure(path) as ax:
         ax.scatter([(r.macs or 0) / teacher.macs for r in done], [r.accuracy for r in done],
                    s=14, color="0.6", label="trained students")
@@ -90,7 +90,7 @@ def plot_latency(path: Path, *, records: Sequence[TrialRecord], front: Sequence[
                 if m.get("latency_ms_measured") is not None]
     if not measured:
         return False
-    predicted = [r for r in records if outcome(r) == "trained" and r.latency_ms is not None]
+    predicted = [r for r in records if r.outcome == Outcome.TRAINED and r.latency_ms is not None]
     with _figure(path) as ax:
         if predicted:
             ax.scatter([r.latency_ms for r in predicted], [r.accuracy for r in predicted],

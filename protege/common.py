@@ -1,0 +1,103 @@
+"""The bottom layer: small helpers every protege package may import.
+
+Nothing here imports another protege module, Optuna, Lightning or matplotlib, so
+``protege.spaces``, ``protege.distill`` and ``protege.estimators`` stay light.
+
+- :func:`atomic_write`: a reader (another worker, a resumed run) never sees half a file.
+- :func:`describe`, :func:`first_line`: one-line descriptions of exceptions, for records,
+  warnings and the CLI.
+- :func:`eval_mode`: run a module in eval mode, then give every submodule back its own mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["ConfigError", "atomic_write", "describe", "eval_mode", "first_line", "read_yaml",
+           "require"]
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, *, binary: bool = False) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success it replaces ``path`` at once.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as handle:
+            yield handle
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of the exception's message ('' when it has none)."""
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line of the message``."""
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode, then restore each submodule's own ``training`` flag.
+
+    ``model.train(was_training)`` would not do: it sets every child alike, so a
+    teacher with frozen BatchNorm layers (eval inside a training model) would change.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is invalid."""
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    """Raise :class:`ConfigError` ``"key: message"`` unless ``ok``: every config check's form."""
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping, read with the safe loader.
+
+    Raises:
+        ConfigError: If the file is missing, not valid YAML (with the line and column),
+            or not a mapping at the top level.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return data

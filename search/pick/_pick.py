@@ -1,0 +1,104 @@
+"""Choosing the student to return: the smallest that meets the limit after its fine-tune.
+
+Brief trials misjudge what a student reaches when fine-tuned, so :func:`bisect` may
+spend several fine-tunes (``Config.finetunes``) to find the smallest student on the
+front that meets the accuracy limit after its own fine-tune.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from protege import distill
+from protege.distill import TeacherOutputs, evaluate
+from protege.search._config import Config
+from protege.search._pareto import pareto_indices
+from protege.search._profile import TeacherProfile
+from protege.search._records import Pick, TrialRecord
+from protege.spaces import SearchSpace
+
+__all__ = ["accuracy_floor", "bisect", "choose", "finetune_student"]
+
+logger = logging.getLogger(__name__)
+
+Tune = Callable[[TrialRecord], tuple[Pick, nn.Module]]
+"""Fine-tunes one trial's student: the pick it would be and the module."""
+
+
+def accuracy_floor(teacher: TeacherProfile, config: Config) -> float:
+    """The lowest validation accuracy within ``constraints.max_accuracy_drop``."""
+    return teacher.val_accuracy - config.constraints.max_accuracy_drop - 1e-12
+
+
+def choose(done: Sequence[TrialRecord], *, floor: float) -> tuple[TrialRecord, bool] | None:
+    """The smallest completed student at or above ``floor`` (True), else the most accurate
+    one (False); None when nothing completed."""
+    done = [r for r in done if r.outcome.completed and r.accuracy is not None]
+    if not done:
+        return None
+    within = [r for r in done if (r.accuracy or 0.0) >= floor]
+    if within:
+        return min(within, key=lambda r: (r.macs, -(r.accuracy or 0.0), r.number)), True
+    return max(done, key=lambda r: (r.accuracy or 0.0, -(r.macs or 0), -r.number)), False
+
+
+def bisect(first: TrialRecord, done: Sequence[TrialRecord], *, tune: Tune,
+           finetunes: int) -> tuple[Pick, nn.Module]:
+    """Fine-tune ``first``, then, while fine-tunes remain, bisect for the smallest student
+    that meets the limit after its own fine-tune, assuming fine-tuned accuracy grows with
+    MACs: below ``first`` (among the smaller members of the (accuracy, MACs) front) when
+    it meets, above it (among every larger student, by MACs: brief accuracy says little
+    about them) when it misses. Returns the smallest that met, else the most accurate.
+    """
+    macs = first.macs or 0
+    smaller = [r for r in done if (r.macs or 0) < macs]
+    below = [smaller[i] for i in pareto_indices([(r.accuracy or 0.0, float(r.macs or 0))
+                                                 for r in smaller])]  # by MACs, ascending
+    above = sorted((r for r in done if (r.macs or 0) > macs), key=lambda r: (r.macs, r.number))
+    front = [*below, first, *above]
+    at = len(below)
+    tried = [tune(first)]
+    lo, hi = (0, at) if tried[0][0].meets_constraints else (at + 1, len(front))
+    while len(tried) < finetunes and lo < hi:  # the answer lies in front[lo:hi]
+        mid = (lo + hi) // 2
+        tried.append(tune(front[mid]))
+        meets = tried[-1][0].meets_constraints
+        logger.info("bisecting the front: trial %d (%d MACs) %s the limit after fine-tuning",
+                    front[mid].number, front[mid].macs or 0, "meets" if meets else "misses")
+        lo, hi = (lo, mid) if meets else (mid + 1, hi)
+    met = [t for t in tried if t[0].meets_constraints]
+    best = (min(met, key=lambda t: t[0].macs) if met
+            else max(tried, key=lambda t: t[0].val_accuracy))
+    finetuned = tuple({"trial": p.trial, "macs": p.macs, "search_accuracy": p.search_accuracy,
+                       "val_accuracy": p.val_accuracy, "meets": p.meets_constraints,
+                       "seconds": p.finetune_seconds} for p, _ in tried)
+    return dataclasses.replace(best[0], finetuned=finetuned), best[1]
+
+
+def finetune_student(record: TrialRecord, *, floor: float, space: SearchSpace,
+                     outputs: TeacherOutputs, val: TensorDataset, test: TensorDataset | None,
+                     config: Config, device: torch.device, accelerator: str,
+                     teacher: nn.Module) -> tuple[Pick, nn.Module]:
+    """Trial ``record``'s student after the final fine-tune (``distill.finetune_epochs`` on
+    all the training data), scored on validation and, when given, test data."""
+    student = space.materialize(record.arch, init=config.init, seed=config.seed + record.number)
+    student = student.to(device)
+    final = config.distill.for_finetune()  # all data, no trial step/seconds budget
+    logger.info("fine-tuning trial %d for %d epochs", record.number, final.budget_epochs)
+    result = distill.train_student(student, outputs, val, config=final, seed=config.seed,
+                           accelerator=accelerator, teacher=teacher)
+    student = student.cpu().eval()
+    pick = Pick(
+        trial=record.number, arch=record.arch, macs=record.macs or 0, params=record.params or 0,
+        search_accuracy=record.accuracy or 0.0, val_accuracy=result.val_accuracy,
+        test_accuracy=evaluate(student, test) if test is not None else None,
+        meets_constraints=result.val_accuracy >= floor,
+        finetune_seconds=round(result.seconds, 3),
+    )
+    return pick, student
