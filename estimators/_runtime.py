@@ -92,6 +92,10 @@ class LatencySettings:
     batch_size: int = 1
     threads: int = 1
 
+    def __post_init__(self) -> None:
+        check_settings(self.runtime or "onnxruntime", self.precision, self.batch_size,
+                       self.threads)
+
     def resolve(self) -> LatencySettings:
         """The settings with the runtime chosen, checked.
 
