@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 from protege.search import _attrs as attrs
 from protege.search._records import Outcome, TrialRecord
 from protege.search._storage import worker_id
+from protege.search._study import FailureGuard, TooManyFailures
 from protege.search._trial import (
     StudentEvaluator,
     TrialResult,
@@ -89,6 +90,8 @@ def _searcher_class() -> type:
             self.deadline = deadline
             self.callbacks = callbacks
             self.pending: dict[str, optuna.Trial] = {}
+            self.guard = FailureGuard(study.config.rules.max_failed_fraction)
+            self.error: TooManyFailures | None = None
 
         def _active(self) -> int:
             return sum(t.state != TrialState.FAIL for t in
@@ -97,10 +100,10 @@ def _searcher_class() -> type:
         def suggest(  # type: ignore[override]  # Tune documents FINISHED, a str
                 self, trial_id: str) -> dict[str, Any] | str | None:
             timed_out = self.deadline is not None and time.monotonic() > self.deadline
-            if self.study.stopped or timed_out or self._active() >= self.budget:
+            ending = self.study.stopped or timed_out or self.error is not None
+            if ending or self._active() >= self.budget:
                 # Trials still running may fail and free a slot: wait for them.
-                return None if self.pending and not (self.study.stopped or timed_out) \
-                    else Searcher.FINISHED
+                return None if self.pending and not ending else Searcher.FINISHED
             optuna_study = self.study.optuna_study
             trial = optuna_study.ask()
             trial.set_user_attr(attrs.WORKER, worker_id())
@@ -138,6 +141,8 @@ def _searcher_class() -> type:
             record = outcome.record(trial.number)
             for callback in self.callbacks:
                 callback(self.study, record)
+            if self.error is None:
+                self.error = self.guard.add(record)
 
     return StudySearcher
 
@@ -178,3 +183,5 @@ def run_ray(study: Study, *, budget: int, deadline: float | None,
     )
     tuner.fit()
     logger.info("Ray Tune finished: the study holds %d trials", len(study.trials))
+    if searcher.error is not None:
+        raise searcher.error

@@ -46,7 +46,8 @@ from protege.search.report import write_report
 from protege.search.runfolder import write_records
 from protege.spaces import SearchSpace
 
-__all__ = ["SearchResult", "Study", "TooManyFailures", "TrialCallback", "front_hypervolume"]
+__all__ = ["FailureGuard", "SearchResult", "Study", "TooManyFailures", "TrialCallback",
+           "front_hypervolume"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,37 @@ def _cpu_latency(model: nn.Module, example_input: torch.Tensor) -> float | None:
     except Exception as exc:  # a report's figure must never cost the run its pick
         logger.warning("could not measure the latency of %s: %s", type(model).__name__, exc)
         return None
+
+
+class FailureGuard:
+    """Stops a study whose trials mostly fail: the setup, not the students, is at fault.
+
+    Every backend feeds it the records of the trials it ran, in order.
+
+    Args:
+        max_failed_fraction: Stop once more than this fraction of at least 5 trials failed.
+    """
+
+    def __init__(self, max_failed_fraction: float) -> None:
+        self.max_failed_fraction = max_failed_fraction
+        self.attempts = self.failures = 0
+        self.last_failure: TrialRecord | None = None
+
+    def add(self, record: TrialRecord) -> TooManyFailures | None:
+        """Count ``record``; the error to stop with, quoting the last failure, or None."""
+        self.attempts += 1
+        if record.outcome == Outcome.FAILED:
+            self.failures += 1
+            self.last_failure = record
+        if self.attempts < 5 or self.failures <= self.max_failed_fraction * self.attempts:
+            return None
+        last = self.last_failure
+        assert last is not None
+        return TooManyFailures(
+            f"{self.failures} of the {self.attempts} trials run so far failed (last failure, "
+            f"trial {last.number}: {last.reason or 'no reason recorded'}); stopping early "
+            "instead of spending the budget. Fix the cause (trials.jsonl has every reason) "
+            "and run the same command again to resume.")
 
 
 class Study:
@@ -233,8 +265,7 @@ class Study:
             Whether it stopped because ``deadline`` (``time.monotonic``) passed.
         """
         study = self.optuna_study
-        attempts = failures = 0
-        last_failure: TrialRecord | None = None
+        guard = FailureGuard(self.config.rules.max_failed_fraction)
         while not self._stop:
             with storage_errors(self.config.storage):
                 fail_dead_trials(study)
@@ -249,18 +280,9 @@ class Study:
                 return False
             for callback in callbacks:
                 callback(self, record)
-            attempts += 1
-            if record.outcome == Outcome.FAILED:
-                failures += 1
-                last_failure = record
-            if attempts >= 5 and failures > self.config.rules.max_failed_fraction * attempts:
-                why = last_failure.reason if last_failure is not None else None
-                raise TooManyFailures(
-                    f"{failures} of the {attempts} trials run so far failed (last failure, "
-                    f"trial {last_failure.number if last_failure else '?'}: "
-                    f"{why or 'no reason recorded'}); stopping early instead of spending the "
-                    "budget. Fix the cause (trials.jsonl has every reason) and run the same "
-                    "command again to resume.")
+            error = guard.add(record)
+            if error is not None:
+                raise error
         return False
 
     def _wait_for_workers(self, *, poll: float = 2.0, limit: float = 600.0) -> None:

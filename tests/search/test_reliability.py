@@ -327,3 +327,20 @@ def test_a_damaged_teacher_cache_is_computed_again(tiny_data, tmp_path):
     search(tiny_data, out, config(n_trials=2))
     assert torch.equal(torch.load(cached, weights_only=True)["logits"], good)
     assert len(finished(read_records(out))) == 2
+
+
+def test_the_failure_guard_every_backend_uses_counts_from_its_first_five_trials():
+    from protege.search._study import FailureGuard
+
+    def record(number: int, outcome: str) -> TrialRecord:
+        return TrialRecord.from_dict({"number": number, "outcome": outcome, "arch": {},
+                                      "reason": f"why {number}"})
+
+    guard = FailureGuard(0.5)
+    kinds = ["failed", "trained", "failed", "rejected"]
+    assert [guard.add(record(i, kind)) for i, kind in enumerate(kinds)] == [None] * 4
+    assert guard.add(record(4, "trained")) is None  # 2 of 5 failed: not more than half
+    error = guard.add(record(5, "failed"))  # 3 of 6: not more than half either
+    assert error is None
+    error = guard.add(record(6, "failed"))  # 4 of 7
+    assert isinstance(error, TooManyFailures) and "last failure, trial 6: why 6" in str(error)
