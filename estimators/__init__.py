@@ -1,8 +1,10 @@
 """Cost and quality of a student without training or timing it in full.
 
 - :func:`count_macs` / :func:`count_macs_torch` / :func:`count_params`: exact counts;
-- :func:`measure_latency` / :func:`measure_latency_stats`: measured CPU latency;
-- :class:`LatencyPredictor`: per-layer lookup table + fitted correction, per machine;
+- :func:`measure_latency` / :func:`measure_latency_stats`: latency measured on the
+  deployment runtime (ONNX Runtime fp32 or int8, or PyTorch eager) with its repeatability;
+- :class:`LatencyPredictor`: that latency predicted from the architecture (per-kernel
+  table on the runtime, shape propagation, calibrated on a few whole students);
 - :class:`AccuracyPredictor`, :func:`extrapolate`, :func:`prob_dominated`: accuracy
   from an encoded architecture or a partial learning curve, and the pruning question
   "is this student likely to be dominated?".
@@ -11,26 +13,35 @@
 from protege.estimators._accuracy import AccuracyPredictor, extrapolate, prob_dominated
 from protege.estimators._latency_predictor import LatencyPredictor, default_latency_cache
 from protege.estimators._macs import THOP_RULES, count_macs, count_macs_torch, count_params
+from protege.estimators._runtime import PRECISIONS, RUNTIMES, LatencySettings, default_runtime
 from protege.estimators._timing import (
     LatencyStats,
     TimingConfig,
     machine_fingerprint,
+    machine_id,
     measure_latency,
     measure_latency_stats,
 )
+from protege.estimators._torch_predictor import TorchLatencyPredictor
 
 __all__ = [
+    "PRECISIONS",
+    "RUNTIMES",
     "THOP_RULES",
     "AccuracyPredictor",
     "LatencyPredictor",
+    "LatencySettings",
     "LatencyStats",
     "TimingConfig",
+    "TorchLatencyPredictor",
     "count_macs",
     "count_macs_torch",
     "count_params",
     "default_latency_cache",
+    "default_runtime",
     "extrapolate",
     "machine_fingerprint",
+    "machine_id",
     "measure_latency",
     "measure_latency_stats",
     "prob_dominated",

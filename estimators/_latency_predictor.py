@@ -1,25 +1,40 @@
-"""Latency predicted from a per-layer lookup table plus a correction fitted on real students.
+"""Latency on ONNX Runtime (fp32 or int8) predicted from the architecture alone.
 
-The table maps each distinct leaf-layer configuration (type, hyper-parameters, input
-shapes) to its measured latency on this machine. It lives on disk under a machine
-fingerprint (CPU model, threads, batch size, torch version), is shared by every space
-and worker on the machine, and grows by merging: concurrent writers lock, re-read and
-replace the file atomically. A student's prediction walks its leaf-layer calls, sums
-their table entries, and maps that sum through a small non-negative linear correction
-(fitted once per space on a few measured students) that absorbs what isolated layers
-miss: Python dispatch per call, residual adds and reshapes, cache effects.
+How a space's predictor is built (:meth:`LatencyPredictor.for_space`), once per machine:
+
+1. **Kernels.** The teacher and a few probe students are exported and profiled on
+   the runtime (:mod:`._kernels`): every kernel the runtime runs, with its fusions
+   (conv + BatchNorm folded, + activation, + residual add), its shapes and its time.
+   This is nn-Meter's kernel detection (Zhang et al., MobiSys 2021) read off the runtime.
+2. **Template (shape propagation).** Each width choice is probed once at its smallest
+   option: the channel dimensions it changes in every kernel's shapes, which scale with
+   the channels it removes. Each structural choice (``depth.*``, ``rank.*``) is probed
+   once per non-teacher option: the kernels it removes and those it adds. A student's
+   kernel list and shapes then follow from its architecture by arithmetic, with no
+   model built and no forward pass.
+3. **Per-kernel table** (operator + shapes -> median ms over every profile), and for
+   shapes the table lacks, a regression per kernel position on (input elements, output
+   elements, their product), non-negative least squares: LitePred's per-kernel models
+   (Feng et al., NSDI 2024) fitted on the positions of one network.
+4. **Calibration** on ``calibration`` whole students timed with the quiet protocol
+   (:mod:`._timing`): ``measured = a * (sum of kernels) + b``, non-negative; the
+   leave-one-out relative error gives the uncertainty of every prediction and the
+   :attr:`LatencyPredictor.calibration` report (how well a new machine was calibrated).
+   As in HELP (Lee et al., NeurIPS 2021), a new device needs only a few measured
+   samples to adapt.
+
+Everything is cached on disk under the machine's fingerprint with the runtime,
+precision, batch and threads, so a second build on one machine measures nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import fcntl
 import hashlib
 import json
 import logging
-import os
-from collections.abc import Iterator, Mapping
+import math
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,157 +44,274 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
-from protege.common import atomic_write, eval_mode
+from protege.estimators._kernels import Kernel, features, kernel_key, profile_kernels
+from protege.estimators._runtime import check_settings, default_runtime
 from protege.estimators._timing import (
     TimingConfig,
     machine_fingerprint,
+    machine_id,
     measure_latency_stats,
-    time_callable,
-    torch_threads,
 )
-from protege.estimators._trace import LayerCall, Trace, trace
+from protege.estimators._torch_predictor import (
+    TorchLatencyPredictor,
+    _merge_json,
+    _read_json,
+    default_latency_cache,
+)
 
 __all__ = ["LatencyPredictor", "default_latency_cache"]
 
 logger = logging.getLogger(__name__)
 
-_TABLE = "layers.json"
-
 
 class _Space(Protocol):
     choices: Mapping[str, Any]
+    example_input: torch.Tensor
+
+    @property
+    def groups(self) -> Mapping[str, Any]: ...
 
     def sample(self, rng: np.random.Generator) -> dict[str, Any]: ...
+
+    def largest(self) -> dict[str, Any]: ...
+
+    def repair(self, arch: Mapping[str, Any]) -> dict[str, Any]: ...
 
     def materialize(self, arch: Mapping[str, Any]) -> nn.Module: ...
 
 
-def default_latency_cache() -> Path:
-    """``$PROTEGE_CACHE_DIR/latency`` (default ``~/.cache/protege/latency``)."""
-    root = os.environ.get("PROTEGE_CACHE_DIR")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "protege") / "latency"
-
-
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, json.JSONDecodeError) as exc:
-        logger.warning("ignoring unreadable latency cache %s: %s", path, exc)
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    with atomic_write(path) as handle:
-        json.dump(data, handle, indent=0, sort_keys=True)
-
-
-def _merge_json(path: Path, new: Mapping[str, Any]) -> dict[str, Any]:
-    """Add ``new`` to the JSON object at ``path`` under a lock; returns the merged object."""
-    with _locked(path.parent):
-        merged = _read_json(path)
-        merged.update(new)
-        _write_json(path, merged)
-    return merged
-
-
-def _features(lut_ms: float, tr: Trace) -> np.ndarray:
-    """Inputs of the correction: table sum, calls, outside ops, their Mi elements, 1."""
-    return np.array([lut_ms, len(tr.calls), tr.other_ops, tr.other_numel / 1e6, 1.0])
-
-
-def _probe_archs(space: _Space, count: int, seed: int) -> list[dict[str, Any]]:
-    """Uniform architectures (same option index everywhere), then random ones."""
-    choices = {name: tuple(options) for name, options in space.choices.items()}
-    longest = max((len(o) for o in choices.values()), default=1)
-    archs = [{name: o[min(i, len(o) - 1)] for name, o in choices.items()} for i in range(longest)]
-    rng = np.random.default_rng(seed)
-    archs += [space.sample(rng) for _ in range(count)]
-    return archs
+def _kept(channels: int, multiplier: float) -> int:
+    """Channels a width multiplier keeps (the rule of ``protege.spaces``)."""
+    return max(1, min(channels, int(round(channels * multiplier))))
 
 
 @dataclass(frozen=True)
-class _Fallback:
-    """Least-squares ``ms ~ a + b*macs + c*io`` per layer kind, for unmeasured configs."""
+class _Node:
+    """A kernel of the template: its place in the slot vector and when it runs."""
 
-    coef: dict[str, np.ndarray]
+    name: str
+    op: str
+    lengths: tuple[int, ...]
+    start: int
+    choice: str | None = None
+    value: str | None = None
 
-    @classmethod
-    def fit(cls, table: Mapping[str, Mapping[str, float]]) -> _Fallback:
-        by_kind: dict[str, list[tuple[float, float, float]]] = {}
-        for entry in table.values():
-            by_kind.setdefault(str(entry["kind"]), []).append(
-                (float(entry["macs"]), float(entry["io"]), float(entry["ms"])))
-        coef = {"*": cls._solve([row for rows in by_kind.values() for row in rows])}
-        for kind, rows in by_kind.items():
-            if len(rows) >= 4:
-                coef[kind] = cls._solve(rows)
-        return cls(coef)
 
-    @staticmethod
-    def _solve(rows: list[tuple[float, float, float]]) -> np.ndarray:
-        if not rows:
-            return np.zeros(3)
-        data = np.asarray(rows, dtype=float)
-        design = np.column_stack([np.ones(len(data)), data[:, 0] / 1e6, data[:, 1] / 1e6])
-        solution, _ = nnls(design, data[:, 2])
-        return np.asarray(solution)
+_MISALIGNED = '"misaligned"'
 
-    def __call__(self, call: LayerCall) -> float:
-        a, b, c = self.coef.get(call.kind, self.coef["*"])
-        return float(a + b * call.macs / 1e6 + c * call.io_numel / 1e6)
+
+def _simd_block() -> int:
+    """Channels per SIMD block of ONNX Runtime's NCHWc kernels here (16 with AVX-512, else 8)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            return 16 if "avx512f" in handle.read() else 8
+    except OSError:
+        return 8
+
+
+def _value_key(value: Any) -> str:
+    return json.dumps(value)
+
+
+class _Template:
+    """Kernel list and shapes of any architecture, by arithmetic on probed deltas."""
+
+    def __init__(self, state: Mapping[str, Any]) -> None:
+        self.nodes = [_Node(name=n[0], op=n[1], lengths=tuple(n[2]), start=n[3], choice=n[4],
+                            value=n[5]) for n in state["nodes"]]
+        self.base = np.asarray(state["base"], dtype=np.int64)
+        self.width = {name: (np.asarray(w["idx"], dtype=np.int64),
+                             np.asarray(w["delta"], dtype=np.float64), int(w["channels"]),
+                             int(w["removed"])) for name, w in state["width"].items()}
+        self.removed = {(c, v): np.asarray(idx, dtype=np.int64)
+                        for c, v, idx in state["removed"]}
+        self.added: dict[tuple[str, str], list[int]] = {}
+        for i, node in enumerate(self.nodes):
+            if node.choice is not None and node.value is not None:
+                self.added.setdefault((node.choice, node.value), []).append(i)
+        self.initial = np.asarray([node.choice is None for node in self.nodes], dtype=bool)
+        self.block = int(state.get("block", 16))
+        self.misaligned = {c: idx for (c, v), idx in self.added.items() if v == _MISALIGNED}
+        self.structural = sorted({c for c, _ in self.removed}
+                                 | {c for c, v in self.added if v != _MISALIGNED})
+
+    def kernels(self, arch: Mapping[str, Any]) -> list[tuple[int, tuple[tuple[int, ...], ...]]]:
+        """(node index, shapes) of every kernel the student ``arch`` runs."""
+        dims = self.base.astype(np.float64)
+        active = self.initial.copy()
+        seen: set[str] = set()
+        for name, extra in self.misaligned.items():
+            if _kept(self.width[name][2], float(arch[name])) % self.block:
+                for i in extra:  # one reorder per tensor, however many groups it touches
+                    if self.nodes[i].name not in seen:
+                        seen.add(self.nodes[i].name)
+                        active[i] = True
+        for name, (idx, delta, channels, removed) in self.width.items():
+            cut = channels - _kept(channels, float(arch[name]))
+            if cut and removed:
+                dims[idx] -= delta * (cut / removed)
+        values = np.maximum(np.rint(dims), 1).astype(np.int64).tolist()
+        for choice in self.structural:
+            key = (choice, _value_key(arch[choice]))
+            if key in self.removed:
+                active[self.removed[key]] = False
+            if key in self.added:
+                active[self.added[key]] = True
+        out = []
+        for i in np.flatnonzero(active).tolist():
+            node = self.nodes[i]
+            shapes, pos = [], node.start
+            for length in node.lengths:
+                shapes.append(tuple(values[pos:pos + length]))
+                pos += length
+            out.append((i, tuple(shapes)))
+        return out
+
+
+def _flatten(kernels: Sequence[Kernel]) -> dict[str, tuple[str, tuple[tuple[int, ...], ...]]]:
+    return {k.name: (k.op, k.shapes) for k in kernels}
+
+
+def _build_template(teacher: Sequence[Kernel], width: Mapping[str, tuple[list[Kernel], int, int]],
+                    structural: Mapping[tuple[str, str], list[Kernel]], *,
+                    block: int) -> dict[str, Any]:
+    """The template's state from the teacher's profile and the probes' profiles.
+
+    Args:
+        teacher: Kernels of the teacher.
+        width: Per width choice: kernels at its smallest option, the group's
+            channels and the channels that option removes.
+        structural: Per (structural choice, option as JSON): kernels of that probe.
+        block: The runtime's SIMD channel block (:func:`_simd_block`).
+    """
+    nodes: list[list[Any]] = []
+    base: list[int] = []
+    slots: dict[str, list[tuple[int, int]]] = {}  # name -> (start, length) per slot
+
+    def add(kernel: Kernel, choice: str | None, value: str | None) -> int:
+        lengths = [len(s) for s in kernel.shapes]
+        start = len(base)
+        nodes.append([kernel.name, kernel.op, lengths, start, choice, value])
+        positions, pos = [], start
+        for shape in kernel.shapes:
+            base.extend(shape)
+            positions.append((pos, len(shape)))
+            pos += len(shape)
+        if choice is None:
+            slots[kernel.name] = positions
+        return len(nodes) - 1
+
+    for kernel in teacher:
+        add(kernel, None, None)
+    teacher_by_name = {k.name: k for k in teacher}
+    deltas: dict[str, dict[int, float]] = {}
+    for name, (kernels, channels, removed) in width.items():
+        delta: dict[int, float] = {}
+        for kernel in kernels:
+            ref = teacher_by_name.get(kernel.name)
+            if ref is None and (channels - removed) % block:
+                # a kernel the runtime adds for a channel count off its SIMD block
+                # (NCHWc reorders): it runs whenever this group's count is off the block
+                add(kernel, name, _MISALIGNED)
+                continue
+            if ref is None or [len(s) for s in ref.shapes] != [len(s) for s in kernel.shapes]:
+                continue
+            for (start, _), a, b in zip(slots[kernel.name], ref.shapes, kernel.shapes,
+                                        strict=True):
+                for j, (da, db) in enumerate(zip(a, b, strict=True)):
+                    if da != db:
+                        delta[start + j] = float(da - db)
+        deltas[name] = delta
+    removed_sets = []
+    for (choice, value), kernels in structural.items():
+        probe = _flatten(kernels)
+        gone = [i for i, node in enumerate(nodes[:len(teacher)])
+                if probe.get(node[0]) != (node[1], teacher_by_name[node[0]].shapes)]
+        removed_sets.append([choice, value, gone])
+        gone_slots: dict[tuple[int, ...], int] = {}
+        for i in gone:
+            for (start, _), shape in zip(slots[nodes[i][0]], teacher_by_name[nodes[i][0]].shapes,
+                                         strict=True):
+                gone_slots.setdefault(shape, start)
+        known = {name: teacher_by_name[name] for name in teacher_by_name}
+        for kernel in kernels:
+            if kernel.name in known and known[kernel.name].shapes == kernel.shapes:
+                continue
+            index = add(kernel, choice, value)
+            pos = nodes[index][3]
+            for shape in kernel.shapes:
+                source = gone_slots.get(shape)
+                if source is not None:  # same shape as a slot it replaces: same widths
+                    for delta in deltas.values():
+                        for j in range(len(shape)):
+                            if source + j in delta:
+                                delta[pos + j] = delta[source + j]
+                pos += len(shape)
+    return {
+        "nodes": nodes, "base": base, "removed": removed_sets, "block": block,
+        "width": {name: {"idx": sorted(delta), "delta": [delta[i] for i in sorted(delta)],
+                         "channels": width[name][1], "removed": width[name][2]}
+                  for name, delta in deltas.items()},
+    }
+
+
+def _fit_rows(rows: Sequence[tuple[tuple[float, ...], float]]) -> tuple[list[float], float]:
+    """Non-negative least squares on relative errors; returns (coefficients, residual sd ms)."""
+    design = np.asarray([r[0] for r in rows], dtype=float)
+    target = np.asarray([r[1] for r in rows], dtype=float)
+    weights = 1.0 / np.maximum(target, 1e-4)
+    coef, _ = nnls(design * weights[:, None], target * weights)
+    resid = design @ coef - target
+    return coef.tolist(), float(np.sqrt(np.mean(resid ** 2))) if len(rows) > 1 else 0.0
 
 
 class LatencyPredictor:
-    """Predicts a student's CPU latency (ms) without timing the student.
+    """Predicts a student's latency (ms) on ONNX Runtime from its architecture.
 
-    Build one per space with :meth:`for_space`; it is cheap to rebuild, since the
-    table and correction come from the disk cache after the first build on a machine.
+    Build one with :meth:`for_space`. :meth:`predict` needs neither a model nor a
+    forward pass (well under a millisecond); :meth:`predict_with_uncertainty` adds
+    a standard deviation; :meth:`predict_model` serves a built model.
 
     Attributes:
-        table: Layer key -> ``{"ms", "kind", "macs", "io"}``.
-        coef: Correction weights on (table sum, calls, outside ops, outside Mi
-            elements, 1).
-        measurements: Layer configurations timed by this instance (0 on a cache hit).
-        misses: Layer calls predicted by the fallback regression since creation.
+        runtime: ``onnxruntime``.
+        precision: ``fp32`` or ``int8``.
+        batch_size: Batch of the predicted forward passes.
+        threads: Intra-op threads.
+        machine: :func:`machine_id` of the machine the table was measured on.
+        table: Kernel key -> median ms.
+        calibration: How the whole-student calibration went: ``students``, ``a``,
+            ``b``, ``loo_mape`` (leave-one-out, %), ``loo_max`` (%), ``measured_ms``.
+        measurements: Profiles and whole-student timings this instance ran (0 on a
+            cache hit).
+        build_s: Seconds :meth:`for_space` took.
+        misses: Kernels predicted by a regression (shape not in the table) since creation.
     """
 
-    def __init__(
-        self,
-        *,
-        space: _Space | None,
-        example_input: torch.Tensor,
-        table: Mapping[str, Mapping[str, Any]],
-        coef: np.ndarray,
-        batch_size: int = 1,
-        measurements: int = 0,
-        table_path: Path | None = None,
-        timing: TimingConfig | None = None,
-    ) -> None:
+    def __init__(self, *, space: _Space | None, state: Mapping[str, Any], measurements: int = 0,
+                 build_s: float = 0.0) -> None:
         self.space = space
-        self.table_path = table_path
-        self.timing = timing or TimingConfig()
-        self.batch_size = batch_size
-        self._example = example_input[:1].detach().cpu().expand(
-            batch_size, *example_input.shape[1:]).contiguous()
-        self.table = {key: dict(entry) for key, entry in table.items()}
-        self.coef = np.asarray(coef, dtype=float)
+        self.runtime = str(state["runtime"])
+        self.precision = str(state["precision"])
+        self.batch_size = int(state["batch_size"])
+        self.threads = int(state["threads"])
+        self.machine = str(state["machine"])
+        self.table: dict[str, float] = {kernel_key(op, _as_shapes(shapes)): float(ms)
+                                        for op, shapes, ms in state["kernels"]}
+        self.calibration: dict[str, Any] = dict(state["calibration"])
         self.measurements = measurements
+        self.build_s = build_s
         self.misses = 0
-        self._fallback = _Fallback.fit(self.table)
+        self._state = state
+        self._template = _Template(state["template"])
+        self._by_position: dict[str, tuple[list[float], float]] = {
+            k: (list(v[0]), float(v[1])) for k, v in state["positions"].items()}
+        self._by_op: dict[str, tuple[list[float], float]] = {
+            k: (list(v[0]), float(v[1])) for k, v in state["ops"].items()}
+        self._fast = {(op, _as_shapes(shapes)): float(ms) for op, shapes, ms in state["kernels"]}
+        fallback = [self._by_position.get(node.name) or self._by_op.get(node.op)
+                    or self._by_op["*"] for node in self._template.nodes]
+        self._coef = np.asarray([f[0] for f in fallback], dtype=float).reshape(-1, 4)
+        self._sd = np.asarray([f[1] for f in fallback], dtype=float)
 
     @classmethod
     def for_space(
@@ -187,162 +319,282 @@ class LatencyPredictor:
         space: _Space,
         example_input: torch.Tensor,
         *,
-        cache_dir: str | Path | None = None,
+        runtime: str | None = None,
+        precision: str = "fp32",
         batch_size: int = 1,
+        threads: int = 1,
+        cache_dir: str | Path | None = None,
         timing: TimingConfig | None = None,
-        probes: int = 64,
-        calibration: int = 16,
+        probes: int = 8,
+        calibration: int = 8,
+        runs: int = 10,
         seed: int = 0,
-    ) -> LatencyPredictor:
-        """Build (or load) the latency table of ``space`` and fit the correction.
-
-        Probe students (every uniform width and ``probes`` random ones) are
-        materialised and their distinct leaf-layer configurations not yet in the
-        table are timed in isolation. Then ``calibration`` of the probes are timed
-        whole and the correction is fitted. Both results are cached on disk, so
-        a second call on this machine times nothing.
+    ) -> LatencyPredictor | TorchLatencyPredictor:
+        """Build (or load from the cache) the latency predictor of ``space``.
 
         Args:
-            space: A search space (``choices``, ``sample``, ``materialize``).
+            space: A search space (``choices``, ``groups``, ``sample``, ``largest``,
+                ``repair``, ``materialize``).
             example_input: One batch the teacher accepts.
-            cache_dir: Root of the latency cache (default :func:`default_latency_cache`).
+            runtime: ``onnxruntime`` (default where installed) or ``torch`` (eager; the
+                per-layer predictor of :class:`TorchLatencyPredictor`).
+            precision: ``fp32`` or ``int8`` (onnxruntime's static quantisation).
             batch_size: Batch of the predicted forward passes.
-            timing: How layers and calibration students are timed.
-            probes: Random probe students whose layers go into the table.
-            calibration: Probe students timed whole to fit the correction.
-            seed: Seed of the probe sampling.
-        """
-        timing = timing or TimingConfig()
-        folder = (Path(cache_dir) if cache_dir is not None else default_latency_cache()) / (
-            machine_fingerprint(threads=timing.threads, batch_size=batch_size))
-        table_path = folder / _TABLE
-        table = _read_json(table_path)
-        predictor = cls(space=space, example_input=example_input, table=table,
-                        coef=np.array([1.0, 0, 0, 0, 0]), batch_size=batch_size,
-                        table_path=table_path, timing=timing)
-        archs = _probe_archs(space, probes, seed)
-        traces: list[Trace] = []
-        new: dict[str, dict[str, Any]] = {}
-        for arch in archs:
-            tr = trace(space.materialize(arch), predictor._example, keep_modules=True)
-            traces.append(tr)
-            for call in tr.calls:
-                if call.key not in table and call.key not in new:
-                    new[call.key] = {"ms": _time_layer(call, timing), "kind": call.kind,
-                                     "macs": call.macs, "io": call.io_numel}
-        if new:
-            table = _merge_json(table_path, new)
-            logger.info("latency table %s: measured %d new layer configurations (%d in all)",
-                        table_path, len(new), len(table))
-        predictor.table = {key: dict(entry) for key, entry in table.items()}
-        predictor.measurements = len(new)
-        predictor._fallback = _Fallback.fit(predictor.table)
+            threads: Intra-op threads of the runtime.
+            cache_dir: Root of the latency cache (default :func:`default_latency_cache`).
+            timing: The protocol of the whole-student calibration timings.
+            probes: Random students profiled besides the teacher and the one-choice probes.
+            calibration: Whole students timed for the calibration (at most 20 needed).
+            runs: Profiled runs per probe (kernel times are their medians).
+            seed: Seed of the random probes.
 
-        ident = _space_id(archs, traces)
-        corr_path = folder / f"correction-{ident}.json"
-        stored = _read_json(corr_path)
-        if stored.get("coef") and not new:
-            predictor.coef = np.asarray(stored["coef"], dtype=float)
-        else:
-            chosen = list(range(min(calibration, len(archs))))
-            features = [_features(predictor._lut_ms(traces[i]), traces[i]) for i in chosen]
-            measured = [measure_latency_stats(space.materialize(archs[i]), predictor._example,
-                                              batch_size=batch_size, config=timing).median_ms
-                        for i in chosen]
-            predictor.coef = fit_correction(np.asarray(features), np.asarray(measured))
-            predictor.measurements += len(chosen)
-            _merge_json(corr_path, {"coef": predictor.coef.tolist(), "measured": measured})
+        Raises:
+            ValueError: For unknown settings, int8 on torch.
+            ImportError: For onnxruntime when onnx or onnxruntime is missing.
+        """
+        runtime = runtime or default_runtime()
+        check_settings(runtime, precision, batch_size, threads)
+        timing = timing or TimingConfig(threads=threads)
+        if runtime == "torch":
+            return TorchLatencyPredictor.for_space(
+                space, example_input, cache_dir=cache_dir, batch_size=batch_size,
+                timing=timing, seed=seed, probes=probes, calibration=calibration)
+        start = time.perf_counter()
+        folder = (Path(cache_dir) if cache_dir is not None else default_latency_cache()) / (
+            machine_fingerprint(threads=threads, batch_size=batch_size, runtime=runtime,
+                                precision=precision))
+        path = folder / f"ort-{_space_id(space, example_input, probes, calibration, seed)}.json"
+        stored = _read_json(path)
+        if stored.get("state"):
+            return cls(space=space, state=stored["state"], build_s=time.perf_counter() - start)
+        state, measurements = _build_state(
+            space, example_input, precision=precision, batch_size=batch_size, threads=threads,
+            timing=timing, probes=probes, calibration=calibration, runs=runs, seed=seed)
+        _merge_json(path, {"state": state})
+        predictor = cls(space=space, state=state, measurements=measurements,
+                        build_s=time.perf_counter() - start)
+        logger.info("latency predictor (%s %s batch %d): %d kernels in the table, calibrated "
+                    "on %d students, leave-one-out error %.1f%%", runtime, precision, batch_size,
+                    len(predictor.table), state["calibration"]["students"],
+                    state["calibration"]["loo_mape"])
         return predictor
 
-    def _lut_ms(self, tr: Trace) -> float:
-        total = 0.0
-        for call in tr.calls:
-            entry = self.table.get(call.key)
-            if entry is None:
-                self.misses += 1
-                total += self._fallback(call)
-            else:
-                total += float(entry["ms"])
-        return total
+    # -- prediction --------------------------------------------------------------------
 
-    def predict_trace(self, tr: Trace) -> float:
-        """Predicted milliseconds of a traced student."""
-        return max(float(_features(self._lut_ms(tr), tr) @ self.coef), 0.0)
+    def _kernel_ms(self, name: str | None, op: str, shapes: tuple[tuple[int, ...], ...]
+                   ) -> tuple[float, float]:
+        hit = self._fast.get((op, shapes))
+        if hit is not None:
+            return hit, 0.0
+        self.misses += 1
+        coef, sd = (self._by_position.get(name) if name is not None else None) or \
+            self._by_op.get(op) or self._by_op["*"]
+        value = float(np.dot(coef, features(shapes)))
+        return max(value, 0.0), sd
 
-    def predict_model(self, model: nn.Module) -> float:
-        """Predicted milliseconds of a built student (it is not timed).
+    def _calibrated(self, total: float, variance: float, count: int) -> tuple[float, float]:
+        a, b = float(self.calibration["a"]), float(self.calibration["b"])
+        mean = a * total + b + float(self.calibration.get("c", 0.0)) * count
+        rel = float(self.calibration["loo_rms"]) / 100
+        return mean, math.sqrt((rel * mean) ** 2 + a * a * variance)
 
-        One untimed single-thread forward pass on the example batch lists the
-        student's layer calls and shapes (on the meta device it would cost more:
-        meta kernels dispatch slowly in Python).
+    def predict_with_uncertainty(self, arch: Mapping[str, Any]) -> tuple[float, float]:
+        """Predicted milliseconds of the student ``arch`` and their standard deviation.
+
+        The deviation combines the calibration's leave-one-out error (relative) with
+        the residual spread of the regressions used for kernels the table lacks.
+
+        Raises:
+            ValueError: If this predictor has no space, or ``arch`` does not fit it.
         """
-        with torch_threads(1), eval_mode(model):
-            return self.predict_trace(trace(model, self._example, keep_modules=False))
+        return self._calibrated(*self._kernel_sum(arch))
 
-    def predict(self, arch: Mapping[str, Any]) -> float:
-        """Predicted milliseconds of the student ``arch`` describes (materialised, not timed)."""
+    def _kernel_sum(self, arch: Mapping[str, Any]) -> tuple[float, float, int]:
+        """(sum of kernel ms, its variance, number of kernels) of ``arch``, uncalibrated."""
         if self.space is None:
             raise ValueError("this predictor has no space; use predict_model")
-        return self.predict_model(self.space.materialize(arch))
+        arch = self.space.repair(arch)
+        total = 0.0
+        nodes = self._template.nodes
+        missed, first, last = [], [], []
+        kernels = self._template.kernels(arch)
+        for index, shapes in kernels:
+            hit = self._fast.get((nodes[index].op, shapes))
+            if hit is not None:
+                total += hit
+                continue
+            missed.append(index)
+            first.append(math.prod(shapes[0]) if shapes else 0)
+            last.append(math.prod(shapes[-1]) if shapes else 0)
+        variance = 0.0
+        if missed:
+            self.misses += len(missed)
+            f1, f2 = np.asarray(first, dtype=float) / 1e6, np.asarray(last, dtype=float) / 1e6
+            design = np.column_stack([np.ones(len(missed)), f1, f2, f1 * f2])
+            total += float(np.maximum((design * self._coef[missed]).sum(axis=1), 0.0).sum())
+            variance = float((self._sd[missed] ** 2).sum())
+        return total, variance, len(kernels)
 
-    def extend(self, model: nn.Module) -> int:
-        """Time the layer configurations of ``model`` the table lacks, and save them.
+    def predict(self, arch: Mapping[str, Any]) -> float:
+        """Predicted milliseconds of the student ``arch`` (no model built, no forward pass)."""
+        return self.predict_with_uncertainty(arch)[0]
 
-        A worker that meets a student whose layers miss the table (the fallback
-        regression covers them meanwhile) can call this to improve later predictions;
-        it times single layers only. The correction is not refitted.
+    def predict_model(self, model: nn.Module) -> float:
+        """Predicted milliseconds of a built student.
 
-        Returns:
-            The number of configurations timed.
+        Prefer :meth:`predict` with the architecture: a model is exported and run
+        once under the runtime's profiler to list its kernels (untimed).
         """
-        with torch_threads(1), eval_mode(model):
-            tr = trace(model, self._example, keep_modules=True)
-        new: dict[str, dict[str, Any]] = {}
-        for call in tr.calls:
-            if call.key not in self.table and call.key not in new:
-                new[call.key] = {"ms": _time_layer(call, self.timing), "kind": call.kind,
-                                 "macs": call.macs, "io": call.io_numel}
-        if new:
-            merged = _merge_json(self.table_path, new) if self.table_path else new
-            self.table.update({key: dict(entry) for key, entry in merged.items()})
-            self.measurements += len(new)
-        return len(new)
+        kernels = profile_kernels(model, _example(self), precision=self.precision,
+                                  batch_size=self.batch_size, threads=self.threads, runs=1,
+                                  warmup=0)
+        total, variance = 0.0, 0.0
+        for kernel in kernels:
+            ms, sd = self._kernel_ms(kernel.name, kernel.op, kernel.shapes)
+            total += ms
+            variance += sd * sd
+        return self._calibrated(total, variance, len(kernels))[0]
 
-    def lut_sum(self, model: nn.Module) -> float:
-        """Uncorrected sum of the table entries of ``model``'s layer calls (ms)."""
-        with torch_threads(1), eval_mode(model):
-            return self._lut_ms(trace(model, self._example, keep_modules=False))
+    def record(self) -> dict[str, Any]:
+        """Runtime, precision, batch, threads, machine and calibration: what a figure needs."""
+        return {"runtime": self.runtime, "precision": self.precision,
+                "batch_size": self.batch_size, "threads": self.threads,
+                "machine": self.machine, "calibration": dict(self.calibration)}
 
 
-def fit_correction(features: np.ndarray, measured: np.ndarray) -> np.ndarray:
-    """Non-negative least squares of measured ms on the correction features.
-
-    Relative errors matter, so rows are weighted by ``1 / measured``.
-    """
-    weights = 1.0 / np.maximum(measured, 1e-6)
-    solution, _ = nnls(features * weights[:, None], measured * weights)
-    return np.asarray(solution)
+def _as_shapes(shapes: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(int(d) for d in shape) for shape in shapes)
 
 
-def _time_layer(call: LayerCall, timing: TimingConfig) -> float:
-    """Milliseconds of one leaf layer on inputs of its traced shapes and dtypes.
-
-    Floating-point inputs are random; integer ones are zeros (a valid index for any
-    embedding or gather).
-    """
-    assert call.module is not None
-    module = copy.deepcopy(call.module).eval()
-    dtypes = call.dtypes or (torch.float32,) * len(call.shapes)
-    inputs = [torch.randn(shape, dtype=dtype) if dtype.is_floating_point
-              else torch.zeros(shape, dtype=dtype)
-              for shape, dtype in zip(call.shapes, dtypes, strict=True)]
-    return time_callable(lambda: module(*inputs), timing).median_ms
+def _example(predictor: LatencyPredictor) -> torch.Tensor:
+    if predictor.space is None:
+        raise ValueError("this predictor has no space to take an example input from")
+    return predictor.space.example_input
 
 
-def _space_id(archs: list[dict[str, Any]], traces: list[Trace]) -> str:
-    """Names a space by its probe students' layer keys, so a changed space refits."""
+def _space_id(space: _Space, example_input: torch.Tensor, probes: int, calibration: int,
+              seed: int) -> str:
+    """Names a space by its choices, its teacher's structure and the build settings."""
     digest = hashlib.sha256()
-    for arch, tr in zip(archs, traces, strict=True):
-        digest.update(json.dumps(arch, sort_keys=True, default=str).encode())
-        digest.update("|".join(call.key for call in tr.calls).encode())
+    digest.update(json.dumps({k: list(v) for k, v in space.choices.items()}, default=str,
+                             sort_keys=True).encode())
+    digest.update(str(space.materialize(space.largest())).encode())
+    digest.update(f"{tuple(example_input.shape)}|{probes}|{calibration}|{seed}|v2".encode())
     return digest.hexdigest()[:16]
+
+
+def _probe_plan(space: _Space) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str],
+                                                                        dict[str, Any]]]:
+    """One-choice probes: each width choice at its smallest option; each structural
+    choice at each option the teacher does not take."""
+    teacher = space.largest()
+    width: dict[str, dict[str, Any]] = {}
+    structural: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, options in space.choices.items():
+        if name.startswith("width."):
+            if min(options) < teacher[name]:
+                width[name] = {**teacher, name: min(options)}
+            continue
+        for value in options:
+            if value != teacher[name]:
+                structural[(name, _value_key(value))] = space.repair({**teacher, name: value})
+    return width, structural
+
+
+def _build_state(space: _Space, example_input: torch.Tensor, *, precision: str, batch_size: int,
+                 threads: int, timing: TimingConfig, probes: int, calibration: int, runs: int,
+                 seed: int) -> tuple[dict[str, Any], int]:
+    def profile(arch: Mapping[str, Any]) -> list[Kernel]:
+        return profile_kernels(space.materialize(arch), example_input, precision=precision,
+                               batch_size=batch_size, threads=threads, runs=runs)
+
+    teacher_arch = space.repair(space.largest())
+    teacher = profile(teacher_arch)
+    width_plan, structural_plan = _probe_plan(space)
+    profiles: list[list[Kernel]] = [teacher]
+    width: dict[str, tuple[list[Kernel], int, int]] = {}
+    for name, arch in width_plan.items():
+        kernels = profile(arch)
+        profiles.append(kernels)
+        channels = int(space.groups[name].channels)
+        width[name] = (kernels, channels, channels - _kept(channels, float(arch[name])))
+    structural = {}
+    for key, arch in structural_plan.items():
+        structural[key] = profile(arch)
+        profiles.append(structural[key])
+    template = _build_template(teacher, width, structural, block=_simd_block())
+    rng = np.random.default_rng(seed)
+    randoms = [space.repair(space.sample(rng)) for _ in range(probes)]
+    for arch in randoms:
+        profiles.append(profile(arch))
+
+    observed: dict[tuple[str, tuple[tuple[int, ...], ...]], list[float]] = {}
+    by_name: dict[str, list[tuple[tuple[float, ...], float]]] = {}
+    by_op: dict[str, list[tuple[tuple[float, ...], float]]] = {"*": []}
+    for kernels in profiles:
+        for k in kernels:
+            observed.setdefault((k.op, k.shapes), []).append(k.ms)
+            row = (features(k.shapes), k.ms)
+            by_name.setdefault(k.name, []).append(row)
+            by_op.setdefault(k.op, []).append(row)
+            by_op["*"].append(row)
+    kernels = [[op, [list(s) for s in shapes], float(np.median(values))]
+               for (op, shapes), values in observed.items()]
+    positions = {name: _fit_rows(rows) for name, rows in by_name.items()
+                 if len({r[0] for r in rows}) >= 3}
+    ops = {op: _fit_rows(rows) for op, rows in by_op.items() if rows}
+    if not ops.get("*"):
+        ops["*"] = ([0.0, 0.0, 0.0, 0.0], 0.0)
+    state: dict[str, Any] = {
+        "runtime": "onnxruntime", "precision": precision, "batch_size": batch_size,
+        "threads": threads, "machine": machine_id(), "template": template, "kernels": kernels,
+        "positions": positions, "ops": ops,
+        "calibration": {"a": 1.0, "b": 0.0, "c": 0.0, "loo_rms": 0.0},
+        "probes": {"profiled": len(profiles), "one_choice": len(width_plan) + len(structural_plan),
+                   "random": probes, "runs": runs},
+    }
+    count = max(2, min(calibration, 20))
+    chosen = ([teacher_arch] + randoms)[:count]
+    chosen += [space.repair(space.sample(rng)) for _ in range(count - len(chosen))]
+    state["calibration"] = _calibrate(LatencyPredictor(space=space, state=state), chosen,
+                                      example_input, timing)
+    return state, len(profiles) + len(chosen)
+
+
+def _calibrate(predictor: LatencyPredictor, archs: Sequence[Mapping[str, Any]],
+               example_input: torch.Tensor, timing: TimingConfig) -> dict[str, Any]:
+    """Fit ``measured = a * kernel_sum + b`` on whole students, with leave-one-out errors."""
+    assert predictor.space is not None
+    sums, counts, measured, spreads = [], [], [], []
+    for arch in archs:
+        total, _, count = predictor._kernel_sum(arch)
+        sums.append(total)
+        counts.append(count)
+        stats = measure_latency_stats(predictor.space.materialize(arch), example_input,
+                                      runtime="onnxruntime", precision=predictor.precision,
+                                      batch_size=predictor.batch_size, config=timing)
+        if not stats.usable:
+            logger.warning("calibration student measured with %.0f%% repeatability",
+                           100 * stats.repeatability)
+        measured.append(stats.ms)
+        spreads.append(stats.repeatability)
+    x, y = np.asarray(sums), np.asarray(measured)
+    # kernel count: the runtime's per-kernel dispatch, which the profiler's node times
+    # leave out (it matters for networks of tens of microseconds)
+    design = np.column_stack([x, np.ones(len(x)), np.asarray(counts, dtype=float)])
+
+    def fit(idx: np.ndarray) -> np.ndarray:
+        coef, _ = nnls(design[idx] / y[idx, None], np.ones(len(idx)))
+        return np.asarray(coef)
+
+    coef = fit(np.arange(len(x)))
+    errors = []
+    for i in range(len(x)):
+        rest = np.asarray([j for j in range(len(x)) if j != i])
+        errors.append((float(design[i] @ fit(rest)) - y[i]) / y[i])
+    err = np.abs(np.asarray(errors)) * 100
+    a, b, c = (float(v) for v in coef)
+    return {"students": len(x), "a": a, "b": b, "c": c, "loo_mape": float(err.mean()),
+            "loo_max": float(err.max()), "loo_rms": float(np.sqrt(np.mean(err ** 2))),
+            "measured_ms": y.tolist(), "kernel_sum_ms": x.tolist(), "kernels": counts,
+            "repeatability": [float(s) for s in spreads]}

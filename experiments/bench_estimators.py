@@ -2,7 +2,7 @@
 
 Run (inside the shared CPU lock, so no other heavy job disturbs the timings)::
 
-    flock /tmp/protege-cpu.lock .venv/bin/python experiments/bench_estimators.py --students 50
+    flock /tmp/protege-cpu.lock .venv/bin/python experiments/bench_estimators.py --part latency
 
 It writes ``experiments/results/estimators.md`` and caches the distilled MNIST-1D
 trials in ``experiments/results/estimators_mnist1d_trials.json`` (delete it to redo them).
@@ -15,6 +15,8 @@ import copy
 import json
 import logging
 import math
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +39,7 @@ from protege.estimators import (
     measure_latency_stats,
 )
 from protege.experiments import build_teacher, load_task
+from protege.experiments._results import write_section
 from protege.spaces import derive
 
 logger = logging.getLogger("bench_estimators")
@@ -46,13 +49,17 @@ TRIALS_JSON = {"inherit": RESULTS / "estimators_mnist1d_trials.json",
 SPLITS = 10
 
 
-def _targets() -> dict[str, tuple[nn.Module, torch.Tensor]]:
+def _targets(*, trained: bool = True) -> dict[str, tuple[nn.Module, torch.Tensor]]:
     """(teacher, example input) per benchmark network; task teachers are untrained
-    except MNIST-1D's (latency and MACs do not depend on the weights)."""
-    mnist1d = load_task("mnist1d")
+    except MNIST-1D's when ``trained`` (latency and MACs do not depend on the weights)."""
+    if trained:
+        mnist1d = load_task("mnist1d")
+        mnist1d_net, mnist1d_x = mnist1d.teacher, mnist1d.example_input
+    else:
+        mnist1d_net, mnist1d_x = build_teacher("mnist1d").eval(), torch.randn(1, 1, 40)
     return {
         "digits": (build_teacher("digits").eval(), torch.randn(1, 1, 8, 8)),
-        "mnist1d": (mnist1d.teacher, mnist1d.example_input),
+        "mnist1d": (mnist1d_net, mnist1d_x),
         "fashion_mnist": (build_teacher("fashion_mnist").eval(), torch.randn(1, 1, 28, 28)),
         "resnet18@32": (torchvision.models.resnet18(weights=None, num_classes=10).eval(),
                         torch.randn(1, 3, 32, 32)),
@@ -61,45 +68,110 @@ def _targets() -> dict[str, tuple[nn.Module, torch.Tensor]]:
     }
 
 
-def bench_latency(name: str, teacher: nn.Module, x: torch.Tensor, students: int) -> dict[str, Any]:
-    space = derive(teacher, x)
+def _latency_targets() -> dict[str, tuple[nn.Module, torch.Tensor, int]]:
+    """(teacher, example input, space level) per latency network: the five above at
+    level 1 (all untrained: latency does not depend on the weights, and MNIST-1D's
+    teacher is not trained for it) and torchvision's resnet18 at 64x64 at level 2."""
+    targets = {name: (net, x, 1) for name, (net, x) in _targets(trained=False).items()}
+    targets["resnet18@64 L2"] = (
+        torchvision.models.resnet18(weights=None, num_classes=10).eval(),
+        torch.randn(1, 3, 64, 64), 2)
+    return targets
+
+
+LATENCY_SETTINGS = [("fp32", 1), ("int8", 1), ("fp32", 32), ("int8", 32)]
+
+
+def bench_latency(name: str, teacher: nn.Module, x: torch.Tensor, students: int, *,
+                  precision: str, batch_size: int, level: int, retests: int) -> dict[str, Any]:
+    """Predicted against measured ONNX Runtime latency of ``students`` random students."""
+    space = derive(teacher, x, level=level)
     with tempfile.TemporaryDirectory() as cache:
+        predictor = LatencyPredictor.for_space(space, x, runtime="onnxruntime",
+                                               precision=precision, batch_size=batch_size,
+                                               cache_dir=cache)
         start = time.perf_counter()
-        predictor = LatencyPredictor.for_space(space, x, cache_dir=cache)
-        build_s = time.perf_counter() - start
-        timed = predictor.measurements
-        start = time.perf_counter()
-        LatencyPredictor.for_space(space, x, cache_dir=cache)
+        LatencyPredictor.for_space(space, x, runtime="onnxruntime", precision=precision,
+                                   batch_size=batch_size, cache_dir=cache)
         reload_s = time.perf_counter() - start
+    assert isinstance(predictor, LatencyPredictor)
     rng = np.random.default_rng(10_000)
-    predicted, measured, spreads, mat_ms, pred_ms = [], [], [], [], []
+    predicted, sigma, measured, repeat, pred_ms, usable = [], [], [], [], [], []
+    retest: dict[str, list[float]] = {"min_of_medians": [], "trimmed_mean": []}
     predictor.misses = 0
-    calls = 0
-    for _ in range(students):
+    for i in range(students):
         arch = space.sample(rng)
         start = time.perf_counter()
+        mean, sd = predictor.predict_with_uncertainty(arch)
+        pred_ms.append(1e3 * (time.perf_counter() - start))
         student = space.materialize(arch)
-        mid = time.perf_counter()
-        predicted.append(predictor.predict_model(student))
-        end = time.perf_counter()
-        mat_ms.append(1e3 * (mid - start))
-        pred_ms.append(1e3 * (end - mid))
-        calls += sum(1 for m in student.modules() if next(iter(m.children()), None) is None)
-        stats = measure_latency_stats(student, x)
-        measured.append(stats.median_ms)
-        spreads.append(stats.spread)
+        stats = measure_latency_stats(student, x, runtime="onnxruntime", precision=precision,
+                                      batch_size=batch_size)
+        predicted.append(mean)
+        sigma.append(sd)
+        measured.append(stats.ms)
+        repeat.append(stats.repeatability)
+        usable.append(stats.usable)
+        if i < retests:  # test-retest of both statistics on the same student
+            again = measure_latency_stats(student, x, runtime="onnxruntime",
+                                          precision=precision, batch_size=batch_size)
+            for key, a, b in (("min_of_medians", stats.min_of_medians_ms,
+                               again.min_of_medians_ms),
+                              ("trimmed_mean", stats.trimmed_ms, again.trimmed_ms)):
+                retest[key].append(abs(a - b) / min(a, b))
     p, m = np.asarray(predicted), np.asarray(measured)
     err = np.abs(p - m) / m
+    cal = predictor.calibration
     return {
-        "net": name, "choices": len(space.choices), "students": students,
-        "rho": float(spearmanr(p, m).statistic), "mape": float(100 * err.mean()),
+        "net": name, "precision": precision, "batch": batch_size, "choices": len(space.choices),
+        "students": students, "rho": float(spearmanr(p, m).statistic),
+        "mape": float(100 * err.mean()), "median_err": float(100 * np.median(err)),
         "within10": float(100 * np.mean(err <= 0.10)),
+        "inside_1sd": float(100 * np.mean(np.abs(p - m) <= np.asarray(sigma))),
         "lat_min": float(m.min()), "lat_max": float(m.max()),
-        "spread": float(100 * np.median(spreads)),
-        "build_s": build_s, "reload_s": reload_s, "timed": timed, "table": len(predictor.table),
-        "miss": float(100 * predictor.misses / max(calls, 1)),
-        "pred_ms": float(np.median(pred_ms)), "mat_ms": float(np.median(mat_ms)),
+        "repeat": float(100 * np.median(repeat)), "unusable": int(len(usable) - sum(usable)),
+        "retest_mom": float(100 * np.median(retest["min_of_medians"])) if retests else math.nan,
+        "retest_trim": float(100 * np.median(retest["trimmed_mean"])) if retests else math.nan,
+        "pred_ms": float(np.median(pred_ms)), "pred_max_ms": float(np.max(pred_ms)),
+        "build_s": predictor.build_s, "reload_s": reload_s,
+        "profiled": int(predictor._state["probes"]["profiled"]),
+        "calibrated": int(cal["students"]), "loo_mape": float(cal["loo_mape"]),
+        "table": len(predictor.table), "miss": predictor.misses,
     }
+
+
+def _latency_body(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    lines = [
+        f"Machine: {os.cpu_count()} CPU cores shared with other developers' test runs (load "
+        "average 2-5 while these figures were taken: every figure below is from a loaded "
+        "machine); onnxruntime CPU, 1 intra-op thread, graph optimisations ALL; int8 = static "
+        "QOperator quantisation. Measurement protocol: 10 warm-ups, 5 blocks of 7 repeats "
+        "(each >= 1 ms), figure = minimum of the block medians.", "",
+        f"{args.students} random students per network and setting (seeds disjoint from the "
+        "probes). rho: Spearman; within 10 %, MAPE, median error: prediction against "
+        "measured figure; in 1 sd: share of students whose error is within the predicted "
+        "standard deviation; repeat.: median repeatability (relative range of block "
+        "medians) of the measurements themselves, and how many were unusable (> 15 %); "
+        "retest: median |difference| between two measurements of one student for the "
+        "minimum of block medians and for the 20 % trimmed mean (first "
+        f"{args.retests} students); predict: time of one `predict_with_uncertainty` "
+        "(median / max); build: `for_space` from an empty cache, with the number of "
+        "students profiled per kernel (teacher, one per choice option, 8 random) and timed "
+        "whole for the calibration, whose leave-one-out MAPE is `LOO`.", "",
+        "| net | prec. | batch | latency ms | rho | within 10 % | MAPE % | median err % "
+        "| in 1 sd % | repeat. % (unusable) | retest mom / trim % | predict ms | build s "
+        "(profiled + timed) | LOO % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['net']} | {r['precision']} | {r['batch']} | {r['lat_min']:.3f}-"
+            f"{r['lat_max']:.3f} | {r['rho']:.3f} | {r['within10']:.0f} | {r['mape']:.1f} | "
+            f"{r['median_err']:.1f} | {r['inside_1sd']:.0f} | {r['repeat']:.1f} "
+            f"({r['unusable']}) | {r['retest_mom']:.1f} / {r['retest_trim']:.1f} | "
+            f"{r['pred_ms']:.2f} / {r['pred_max_ms']:.2f} | {r['build_s']:.0f} "
+            f"({r['profiled']} + {r['calibrated']}) | {r['loo_mape']:.1f} |")
+    return lines
 
 
 def mnist1d_trials(count: int, init: str) -> list[dict[str, Any]]:
@@ -186,39 +258,14 @@ def bench_macs() -> list[dict[str, Any]]:
     return rows
 
 
-def _write(lat: list[dict[str, Any]],
-           results: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]],
-           macs: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    lines = [
-        "# Estimators benchmark", "",
-        "Command: `flock /tmp/protege-cpu.lock .venv/bin/python experiments/bench_estimators.py "
-        f"--students {args.students} --trials {args.trials} --held-out {args.held_out}`", "",
-        f"Machine: {torch.get_num_threads()} torch threads available; latency measured and "
-        "predicted with 1 thread, batch 1, median of 15 repeats of >= 1 ms after 10 warm-ups.",
-        "",
-        "## Latency predictor", "",
-        f"{args.students} random students per network (seeds disjoint from the probes the "
-        "table was built from). rho: Spearman; MAPE and within +-10 % against the measured "
-        "median; spread: median (p90-p10)/median of the measurements themselves; build: "
-        "table + correction from an empty cache (timed: layer configs + calibration "
-        "students); reload: second `for_space` on the warm cache; miss: layer calls "
-        "absent from the table (estimated by the per-kind fallback); predict: the "
-        "predictor's own time per student (one traced forward) and, separately, "
-        "`space.materialize`.", "",
-        "| net | choices | latency range ms | rho | MAPE % | within 10 % | meas. spread % "
-        "| build s (timed) | reload s | miss % | predict ms | materialize ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+def _write(results: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]],
+           macs: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    lines: list[str] = [
     ]
-    for r in lat:
-        lines.append(
-            f"| {r['net']} | {r['choices']} | {r['lat_min']:.3f}-{r['lat_max']:.3f} | "
-            f"{r['rho']:.3f} | {r['mape']:.1f} | {r['within10']:.0f} | {r['spread']:.1f} | "
-            f"{r['build_s']:.1f} ({r['timed']}) | {r['reload_s']:.2f} | {r['miss']:.1f} | "
-            f"{r['pred_ms']:.2f} | {r['mat_ms']:.1f} |")
     for init, (trials, acc) in results.items():
         accs = [t["accuracy"] for t in trials]
         lines += [
-            "", f"## Accuracy predictor (MNIST-1D, students initialised by `{init}`)", "",
+            "", f"### Accuracy predictor (MNIST-1D, students initialised by `{init}`)", "",
             f"{len(trials)} random MNIST-1D students (`init={init!r}`) distilled for 3 "
             f"epochs (accuracy {min(accs):.3f}-{max(accs):.3f}, sd {np.std(accs):.4f}); "
             f"{SPLITS} random splits: train on n trials, test on {args.held_out} others. "
@@ -230,7 +277,7 @@ def _write(lat: list[dict[str, Any]],
             lines.append(f"| {r['kind']} | {r['features']} | {r['n']} | {r['tau']:.3f} +- "
                          f"{r['tau_sd']:.3f} | {r['coverage']:.0f} % | {r['mae']:.2f} |")
     lines += [
-        "", "## MACs: thop (with protege's rules) vs torch.utils.flop_counter", "",
+        "", "### MACs: thop (with protege's rules) vs torch.utils.flop_counter", "",
         "Per sample. thop also counts normalisation and pooling as elementwise work; the "
         "torch counter counts matmuls and convolutions only, so thop >= torch and the gap "
         "is the normalisation/pooling share.", "",
@@ -256,37 +303,60 @@ def _write(lat: list[dict[str, Any]],
     for r in macs:
         lines.append(f"| {r['net']} | {r['thop']:,} | {r['torch']:,} | {r['diff']:+.2f} | "
                      f"{r['matmul']:,} | {r['mdiff']:+.3f} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--students", type=int, default=50)
+    parser.add_argument("--part", choices=("latency", "other", "all"), default="all",
+                        help="latency predictor, or accuracy predictor + MACs, or both")
+    parser.add_argument("--students", type=int, default=20)
+    parser.add_argument("--retests", type=int, default=3)
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--held-out", type=int, default=20)
     parser.add_argument("--only", nargs="*", default=None, help="latency networks to run")
+    parser.add_argument("--settings", nargs="*", default=None,
+                        help="latency settings as precision:batch, e.g. fp32:1 int8:32")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("protege.spaces").setLevel(logging.WARNING)
+    logging.getLogger("onnxruntime").setLevel(logging.WARNING)
     torch.manual_seed(0)
-    macs = bench_macs()
-    results = {}
-    for init in ("inherit", "scratch"):
-        trials = mnist1d_trials(args.trials, init)
-        results[init] = (trials, bench_accuracy(trials, args.held_out))
+    command = "flock /tmp/protege-cpu.lock .venv/bin/python experiments/bench_estimators.py " + (
+        " ".join(sys.argv[1:]))
+    path = RESULTS / "estimators.md"
+    if args.part in ("other", "all"):
+        macs = bench_macs()
+        results = {}
+        for init in ("inherit", "scratch"):
+            trials = mnist1d_trials(args.trials, init)
+            results[init] = (trials, bench_accuracy(trials, args.held_out))
+        write_section(path, title="Estimators benchmark", key="accuracy-macs",
+                      heading="Accuracy predictor and MACs", command=command,
+                      body=_write(results, macs, args))
+    if args.part == "other":
+        return
+    settings = [(p, int(b)) for p, b in (item.split(":") for item in args.settings)] \
+        if args.settings else LATENCY_SETTINGS
     lat = []
-    for name, (teacher, example) in _targets().items():
-        if args.only and name not in args.only:
-            continue
-        try:
-            lat.append(bench_latency(name, teacher, example, args.students))
-        except Exception:  # one network's failure must not lose the others' numbers
-            logger.exception("latency benchmark of %s failed", name)
-            continue
-        logger.info("latency %s: %s", name, lat[-1])
-    text = _write(lat, results, macs, args)
-    (RESULTS / "estimators.md").write_text(text)
-    logger.info("\n%s", text)
-    assert math.isfinite(sum(r["rho"] for r in lat))
+    targets = _latency_targets()
+    for name in args.only or list(targets):  # in the order asked for
+        teacher, example, level = targets[name]
+        for precision, batch in settings:
+            try:
+                lat.append(bench_latency(name, teacher, example, args.students,
+                                         precision=precision, batch_size=batch, level=level,
+                                         retests=args.retests))
+            except Exception:  # one network's failure must not lose the others' numbers
+                logger.exception("latency benchmark of %s %s/%d failed", name, precision, batch)
+                continue
+            logger.info("latency %s: %s", name, lat[-1])
+            write_section(path, title="Estimators benchmark",
+                          key="latency:" + ",".join(f"{p}:{b}" for p, b in settings),
+                          heading="Latency predictor on ONNX Runtime, " + ", ".join(
+                              f"{p} batch {b}" for p, b in settings),
+                          command=command, body=_latency_body(lat, args))
+    assert all(math.isfinite(r["rho"]) for r in lat)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import yaml
 
 from protege.common import ConfigError, read_yaml, require
 from protege.distill import DistillConfig
+from protege.estimators import LatencySettings
 from protege.search._strategies import STRATEGIES
 
 __all__ = ["SOURCE_KEYS", "Config", "ConfigError", "Constraints", "RayConfig", "RulesConfig",
@@ -57,8 +58,9 @@ class Constraints:
             Students above it are rejected before any training.
         max_params: Largest parameter count; a value <= 1 is a fraction of the
             teacher's. Students above it are rejected before any training.
-        max_latency_ms: Largest predicted latency (milliseconds, batch 1, this
-            machine's CPU). Students above it are rejected before any training.
+        max_latency_ms: Largest predicted latency (milliseconds, on ``latency:``'s
+            runtime, precision and batch, this machine's CPU). Students above it are
+            rejected before any training.
     """
 
     max_accuracy_drop: float = 0.01
@@ -220,6 +222,10 @@ class Config:
             fine-tuned; this spends fine-tunes to find the smallest that meets it.
         backend: ``optuna`` (in-process, or workers on a shared storage) or ``ray``.
         ray: Settings of the Ray Tune backend.
+        latency: Where the ``latency`` objective and limit are predicted and the front
+            measured: ``runtime`` (``onnxruntime``, the default where installed, or
+            ``torch``), ``precision`` (``fp32`` or ``int8``: onnxruntime's static
+            quantisation), ``batch_size`` and ``threads``.
     """
 
     level: int = 1
@@ -237,6 +243,7 @@ class Config:
     finetunes: int = 1
     backend: str = "optuna"
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+    latency: LatencySettings = dataclasses.field(default_factory=LatencySettings)
 
     def __post_init__(self) -> None:
         _check(self.level in (1, 2, 3), "level", f"must be 1, 2 or 3, got {self.level}")
@@ -277,7 +284,8 @@ class Config:
         distill = self.distill
         if distill.epochs is None:
             distill = dataclasses.replace(distill, epochs=LEVEL_EPOCHS[self.level])
-        return dataclasses.replace(self, n_trials=self.trials, distill=distill.for_init(self.init))
+        return dataclasses.replace(self, n_trials=self.trials, distill=distill.for_init(self.init),
+                                   latency=self.latency.resolve())
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML-able mapping of every key."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from protege.common import atomic_write
 from protege.distill import as_tensors, cache_teacher_outputs
-from protege.estimators import LatencyPredictor, measure_latency
+from protege.estimators import LatencyPredictor, TorchLatencyPredictor, measure_latency
 from protege.provenance import provenance
 from protege.search import _attrs as attrs
 from protege.search._config import Config
@@ -145,15 +146,25 @@ def _checked_input(teacher: nn.Module, example_input: torch.Tensor, *, train: Da
 
 def _estimators(teacher: nn.Module, example_input: torch.Tensor, space: SearchSpace,
                 profile: TeacherProfile, config: Config,
-                ) -> tuple[Limits, LatencyPredictor | None, TeacherProfile]:
+                ) -> tuple[Limits, LatencyPredictor | TorchLatencyPredictor | None,
+                           TeacherProfile]:
     """Stage 3: the absolute limits and, when latency matters, its predictor (and the
     teacher's measured latency); even the smallest student must meet the limits."""
     limits = Limits(*config.constraints.resolve(profile.macs, profile.params),
                     max_latency_ms=config.constraints.max_latency_ms or float("inf"))
     latency = None
     if "latency" in config.objectives or config.constraints.max_latency_ms is not None:
-        latency = LatencyPredictor.for_space(space, example_input, seed=config.seed)
-        profile = dataclasses.replace(profile, latency_ms=measure_latency(teacher, example_input))
+        settings = config.latency.resolve()
+        latency = LatencyPredictor.for_space(
+            space, example_input, runtime=settings.runtime, precision=settings.precision,
+            batch_size=settings.batch_size, threads=settings.threads, seed=config.seed)
+        measured = measure_latency(teacher, example_input, runtime=settings.runtime,
+                                   precision=settings.precision,
+                                   batch_size=settings.batch_size, threads=settings.threads)
+        if math.isnan(measured):  # too noisy to measure here: the costs need a figure
+            measured = latency.predict(space.largest())
+            logger.warning("teacher latency taken from the predictor: %.4g ms", measured)
+        profile = dataclasses.replace(profile, latency_ms=measured)
     check_feasible(space, example_input, limits, latency, teacher_macs=profile.macs,
                    teacher_params=profile.params)
     return limits, latency, profile

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -110,7 +111,8 @@ def _cpu_latency(model: nn.Module, example_input: torch.Tensor) -> float | None:
     try:
         if any(p.device.type != "cpu" for p in model.parameters()):
             model = copy.deepcopy(model).cpu()
-        return measure_latency(model, example_input.cpu())
+        value = measure_latency(model, example_input.cpu())
+        return None if math.isnan(value) else value  # NaN: too noisy here (logged)
     except Exception as exc:  # a report's figure must never cost the run its pick
         logger.warning("could not measure the latency of %s: %s", type(model).__name__, exc)
         return None
@@ -378,12 +380,19 @@ class Study:
                                   "params": record.params}
         # Measured on every front (a few ms each) for the report's latency plot; next to the
         # predicted latency, when there is one, so the predictor can be judged on the front.
+        settings = self.config.latency.resolve()
         stats = measure_latency_stats(self.space.materialize(record.arch),
-                                      self.space.example_input)
+                                      self.space.example_input, runtime=settings.runtime,
+                                      precision=settings.precision,
+                                      batch_size=settings.batch_size, threads=settings.threads)
         if record.latency_ms is not None:
             member.update(latency_ms_predicted=record.latency_ms)
-        member.update(latency_ms_measured=round(stats.median_ms, 5),
-                      latency_spread=round(stats.spread, 4))
+        member.update(latency_ms_measured=round(stats.ms, 5),
+                      latency_spread=round(stats.spread, 4),
+                      latency_repeatability=round(stats.repeatability, 4),
+                      latency_usable=stats.usable, latency_runtime=stats.runtime,
+                      latency_precision=stats.precision, latency_batch=stats.batch_size,
+                      latency_threads=stats.threads, latency_machine=stats.machine)
         return member
 
     def finish(self) -> SearchResult:

@@ -130,7 +130,10 @@ class StudentEvaluator:
         (ms) when a latency predictor is in use."""
         student = self.space.materialize(arch, init=self.config.init,
                                          seed=self.config.seed + number)
-        return student, student_costs(student, self.example_input, self.latency)
+        costs = student_costs(student, self.example_input)
+        if self.latency is not None:  # from the architecture: no export, no forward pass
+            costs["latency"] = float(self.latency.predict(arch))
+        return student, costs
 
     def features(self, arch: Architecture, costs: dict[str, float]) -> list[float]:
         """What the accuracy predictor learns from: the encoded architecture and log-MACs."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import protege.estimators._latency_predictor as lp
+import protege.estimators._torch_predictor as lp
 from protege.estimators import (
     LatencyPredictor,
     LatencyStats,
@@ -38,7 +38,8 @@ def counted(monkeypatch):
         counts["layers"] += 1
         return _fake_stats(LAYER_MS)
 
-    def time_student(model, example, *, batch_size, config):
+    def time_student(model, example, *, batch_size, config, **settings):
+        assert settings.get("runtime") == "torch"
         counts["students"] += 1
         calls = len(trace(model, example, keep_modules=False).calls)
         return _fake_stats(LAYER_MS * calls + FORWARD_MS)
@@ -56,10 +57,14 @@ def space(tiny_net):
 def test_measured_latency_is_a_median_with_its_spread(tiny_net):
     before = torch.get_num_threads()
     x = torch.randn(1, 1, 8, 8)
-    stats = measure_latency_stats(tiny_net, x, batch_size=2, config=FAST)
+    stats = measure_latency_stats(tiny_net, x, runtime="torch", batch_size=2, config=FAST)
     assert 0 < stats.p10_ms <= stats.median_ms <= stats.p90_ms
-    assert stats.spread >= 0 and stats.threads == 1 and stats.repeats == 3
-    assert measure_latency(tiny_net, x, warmup=0, repeats=2) > 0
+    assert stats.spread >= 0 and stats.threads == 1 and stats.repeats == 3 * FAST.blocks
+    assert stats.ms == stats.min_of_medians_ms and stats.repeatability >= 0
+    assert (stats.runtime, stats.precision, stats.batch_size) == ("torch", "fp32", 2)
+    assert stats.machine
+    assert measure_latency(tiny_net, x, runtime="torch", warmup=0, repeats=2,
+                           max_spread=1e9) > 0
     assert torch.get_num_threads() == before
     assert not tiny_net.training
     with pytest.raises(ValueError):
@@ -80,7 +85,8 @@ def test_trace_lists_layer_calls_and_outside_ops(tiny_net):
 
 
 def test_table_is_built_once_and_reused(space, counted, tmp_path):
-    first = LatencyPredictor.for_space(space, torch.randn(1, 1, 8, 8), cache_dir=tmp_path,
+    first = LatencyPredictor.for_space(space, torch.randn(1, 1, 8, 8), runtime="torch",
+                                       cache_dir=tmp_path,
                                        timing=FAST, probes=3, calibration=5)
     layers, students = counted["layers"], counted["students"]
     assert layers == len(first.table) > 0 and students == 5
@@ -88,7 +94,8 @@ def test_table_is_built_once_and_reused(space, counted, tmp_path):
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert set(json.loads((folder / "layers.json").read_text())) == set(first.table)
 
-    second = LatencyPredictor.for_space(space, torch.randn(1, 1, 8, 8), cache_dir=tmp_path,
+    second = LatencyPredictor.for_space(space, torch.randn(1, 1, 8, 8), runtime="torch",
+                                       cache_dir=tmp_path,
                                         timing=FAST, probes=3, calibration=5)
     assert counted == {"layers": layers, "students": students}  # nothing timed again
     assert second.measurements == 0
@@ -97,7 +104,8 @@ def test_table_is_built_once_and_reused(space, counted, tmp_path):
 
 
 def test_prediction_follows_the_correction(space, counted, tmp_path):
-    predictor = LatencyPredictor.for_space(space, torch.randn(1, 1, 8, 8), cache_dir=tmp_path,
+    predictor = LatencyPredictor.for_space(space, torch.randn(1, 1, 8, 8), runtime="torch",
+                                       cache_dir=tmp_path,
                                            timing=FAST, probes=3, calibration=6)
     for seed in range(3):
         arch = space.sample(np.random.default_rng(seed + 100))
@@ -107,7 +115,8 @@ def test_prediction_follows_the_correction(space, counted, tmp_path):
 
 
 def test_unmeasured_layers_fall_back_to_a_regression(space, counted, tmp_path):
-    predictor = LatencyPredictor.for_space(space, torch.randn(1, 1, 8, 8), cache_dir=tmp_path,
+    predictor = LatencyPredictor.for_space(space, torch.randn(1, 1, 8, 8), runtime="torch",
+                                       cache_dir=tmp_path,
                                            timing=FAST, probes=0, calibration=3)
     predictor.table = {k: v for i, (k, v) in enumerate(predictor.table.items()) if i % 2}
     predictor.misses = 0
@@ -116,7 +125,8 @@ def test_unmeasured_layers_fall_back_to_a_regression(space, counted, tmp_path):
 
 
 def test_extend_times_only_missing_layers_and_saves_them(space, counted, tmp_path):
-    predictor = LatencyPredictor.for_space(space, torch.randn(1, 1, 8, 8), cache_dir=tmp_path,
+    predictor = LatencyPredictor.for_space(space, torch.randn(1, 1, 8, 8), runtime="torch",
+                                       cache_dir=tmp_path,
                                            timing=FAST, probes=0, calibration=3)
     student = space.materialize(space.sample(np.random.default_rng(5)))
     before = counted["layers"]
@@ -143,4 +153,148 @@ def test_layers_fed_integer_ids_are_timed_with_integer_inputs():
     assert calls[0].kind == "Embedding" and calls[0].dtypes == (torch.int64,)
     for call in calls:
         assert lp._time_layer(call, FAST) > 0
-    assert measure_latency_stats(_Tokens(), ids, config=FAST).median_ms > 0
+    assert measure_latency_stats(_Tokens(), ids, runtime="torch", config=FAST).median_ms > 0
+
+
+# -- deployment runtime: onnxruntime fp32 / int8 ------------------------------------------
+
+pytest.importorskip("onnxruntime")
+
+from protege.estimators import default_runtime  # noqa: E402
+from protege.estimators._kernels import parse_profile, profile_kernels  # noqa: E402
+from protege.estimators._timing import time_callable  # noqa: E402
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_onnxruntime_measurement_names_its_settings(tiny_net, precision):
+    stats = measure_latency_stats(tiny_net, torch.randn(1, 1, 8, 8), runtime="onnxruntime",
+                                  precision=precision, batch_size=3, config=FAST)
+    assert stats.ms > 0 and stats.repeatability >= 0
+    record = stats.to_dict()
+    assert (record["runtime"], record["precision"], record["batch_size"], record["threads"]) == (
+        "onnxruntime", precision, 3, 1)
+    assert record["machine"] and "usable" in record
+    assert default_runtime() == "onnxruntime"
+
+
+def test_bad_settings_are_refused(tiny_net):
+    x = torch.randn(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="runtime"):
+        measure_latency(tiny_net, x, runtime="tensorrt")
+    with pytest.raises(ValueError, match="int8"):
+        measure_latency(tiny_net, x, runtime="torch", precision="int8")
+    with pytest.raises(ValueError, match="precision"):
+        measure_latency(tiny_net, x, precision="fp16")
+
+
+def test_a_noisy_measurement_is_not_passed_as_a_number(tiny_net, monkeypatch, caplog):
+    import protege.estimators._timing as timing
+
+    def noisy(fn, config):
+        stats = time_callable(fn, dataclasses_replace(config, warmup=0, repeats=1, blocks=1))
+        return dataclasses_replace(stats, repeatability=0.9, usable=False)
+
+    monkeypatch.setattr(timing, "time_callable", noisy)
+    value = measure_latency(tiny_net, torch.randn(1, 1, 8, 8), runtime="torch", attempts=2)
+    assert np.isnan(value)
+    assert "not measurable" in caplog.text
+
+
+def dataclasses_replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def test_the_blocks_give_the_figure_and_its_repeatability():
+    calls = iter([1.0] * 1000)
+    config = TimingConfig(warmup=0, repeats=3, blocks=4, min_repeat_ms=0.0, max_spread=0.5)
+    stats = time_callable(lambda: next(calls), config)
+    assert stats.repeats == 12 and stats.number == 1
+    assert stats.ms == stats.min_of_medians_ms <= stats.median_ms
+    assert stats.usable == (stats.repeatability <= 0.5)
+
+
+def test_profile_lists_fused_kernels(tiny_net):
+    kernels = profile_kernels(tiny_net, torch.randn(1, 1, 8, 8), runs=2, warmup=1)
+    ops = [k.op for k in kernels]
+    assert "BatchNormalization" not in ops  # folded into the convolutions at export
+    assert any(op in ("Conv", "FusedConv") for op in ops)
+    assert all(k.ms >= 0 and k.shapes for k in kernels)
+
+
+def test_parse_profile_keeps_medians_after_warmup():
+    def event(dur):
+        return {"cat": "Node", "name": "/c/Conv_kernel_time", "dur": dur,
+                "args": {"op_name": "Conv", "input_type_shape": [{"float": [1, 2]}, {"float": []}],
+                         "output_type_shape": [{"float": [1, 3]}]}}
+
+    (kernel,) = parse_profile([event(1000), event(10), event(20), event(30),
+                               {"cat": "Session", "name": "model_run"}], skip_runs=1)
+    assert kernel.name == "/c/Conv" and kernel.op == "Conv"
+    assert kernel.shapes == ((1, 2), (1, 3)) and kernel.ms == pytest.approx(0.02)
+
+
+@pytest.fixture
+def ort_predictor(space, tmp_path, monkeypatch):
+    """An onnxruntime predictor whose calibration timings are exact: 2 x kernel sum + 0.01."""
+    import protege.estimators._latency_predictor as ortp
+
+    def timed(model, example, *, runtime, precision, batch_size, config):
+        kernels = profile_kernels(model, example, precision=precision, batch_size=batch_size,
+                                  runs=1, warmup=0)
+        ms = 2 * sum(k.ms for k in kernels) + 0.01
+        return _fake_stats(ms)
+
+    monkeypatch.setattr(ortp, "measure_latency_stats", timed)
+    return LatencyPredictor.for_space(space, torch.randn(1, 1, 8, 8), runtime="onnxruntime",
+                                      cache_dir=tmp_path, probes=2, calibration=4, runs=2)
+
+
+def test_template_propagates_shapes_like_the_runtime(space, ort_predictor):
+    """The kernels predicted from the architecture are those the runtime runs."""
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        arch = space.repair(space.sample(rng))
+        predicted = sorted((ort_predictor._template.nodes[i].op, shapes)
+                           for i, shapes in ort_predictor._template.kernels(arch))
+        actual = sorted((k.op, k.shapes) for k in profile_kernels(
+            space.materialize(arch), torch.randn(1, 1, 8, 8), runs=1, warmup=0))
+        # ONNX Runtime's NCHWc reorders for channel counts off its SIMD block are
+        # modelled per group only approximately: compare the compute kernels
+        assert ([op for op, _ in predicted if not op.startswith("Reorder")]
+                == [op for op, _ in actual if not op.startswith("Reorder")])
+
+
+def test_prediction_needs_no_model_and_carries_uncertainty(space, ort_predictor, monkeypatch):
+    calibration = ort_predictor.calibration
+    assert calibration["students"] == 4 == len(calibration["measured_ms"])
+    assert calibration["a"] >= 0 and calibration["b"] >= 0 and calibration["loo_mape"] >= 0
+    monkeypatch.setattr(space, "materialize", lambda *a, **k: pytest.fail("materialized"))
+    mean, sd = ort_predictor.predict_with_uncertainty(space.sample(np.random.default_rng(0)))
+    assert mean > 0 and sd >= 0
+    record = ort_predictor.record()
+    assert record["runtime"] == "onnxruntime" and record["precision"] == "fp32"
+    assert record["batch_size"] == 1 and record["threads"] == 1 and record["machine"]
+
+
+def test_onnxruntime_predictor_is_cached(space, ort_predictor, tmp_path, monkeypatch):
+    import protege.estimators._latency_predictor as ortp
+
+    monkeypatch.setattr(ortp, "profile_kernels", lambda *a, **k: pytest.fail("profiled"))
+    again = LatencyPredictor.for_space(space, torch.randn(1, 1, 8, 8), runtime="onnxruntime",
+                                       cache_dir=tmp_path, probes=2, calibration=4, runs=2)
+    arch = space.sample(np.random.default_rng(1))
+    assert again.measurements == 0
+    assert again.predict(arch) == ort_predictor.predict(arch)
+
+
+def test_latency_settings_resolve_the_runtime():
+    from protege.estimators import LatencySettings
+
+    settings = LatencySettings(precision="int8", batch_size=32).resolve()
+    assert settings.runtime == "onnxruntime" and settings.to_dict()["batch_size"] == 32
+    with pytest.raises(ValueError, match="int8"):
+        LatencySettings(runtime="torch", precision="int8").resolve()
+    with pytest.raises(TypeError):
+        LatencySettings("torch")  # type: ignore[misc]

@@ -46,6 +46,9 @@ distill: {alpha: 0.5, temperature: 2, epochs: 3}
         ("distill: 3", "distill: expected a mapping"),
         ("- a\n- b", "expected a mapping"),
         ("task: [unclosed", "not valid YAML"),
+        ("latency: {precision: fp16}", "precision must be one of"),
+        ("latency: {runtime: torch, precision: int8}", "needs runtime 'onnxruntime'"),
+        ("latency: {batch: 32}", "unknown key 'latency.batch'"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path, text, message):
@@ -95,3 +98,12 @@ def test_a_config_written_before_the_renames_still_loads():
                             "distill": {"teacher": "online", "epochs": 2}})
     assert old.rules.gain is False and old.distill.teacher_mode == "online"
     assert old.resolve().distill.epochs == 2
+
+
+def test_latency_keys_resolve_the_runtime():
+    cfg = Config.from_dict({"latency": {"precision": "int8", "batch_size": 32}})
+    assert cfg.latency.runtime is None and cfg.latency.precision == "int8"
+    resolved = cfg.resolve()
+    assert resolved.latency.runtime in ("onnxruntime", "torch")
+    assert resolved.latency.batch_size == 32
+    assert Config.from_dict(resolved.to_dict()) == resolved

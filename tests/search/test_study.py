@@ -187,15 +187,21 @@ def test_deeper_levels_search_and_rebuild(tiny_data, tmp_path, level):
     torch.testing.assert_close(student(x), result.student(x), rtol=0, atol=0)
 
 
-def test_latency_as_objective_and_limit(tiny_data, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_latency_as_objective_and_limit(tiny_data, tmp_path, precision):
+    pytest.importorskip("onnxruntime")
     cfg = config(n_trials=3, objectives=["accuracy", "latency"],
-                 constraints={"max_accuracy_drop": 0.5, "max_latency_ms": 1000.0})
+                 constraints={"max_accuracy_drop": 0.5, "max_latency_ms": 1000.0},
+                 latency={"precision": precision})
     result = search(tiny_data, tmp_path / "run", cfg)
     assert all(r.latency_ms is not None and r.latency_ms > 0 for r in result.trials)
     assert result.teacher.latency_ms is not None and result.teacher.latency_ms > 0
     front = json.loads((tmp_path / "run" / "pareto.json").read_text())
     assert front and all(m["latency_ms_predicted"] > 0 and m["latency_ms_measured"] > 0
                          for m in front)
+    assert all((m["latency_runtime"], m["latency_precision"], m["latency_batch"],
+                m["latency_threads"]) == ("onnxruntime", precision, 1, 1)
+               and m["latency_machine"] and m["latency_repeatability"] >= 0 for m in front)
 
 
 def test_impossible_latency_limit_is_a_clear_error(tiny_data, tmp_path):
