@@ -143,8 +143,8 @@ def bench_latency(name: str, teacher: nn.Module, x: torch.Tensor, students: int,
 def _latency_body(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
     lines = [
         f"Machine: {os.cpu_count()} CPU cores shared with other developers' test runs (load "
-        "average 2-5 while these figures were taken: every figure below is from a loaded "
-        "machine); onnxruntime CPU, 1 intra-op thread, graph optimisations ALL; int8 = static "
+        f"average {os.getloadavg()[1]:.1f} when this table was written); onnxruntime CPU, "
+        "1 intra-op thread, graph optimisations ALL; int8 = static "
         "QOperator quantisation. Measurement protocol: 10 warm-ups, 5 blocks of 7 repeats "
         "(each >= 1 ms), figure = minimum of the block medians.", "",
         f"{args.students} random students per network and setting (seeds disjoint from the "
