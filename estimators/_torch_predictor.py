@@ -40,7 +40,7 @@ from protege.estimators._timing import (
     time_callable,
     torch_threads,
 )
-from protege.estimators._trace import LayerCall, Trace, trace
+from protege.estimators._trace import LayerCall, LayerTrace, trace
 
 __all__ = ["TorchLatencyPredictor", "default_latency_cache"]
 
@@ -99,7 +99,7 @@ def _merge_json(path: Path, new: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _features(lut_ms: float, tr: Trace) -> np.ndarray:
+def _features(lut_ms: float, tr: LayerTrace) -> np.ndarray:
     """Inputs of the correction: table sum, calls, outside ops, their Mi elements, 1."""
     return np.array([lut_ms, len(tr.calls), tr.other_ops, tr.other_numel / 1e6, 1.0])
 
@@ -224,7 +224,7 @@ class TorchLatencyPredictor:
                         coef=np.array([1.0, 0, 0, 0, 0]), batch_size=batch_size,
                         table_path=table_path, timing=timing)
         archs = _probe_archs(space, probes, seed)
-        traces: list[Trace] = []
+        traces: list[LayerTrace] = []
         new: dict[str, dict[str, Any]] = {}
         for arch in archs:
             tr = trace(space.materialize(arch), predictor._example, keep_modules=True)
@@ -258,7 +258,7 @@ class TorchLatencyPredictor:
             _merge_json(corr_path, {"coef": predictor.coef.tolist(), "measured": measured})
         return predictor
 
-    def _lut_ms(self, tr: Trace) -> float:
+    def _lut_ms(self, tr: LayerTrace) -> float:
         total = 0.0
         for call in tr.calls:
             entry = self.table.get(call.key)
@@ -269,7 +269,7 @@ class TorchLatencyPredictor:
                 total += float(entry["ms"])
         return total
 
-    def predict_trace(self, tr: Trace) -> float:
+    def predict_trace(self, tr: LayerTrace) -> float:
         """Predicted milliseconds of a traced student."""
         return max(float(_features(self._lut_ms(tr), tr) @ self.coef), 0.0)
 
@@ -343,7 +343,7 @@ def _time_layer(call: LayerCall, timing: TimingConfig) -> float:
     return time_callable(lambda: module(*inputs), timing).median_ms
 
 
-def _space_id(archs: list[dict[str, Any]], traces: list[Trace]) -> str:
+def _space_id(archs: list[dict[str, Any]], traces: list[LayerTrace]) -> str:
     """Names a space by its probe students' layer keys, so a changed space refits."""
     digest = hashlib.sha256()
     for arch, tr in zip(archs, traces, strict=True):

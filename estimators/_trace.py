@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["LayerCall", "Trace", "trace"]
+__all__ = ["LayerCall", "LayerTrace", "trace"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class LayerCall:
 
 
 @dataclass(frozen=True)
-class Trace:
+class LayerTrace:
     """Everything one forward pass tells the latency predictor.
 
     Attributes:
@@ -94,7 +94,7 @@ class _OutsideOps(TorchFunctionMode):
         return out
 
 
-def trace(model: nn.Module, example: torch.Tensor, *, keep_modules: bool) -> Trace:
+def trace(model: nn.Module, example: torch.Tensor, *, keep_modules: bool) -> LayerTrace:
     """Run ``model(example)`` once under ``no_grad`` and record its leaf-module calls.
 
     Args:
@@ -135,4 +135,4 @@ def trace(model: nn.Module, example: torch.Tensor, *, keep_modules: bool) -> Tra
     finally:
         for handle in handles:
             handle.remove()
-    return Trace(calls=tuple(calls), other_ops=counter.ops, other_numel=counter.numel)
+    return LayerTrace(calls=tuple(calls), other_ops=counter.ops, other_numel=counter.numel)

@@ -33,7 +33,7 @@ from torch import nn
 from protege.common import describe
 from protege.spaces._checks import in_mode, mode_batch
 
-__all__ = ["LayerUse", "ResidualBlock", "Shortcut", "Trace", "trace_teacher"]
+__all__ = ["LayerUse", "ResidualBlock", "Shortcut", "TeacherTrace", "trace_teacher"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class LayerUse:
 
 
 @dataclasses.dataclass(frozen=True)
-class Trace:
+class TeacherTrace:
     """What one forward pass of the teacher showed.
 
     Attributes:
@@ -202,7 +202,7 @@ class _Tracer:
 
 
 def trace_teacher(model: nn.Module, example_input: torch.Tensor, *,
-                  training: bool = False) -> Trace:
+                  training: bool = False) -> TeacherTrace:
     """Run ``model`` once with hooks and find its residual blocks and layer uses.
 
     It runs in eval mode, or in training mode with ``training`` (on at least two
@@ -237,7 +237,7 @@ def trace_teacher(model: nn.Module, example_input: torch.Tensor, *,
     shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
     layers = {name: LayerUse(r.calls, r.positions) for name, r in tracer.records.items()}
     blocks, open_stages = _stages(tracer, names)
-    return Trace(blocks, open_stages, layers, shape, type(output).__name__)
+    return TeacherTrace(blocks, open_stages, layers, shape, type(output).__name__)
 
 
 def _innermost(candidates: dict[str, _Record]) -> dict[str, _Record]:

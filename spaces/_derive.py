@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from protege.common import describe
-from protege.spaces._blocks import ResidualBlock, Trace, trace_teacher
+from protege.spaces._blocks import ResidualBlock, TeacherTrace, trace_teacher
 from protege.spaces._checks import clone, kept_buffers, mode_batch, student_fault
 from protege.spaces._groups import ChannelGroup, GraphError, find_channel_groups
 from protege.spaces._lowrank import MIN_RANK_PARAMS, RANK_OPTIONS, rank_candidates
@@ -133,7 +133,7 @@ def derive(
 
 
 def _training_only(template: nn.Module, example_input: torch.Tensor,
-                   trace: Trace) -> tuple[str, ...]:
+                   trace: TeacherTrace) -> tuple[str, ...]:
     """Modules that run in training mode only; refuse a teacher that cannot be trained.
 
     Raises:
@@ -201,7 +201,7 @@ def _out_size(module: nn.Module) -> int | None:
 
 def _choices(
     template: nn.Module,
-    trace: Trace,
+    trace: TeacherTrace,
     groups: Sequence[Any],
     *,
     level: int,
@@ -279,7 +279,7 @@ def _check_stages(parts: SpaceParts, choices: Mapping[str, tuple[Any, ...]]) -> 
                              "pass allow_empty_stages=True to allow that")
 
 
-def _freeze_broken(space: SearchSpace, trace: Trace) -> SearchSpace:
+def _freeze_broken(space: SearchSpace, trace: TeacherTrace) -> SearchSpace:
     """Freeze the choices that break an extreme student; warn once, naming them.
 
     The extreme students set every choice to its least option, then to its second
@@ -312,7 +312,7 @@ def _freeze_broken(space: SearchSpace, trace: Trace) -> SearchSpace:
 
 
 def _find_broken(space: SearchSpace, names: list[str], pick: Callable[[str], Any],
-                 trace: Trace, reasons: dict[str, str]) -> None:
+                 trace: TeacherTrace, reasons: dict[str, str]) -> None:
     """Bisect ``names``: which choices break the student when set to ``pick(name)``.
 
     A half whose choices together build a working student is cleared at once, so a
@@ -333,7 +333,7 @@ def _find_broken(space: SearchSpace, names: list[str], pick: Callable[[str], Any
                         for name in names})
 
 
-def _fails(space: SearchSpace, arch: dict[str, Any], trace: Trace) -> str | None:
+def _fails(space: SearchSpace, arch: dict[str, Any], trace: TeacherTrace) -> str | None:
     """Why the student ``arch`` fails in eval or training mode, or None."""
     try:
         student = space.materialize(arch)
