@@ -23,7 +23,6 @@ import dataclasses
 import importlib
 import inspect
 import logging
-import pickle
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -297,7 +296,7 @@ def load_weights(model: nn.Module, path: Path, *, name: str) -> None:
         raise SourceError(f"teacher.weights: file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+    except Exception as exc:  # unpickling fails in many types (UnpicklingError, EOF, ...)
         raise SourceError(f"teacher.weights: {path} cannot be loaded with weights_only=True "
                           f"({_one_line(exc).split('. ')[0]}); save model.state_dict() with "
                           "torch.save") from exc
