@@ -153,6 +153,7 @@ def test_teacher_trains_once_then_comes_from_cache(
         _ = load_task("digits", seed=1, cache_dir=cache).teacher
 
 
+@pytest.mark.slow  # keeps the default suite near 5 min; `pytest -m slow` runs it
 def test_training_is_deterministic_and_corrupt_cache_is_retrained(
     tmp_path: Path, cache_env: Path
 ) -> None:

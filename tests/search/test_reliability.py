@@ -194,6 +194,7 @@ def _expected_pick(out: Path, records: list[dict], cfg: Config) -> int:
     return chosen[0].number
 
 
+@pytest.mark.slow  # keeps the default suite near 5 min; `pytest -m slow` runs it
 def test_a_run_killed_mid_trial_and_mid_finetune_resumes_with_the_same_command(tmp_path):
     n = 5
     cfg_path = tmp_path / "c.yaml"
@@ -271,6 +272,7 @@ def _worker(path: str, value: int, rounds: int, folder: str, start, both) -> Non
     cache_teacher_outputs(net, data, cache_dir=folder)
 
 
+@pytest.mark.slow  # keeps the default suite near 5 min; `pytest -m slow` runs it
 def test_the_teacher_cache_written_by_two_workers_at_once_is_never_corrupt(tmp_path):
     context = multiprocessing.get_context("spawn")
     start, both = context.Barrier(3), context.Barrier(2)

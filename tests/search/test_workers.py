@@ -80,7 +80,7 @@ def test_four_workers_on_postgresql_finish_exactly_forty_trials(tmp_path, postgr
     assert len({t.user_attrs[attrs.WORKER] for t in done}) >= 2  # they really shared it
 
 
-@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+@pytest.mark.parametrize("kind", ["journal", pytest.param("sqlite", marks=pytest.mark.slow)])
 def test_two_workers_on_one_file_storage_finish_exactly_n_trials(kind, tmp_path):
     run = tmp_path / "run"
     storage = {"journal": f"journal:{run / 'study.journal'}",
