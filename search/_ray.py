@@ -110,7 +110,8 @@ def _searcher_class() -> type:
             arch = suggest_arch(trial, self.study.space)
             trial.set_user_attr(attrs.ARCH, arch)
             self.pending[trial_id] = trial
-            finished = finished_records(optuna_study, before=trial.number)
+            finished = finished_records(optuna_study.get_trials(deepcopy=False),
+                                        before=trial.number)
             return {"number": trial.number, "arch": arch,
                     "finished": [r.to_dict() for r in finished]}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
@@ -11,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from protege.search import _attrs as attrs
 
-__all__ = ["Outcome", "Pick", "TrialRecord", "load_records", "record_of"]
+__all__ = ["Outcome", "Pick", "TrialRecord", "load_records", "record_of", "records_of"]
 
 
 class Outcome(str, enum.Enum):
@@ -189,8 +190,13 @@ def record_of(trial: FrozenTrial) -> TrialRecord:
     )
 
 
-def load_records(study: optuna.Study) -> list[TrialRecord]:
-    """Records of every trial in a study, by number (budget-spent ones left out)."""
-    return [record_of(trial) for trial in study.get_trials(deepcopy=False)
+def records_of(trials: Sequence[FrozenTrial]) -> list[TrialRecord]:
+    """Records of these trials, in their order (budget-spent ones left out)."""
+    return [record_of(trial) for trial in trials
             if not trial.user_attrs.get(attrs.BUDGET_SPENT)
             and not trial.user_attrs.get(attrs.LEGACY_SKIPPED)]
+
+
+def load_records(study: optuna.Study) -> list[TrialRecord]:
+    """Records of every trial in a study, by number (budget-spent ones left out)."""
+    return records_of(study.get_trials(deepcopy=False))

@@ -242,9 +242,8 @@ def create_study(teacher: nn.Module, *, train: Data, val: Data, example_input: t
                                  provenance=provenance(config.to_dict()))
     logger.info("teacher: %d MACs, %d params, val accuracy %.4f",
                 profile.macs, profile.params, profile.val_accuracy)
-    return Study(out=out, config=config, teacher=teacher, space=space, profile=profile,
-                 outputs=outputs, val=val_data, test=test_data, evaluator=evaluator,
-                 optuna_study=optuna_study, accelerator=accelerator, worker=worker)
+    return Study(out=out, profile=profile, evaluator=evaluator, test=test_data,
+                 optuna_study=optuna_study, worker=worker)
 
 
 def search(teacher: nn.Module, *, train: Data, val: Data, example_input: torch.Tensor,

@@ -118,6 +118,11 @@ def _cpu_latency(model: nn.Module, example_input: torch.Tensor) -> float | None:
         return None
 
 
+def _active(records: Sequence[TrialRecord]) -> int:
+    """Trials that hold a slot of the budget: all but the failed ones."""
+    return sum(r.outcome != Outcome.FAILED for r in records)
+
+
 class FailureGuard:
     """Stops a study whose trials mostly fail: the setup, not the students, is at fault.
 
@@ -160,24 +165,48 @@ class Study:
     pick, export, ``summary.json``, report).
     """
 
-    def __init__(self, *, out: Path, config: Config, teacher: nn.Module, space: SearchSpace,
-                 profile: TeacherProfile, outputs: TeacherOutputs, val: TensorDataset,
-                 test: TensorDataset | None, evaluator: StudentEvaluator,
-                 optuna_study: optuna.Study, accelerator: str, worker: bool) -> None:
+    def __init__(self, *, out: Path, profile: TeacherProfile, evaluator: StudentEvaluator,
+                 test: TensorDataset | None, optuna_study: optuna.Study, worker: bool) -> None:
+        if evaluator.teacher is None:
+            raise ValueError("a study's evaluator must hold the teacher (its fine-tunes and "
+                             "exports need it)")
         self.out = out
-        self.config = config
-        self.teacher = teacher
-        self.space = space
         self.profile = profile
-        self.outputs = outputs
-        self.val = val
-        self.test = test
         self.evaluator = evaluator
+        self.test = test
         self.optuna_study = optuna_study
-        self.accelerator = accelerator
         self.worker = worker
         self._stop = False
-        self._budget = config.trials
+        self._budget = evaluator.config.trials
+
+    # The study's data, space and settings are the evaluator's: one place holds them.
+
+    @property
+    def config(self) -> Config:
+        """The resolved config."""
+        return self.evaluator.config
+
+    @property
+    def teacher(self) -> nn.Module:
+        assert self.evaluator.teacher is not None  # checked in __init__
+        return self.evaluator.teacher
+
+    @property
+    def space(self) -> SearchSpace:
+        return self.evaluator.space
+
+    @property
+    def outputs(self) -> TeacherOutputs:
+        """The teacher's cached outputs on the training data."""
+        return self.evaluator.outputs
+
+    @property
+    def val(self) -> TensorDataset:
+        return self.evaluator.val
+
+    @property
+    def accelerator(self) -> str:
+        return self.evaluator.accelerator
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -205,7 +234,7 @@ class Study:
 
     def _active(self) -> int:
         """Trials that hold a slot of the budget: all but the failed ones."""
-        return sum(r.outcome != Outcome.FAILED for r in self.trials)
+        return _active(self.trials)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -266,16 +295,20 @@ class Study:
         """
         study = self.optuna_study
         guard = FailureGuard(self.config.rules.max_failed_fraction)
+        records = load_records(study)
         while not self._stop:
             with storage_errors(self.config.storage):
-                fail_dead_trials(study)
-                if self._active() >= self._budget:
+                if fail_dead_trials(study):
+                    records = load_records(study)
+                if _active(records) >= self._budget:
                     return False
                 if deadline is not None and time.monotonic() > deadline:
                     logger.info("timeout reached")
                     return True
                 record = run_optuna_trial(study, self.evaluator, n_trials=self._budget)
-                write_records(self.out / "trials.jsonl", load_records(study))
+                # one read per trial: the file, and the next round's budget check
+                records = load_records(study)
+                write_records(self.out / "trials.jsonl", records)
             if record is None:  # the budget was spent by other workers meanwhile
                 return False
             for callback in callbacks:

@@ -29,7 +29,7 @@ from protege.estimators import count_macs
 from protege.provenance import machine
 from protege.search import _attrs as attrs
 from protege.search._config import Config
-from protege.search._records import Outcome, TrialRecord, load_records
+from protege.search._records import Outcome, TrialRecord, records_of
 from protege.search._rules import TrialRule
 from protege.search._storage import worker_id
 from protege.spaces import Architecture, SearchSpace
@@ -302,10 +302,11 @@ def write_result(trial: optuna.Trial, result: TrialResult, evaluator: StudentEva
         trial.set_user_attr(attrs.PROVENANCE, result.provenance)
 
 
-def finished_records(study: optuna.Study, *, before: int | None = None) -> list[TrialRecord]:
-    """Records of the study's finished trials (numbered below ``before``, if given)."""
-    return [r for r in load_records(study) if r.outcome != Outcome.RUNNING
-            and (before is None or r.number < before)]
+def finished_records(trials: Sequence[optuna.trial.FrozenTrial], *,
+                     before: int) -> list[TrialRecord]:
+    """Records of the finished ones of ``trials`` numbered below ``before``: what the rules
+    judge a new trial against and where an identical student is reused from."""
+    return [r for r in records_of(trials) if r.outcome != Outcome.RUNNING and r.number < before]
 
 
 def run_optuna_trial(study: optuna.Study, evaluator: StudentEvaluator, *,
@@ -324,9 +325,9 @@ def run_optuna_trial(study: optuna.Study, evaluator: StudentEvaluator, *,
     trial = study.ask()
     # First of all: which process runs it, so others can fail it if this one dies.
     trial.set_user_attr(attrs.WORKER, worker_id())
+    trials = study.get_trials(deepcopy=False)  # one read serves the budget and the rules
     before = sum(t.number < trial.number and t.state != TrialState.FAIL
-                 and not t.user_attrs.get(attrs.BUDGET_SPENT)
-                 for t in study.get_trials(deepcopy=False))
+                 and not t.user_attrs.get(attrs.BUDGET_SPENT) for t in trials)
     if before >= n_trials:
         trial.set_user_attr(attrs.BUDGET_SPENT, True)
         study.tell(trial, state=TrialState.FAIL)
@@ -340,7 +341,7 @@ def run_optuna_trial(study: optuna.Study, evaluator: StudentEvaluator, *,
         trial.set_user_attr(attrs.HISTORY, list(history))
 
     result = run_trial(evaluator, arch, number=trial.number,
-                       finished=finished_records(study, before=trial.number), on_epoch=on_epoch)
+                       finished=finished_records(trials, before=trial.number), on_epoch=on_epoch)
     write_result(trial, result, evaluator)
     if result.outcome.completed:
         assert result.accuracy is not None

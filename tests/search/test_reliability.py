@@ -305,16 +305,23 @@ def test_a_trial_skipped_because_other_workers_spent_the_budget_is_not_reported(
         tiny_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     search(tiny_data, out, config(n_trials=2))
-    real = study_module.Study._active
+    real = study_module._active
+    raced = []
 
-    def racing(self):  # type: ignore[no-untyped-def]
+    def racing(records):  # type: ignore[no-untyped-def]
         # Until it starts a trial, this worker misses the ones others just finished.
-        return 0 if len(self.optuna_study.get_trials()) == 2 else real(self)
+        if len(records) == 2:
+            raced.append(True)
+            return 0
+        return real(records)
 
-    monkeypatch.setattr(study_module.Study, "_active", racing)
+    monkeypatch.setattr(study_module, "_active", racing)
     seen = []
     worker = join(tiny_data, out, config(n_trials=2))
     worker.optimize(callbacks=[lambda study, record: seen.append(record)])
+    assert raced  # the worker did start a trial the budget no longer had room for
+    spent = [t for t in worker.optuna_study.get_trials() if t.user_attrs.get("budget_spent")]
+    assert [t.number for t in spent] == [2]
     assert seen == []  # the budget-spent trial is no record, and no callback ran on it
     assert [r.number for r in worker.trials] == [0, 1]
     assert len(read_records(out)) == 2
