@@ -18,13 +18,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PACKAGES", "code_provenance", "config_hash", "machine", "provenance", "same_code"]
+__all__ = ["PACKAGES", "code_provenance", "config_hash", "describe_code", "machine",
+           "provenance", "same_code"]
 
 PACKAGES = ("protege", "torch", "optuna", "pytorch-lightning", "torch-pruning")
 """Distributions whose versions a record names."""
 
 _SOURCE = Path(__file__).resolve().parents[1]
 """The checkout protege runs from (its git work tree, when it is one)."""
+_RESULTS = "experiments/results"
+"""Where benchmarks write their tables (outside what ``dirty`` looks at)."""
 
 
 def _git(*args: str) -> str | None:
@@ -46,14 +49,18 @@ def _version(name: str) -> str | None:
 @functools.lru_cache(maxsize=1)
 def code_provenance() -> dict[str, Any]:
     """``commit`` (None outside a git checkout), ``dirty`` (tracked files changed since
-    it; None when unknown), ``diff`` (a hash of those changes, so two results of the same
-    uncommitted code still match) and the ``versions`` of :data:`PACKAGES`.
+    it, result tables under ``experiments/results`` aside; None when unknown), ``diff``
+    (a hash of those changes, so two results of the same uncommitted code still match)
+    and the ``versions`` of :data:`PACKAGES`.
 
     Taken once per process: the code a process runs does not change under it.
     """
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    diff = _git("diff", "HEAD") if status else None
+    # Result files a benchmark is rewriting are not code: they do not make the tree dirty.
+    code = (".", f":(exclude){_RESULTS}")
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", *code) if commit \
+        else None
+    diff = _git("diff", "HEAD", "--", *code) if status else None
     return {"commit": commit, "dirty": bool(status) if status is not None else None,
             "diff": hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else None,
             "versions": {name: _version(name) for name in PACKAGES}}
@@ -105,3 +112,16 @@ def same_code(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
         return False
     return all(a.get(k) == b.get(k) for k in ("commit", "dirty", "diff", "versions",
                                                "config_hash"))
+
+
+def describe_code(stamp: Mapping[str, Any] | None = None) -> str:
+    """One line naming the code of ``stamp`` (default: this process's), e.g. ``commit
+    0200d8e1f2 (+ uncommitted changes 64700ee49e), protege 0.2.0, torch 2.14.1``."""
+    stamp = stamp if stamp is not None else code_provenance()
+    versions = stamp.get("versions") or {}
+    commit = stamp.get("commit")
+    where = (f"commit {commit[:10]}" + (f" (+ uncommitted changes {stamp.get('diff')})"
+                                        if stamp.get("dirty") else "")
+             if commit else "no git checkout")
+    return f"{where}, " + ", ".join(f"{name} {version}" for name, version in versions.items()
+                                    if name in ("protege", "torch", "optuna") and version)

@@ -18,6 +18,7 @@ second-long trials on one machine.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -112,8 +113,10 @@ def _searcher_class() -> type:
             self.pending[trial_id] = trial
             finished = finished_records(optuna_study.get_trials(deepcopy=False),
                                         before=trial.number)
+            # the rules need no provenance: left out, it does not grow every trial's config
             return {"number": trial.number, "arch": arch,
-                    "finished": [r.to_dict() for r in finished]}
+                    "finished": [dataclasses.replace(r, provenance=None).to_dict()
+                                 for r in finished]}
 
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                               error: bool = False) -> None:
