@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from protege.common import atomic_write
-from protege.provenance import provenance
+from protege.provenance import describe_code, provenance
 
 __all__ = ["hv_bands", "paired_test", "write_compare_report"]
 
@@ -209,16 +209,12 @@ def _gmac(row: dict[str, Any]) -> float:
 
 
 def _made_by(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The distinct code versions of the records: ``commit`` (``+diff HASH`` when the tree
-    had uncommitted changes), or why it is unknown."""
+    """The distinct code versions of the records, in the order first seen."""
     seen: list[str] = []
     for row in rows:
-        stamp = row.get("provenance") or {}
-        commit = stamp.get("commit")
-        text = ("no provenance (made before records carried it)" if not stamp
-                else f"commit {commit[:10]}" + (f" +diff {stamp['diff']}" if stamp.get("dirty")
-                                                 else "") if commit
-                else f"protege {stamp.get('versions', {}).get('protege')} (no git checkout)")
+        stamp = row.get("provenance")
+        text = (describe_code(stamp) if stamp
+                else "no provenance (made before records carried it)")
         if text not in seen:
             seen.append(text)
     return seen

@@ -108,19 +108,14 @@ def _open_optuna(config: Config, out: Path, *, worker: bool) -> optuna.Study:
     """
     costs = len(config.objectives) - 1
     with storage_errors(config.storage):
-        storage = open_storage(config.storage, out)
-        names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-        existing = 0
-        if attrs.STUDY_NAME in names:
-            existing = len(optuna.load_study(study_name=attrs.STUDY_NAME, storage=storage)
-                           .get_trials(deepcopy=False))
-        seed = _sampler_seed(config, existing, worker=worker)
         study = optuna.create_study(
-            storage=storage, study_name=attrs.STUDY_NAME,
+            storage=open_storage(config.storage, out), study_name=attrs.STUDY_NAME,
             directions=[StudyDirection.MAXIMIZE] + [StudyDirection.MINIMIZE] * costs,
-            sampler=make_sampler(config.strategy, seed=seed, n_trials=config.trials),
             load_if_exists=True,
         )
+        # The sampler's seed depends on what the study holds: set once it is open.
+        seed = _sampler_seed(config, len(study.get_trials(deepcopy=False)), worker=worker)
+        study.sampler = make_sampler(config.strategy, seed=seed, n_trials=config.trials)
         fail_dead_trials(study)
         if study.metric_names is None:  # the dashboard names the objectives
             with warnings.catch_warnings():
