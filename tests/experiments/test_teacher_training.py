@@ -6,31 +6,20 @@ import logging
 
 import pytest
 import torch
+from tiny_nets import BatchSizes
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from protege.experiments import _teachers
 
 
-class _Sizes(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.sizes: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            self.sizes.append(len(x))
-        return self.net(x)
-
-
 def test_teacher_training_feeds_no_single_sample_and_logs_each_epoch(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    built: list[_Sizes] = []
+    built: list[BatchSizes] = []
     original = _teachers.build_teacher
 
     def build(name: str) -> nn.Module:
-        built.append(_Sizes(original(name)))
+        built.append(BatchSizes(original(name)))
         return built[-1]
 
     monkeypatch.setattr(_teachers, "build_teacher", build)
