@@ -8,11 +8,13 @@ import pytest
 import torch
 from tiny_nets import BatchSizes
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, SequentialSampler, TensorDataset
 
 from protege.distill import (
     DistillConfig,
+    NoSingleBatches,
     as_tensors,
+    batch_starts,
     cache_teacher_outputs,
     evaluate,
     train_student,
@@ -58,6 +60,24 @@ def test_the_fine_tune_never_feeds_one_sample(tmp_path):
     config = DistillConfig(epochs=1, finetune_epochs=2, batch_size=64, samples=50).for_finetune()
     train_student(student, train, _table(40, seed=1), config=config)
     assert 1 not in student.sizes and sum(student.sizes) == 2 * 193
+
+
+@pytest.mark.parametrize("samples, batch_size, drop_last, sizes", [
+    (257, 64, False, [64, 64, 64, 65]),
+    (5, 1, False, [1, 1, 1, 2]),  # batches of one asked for: only the last two join
+    (5, 2, True, [2, 2]),
+    (1, 4, False, [1]),
+])
+def test_no_single_batches_are_those_of_batch_starts_and_their_length(samples, batch_size,
+                                                                      drop_last, sizes):
+    batches = list(NoSingleBatches(SequentialSampler(range(samples)), batch_size,
+                                   drop_last=drop_last))
+    assert [len(batch) for batch in batches] == sizes
+    assert sum(batches, []) == list(range(sum(sizes)))
+    assert len(NoSingleBatches(SequentialSampler(range(samples)), batch_size,
+                               drop_last=drop_last)) == len(sizes)
+    if not drop_last:
+        assert [len(rows) for rows in batch_starts(samples, batch_size)] == sizes
 
 
 # --- kind 6: integer inputs stay integer ----------------------------------------------------
