@@ -165,10 +165,7 @@ def _width_options(group: ChannelGroup, width: tuple[float, ...],
     multiplier stands for them); a GroupNorm over the group's channels keeps only
     counts its ``num_groups`` divides.
     """
-    outs = {op.target: modules[op.target] for op in group.ops
-            if not op.is_parameter and op.target in modules
-            and getattr(op.handler, "__name__", "") == "prune_out_channels"}
-    sizes = {name: _out_size(module) for name, module in outs.items()}
+    sizes = {name: _out_size(modules[name]) for name in group.members if name in modules}
     single = [name for name, size in sizes.items() if size == 1]
     wide = {name: size for name, size in sizes.items() if size is not None and size > 1}
     if single and wide:
