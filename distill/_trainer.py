@@ -71,38 +71,36 @@ class TrainResult:
     samples: int = 0
 
 
-class NoSingleBatches(BatchSampler):
-    """Batches of ``batch_size`` where a last batch of one sample joins the one before.
-
-    A network with batch statistics (BatchNorm after a linear layer) cannot train on
-    one sample ("Expected more than 1 value per channel"), and a data set of 257
-    samples in batches of 64 leaves exactly one.
-    """
-
-    def __iter__(self) -> Iterator[list[int]]:
-        held: list[int] | None = None
-        for batch in super().__iter__():
-            if held is not None:
-                if len(batch) == 1:
-                    batch = held + batch
-                else:
-                    yield held
-            held = batch
-        if held is not None:
-            yield held
-
-    def __len__(self) -> int:
-        count = super().__len__()
-        size = len(self.sampler)  # type: ignore[arg-type]
-        return count - 1 if count > 1 and size % self.batch_size == 1 else count
-
-
 def batch_starts(samples: int, batch_size: int) -> Sequence[range]:
     """Index ranges of consecutive batches, none of one sample unless ``samples`` is 1."""
     ranges = [range(i, min(i + batch_size, samples)) for i in range(0, samples, batch_size)]
     if len(ranges) > 1 and len(ranges[-1]) == 1:
         ranges[-2:] = [range(ranges[-2].start, samples)]
     return ranges
+
+
+class NoSingleBatches(BatchSampler):
+    """Batches of ``batch_size`` where a last batch of one sample joins the one before.
+
+    A network with batch statistics (BatchNorm after a linear layer) cannot train on
+    one sample ("Expected more than 1 value per channel"), and a data set of 257
+    samples in batches of 64 leaves exactly one. The batches are those of
+    :func:`batch_starts` over the sampler's order (with ``drop_last``, the plain
+    batches: none is short).
+    """
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.drop_last:
+            yield from super().__iter__()
+            return
+        order = list(self.sampler)
+        for rows in batch_starts(len(order), self.batch_size):
+            yield order[rows.start:rows.stop]
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return super().__len__()
+        return len(batch_starts(len(self.sampler), self.batch_size))  # type: ignore[arg-type]
 
 
 def batch_loader(dataset: TensorDataset, batch_size: int, *, shuffle: bool,

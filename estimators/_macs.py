@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from thop.vision.basic_hooks import count_normalization
+from thop.vision.basic_hooks import count_normalization, zero_ops
 from torch import nn
 from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -35,21 +35,20 @@ logger = logging.getLogger(__name__)
 Rule = Callable[..., None]
 
 
-def _zero(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-    module.total_ops += torch.zeros(1, dtype=torch.float64)  # type: ignore[operator]
-
-
-def _transposed_conv(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+def transposed_conv_macs(module: nn.modules.conv._ConvTransposeNd, in_numel: int) -> int:
     """Each input position does ``C_in x C_out / groups x prod(kernel)`` MACs.
 
     thop's convolution rule counts output positions, which for a transposed (strided)
     convolution over-counts by the stride's product; the bias is not counted, as thop
     does not count it for plain convolutions either.
     """
+    return in_numel * (module.out_channels // module.groups) * math.prod(module.kernel_size)
+
+
+def _transposed_conv(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
     assert isinstance(module, nn.modules.conv._ConvTransposeNd)
-    per_input = module.out_channels // module.groups * math.prod(module.kernel_size)
     module.total_ops += torch.tensor(  # type: ignore[operator]
-        [float(inputs[0].numel() * per_input)], dtype=torch.float64)
+        [float(transposed_conv_macs(module, inputs[0].numel()))], dtype=torch.float64)
 
 
 def _attention(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
@@ -81,7 +80,7 @@ _ZERO_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 THOP_RULES: dict[type[nn.Module], Rule] = {
-    **{kind: _zero for kind in _ZERO_TYPES},
+    **{kind: zero_ops for kind in _ZERO_TYPES},
     nn.GroupNorm: count_normalization,
     nn.ConvTranspose1d: _transposed_conv,
     nn.ConvTranspose2d: _transposed_conv,

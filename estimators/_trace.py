@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from protege.estimators._macs import transposed_conv_macs
+
 __all__ = ["LayerCall", "LayerTrace", "trace"]
 
 
@@ -60,8 +62,7 @@ def _is_leaf(module: nn.Module) -> bool:
 
 def _macs(module: nn.Module, in_numel: int, out_numel: int) -> float:
     if isinstance(module, nn.modules.conv._ConvTransposeNd):  # work per input position
-        per_input = module.out_channels // module.groups * math.prod(module.kernel_size)
-        return float(in_numel * per_input)
+        return float(transposed_conv_macs(module, in_numel))
     if isinstance(module, nn.modules.conv._ConvNd):
         per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
         return float(out_numel * per_output)

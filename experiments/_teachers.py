@@ -331,7 +331,7 @@ def train_teacher(
     recipe = recipe or RECIPES[name]
     x, y = train.tensors[0], train.tensors[1]
     n = len(y)
-    steps_per_epoch = (n + recipe.batch_size - 1) // recipe.batch_size
+    steps_per_epoch = len(batch_starts(n, recipe.batch_size))
     start_time = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

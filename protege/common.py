@@ -6,7 +6,10 @@ Nothing here imports another protege module, Optuna, Lightning or matplotlib, so
 - :func:`atomic_write`: a reader (another worker, a resumed run) never sees half a file.
 - :func:`describe`, :func:`first_line`: one-line descriptions of exceptions, for records,
   warnings and the CLI.
-- :func:`eval_mode`: run a module in eval mode, then give every submodule back its own mode.
+- :func:`eval_mode`, :func:`in_mode`: run a module in eval (or training) mode, then give
+  every submodule back its own mode.
+- :func:`module_stack`, :func:`failing_module`: which module was running when a forward
+  pass failed, so an error names it.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["ConfigError", "atomic_write", "describe", "eval_mode", "first_line", "read_yaml",
-           "require"]
+__all__ = ["ConfigError", "atomic_write", "describe", "eval_mode", "failing_module",
+           "first_line", "in_mode", "module_stack", "read_yaml", "require"]
 
 
 @contextlib.contextmanager
@@ -54,19 +57,72 @@ def describe(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode, then restore each submodule's own ``training`` flag.
+def in_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """Put ``model`` in training or eval mode, then restore each submodule's own flag.
 
     ``model.train(was_training)`` would not do: it sets every child alike, so a
     teacher with frozen BatchNorm layers (eval inside a training model) would change.
     """
     modes = [(module, module.training) for module in model.modules()]
-    model.eval()
+    model.train(training)
     try:
         yield model
     finally:
-        for module, training in modes:
-            module.training = training
+        for module, was_training in modes:
+            module.training = was_training
+
+
+def eval_mode(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+    """:func:`in_mode` for eval mode."""
+    return in_mode(model, False)
+
+
+@contextlib.contextmanager
+def module_stack(model: nn.Module) -> Iterator[list[str]]:
+    """The qualified names of the submodules of ``model`` running now, outermost first.
+
+    Hooks keep the list while the block runs; after a forward pass fails, its last
+    name is the innermost module that was running ('' when none was: the top level).
+    """
+    stack: list[str] = []
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def pre(_module: nn.Module, _args: Any, name: str = name) -> None:
+            stack.append(name)
+
+        def post(_module: nn.Module, _args: Any, _output: Any, name: str = name) -> None:
+            if stack and stack[-1] == name:
+                stack.pop()
+
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    try:
+        yield stack
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def failing_module(model: nn.Module, example_input: Any) -> tuple[str, Exception]:
+    """Run ``model`` once in eval mode, under ``no_grad``, expecting it to fail.
+
+    Returns:
+        The innermost module running when it failed ('' for the top level) and the error.
+
+    Raises:
+        AssertionError: If the forward pass does not fail.
+    """
+    import torch
+
+    with module_stack(model) as stack:
+        try:
+            with torch.no_grad(), eval_mode(model):
+                model(example_input)
+        except Exception as exc:
+            return (stack[-1] if stack else ""), exc
+    raise AssertionError(f"{type(model).__name__} ran: it was expected to fail")
 
 
 class ConfigError(ValueError):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from protege.common import describe, eval_mode
+from protege.common import describe, eval_mode, failing_module
 from protege.distill import evaluate
 from protege.estimators import count_macs
 from protege.search import _attrs as attrs
@@ -75,33 +75,6 @@ def profile_teacher(teacher: nn.Module, example_input: torch.Tensor, *, val: Ten
     )
 
 
-def _failing_module(teacher: nn.Module, example_input: torch.Tensor) -> tuple[str, Exception]:
-    """Run ``teacher`` once; return the innermost module running when it failed and the error."""
-    stack: list[str] = []
-    handles = []
-    for name, module in teacher.named_modules():
-        if not name:
-            continue
-
-        def pre(_module: nn.Module, _args: Any, name: str = name) -> None:
-            stack.append(name)
-
-        def post(_module: nn.Module, _args: Any, _out: Any) -> None:
-            if stack:
-                stack.pop()
-
-        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    try:
-        with torch.no_grad(), eval_mode(teacher):
-            teacher(example_input)
-    except Exception as exc:
-        return (stack[-1] if stack else ""), exc
-    finally:
-        for handle in handles:
-            handle.remove()
-    raise AssertionError("unreachable: the teacher ran")
-
-
 def check_teacher(teacher: Any, example_input: Any) -> int:
     """The teacher's number of classes; it must map ``example_input`` to finite logits.
 
@@ -121,7 +94,7 @@ def check_teacher(teacher: Any, example_input: Any) -> int:
         with torch.no_grad(), eval_mode(teacher):
             output = teacher(example)
     except Exception:
-        where, exc = _failing_module(teacher, example)
+        where, exc = failing_module(teacher, example)
         kind = f" ({type(teacher.get_submodule(where)).__name__})" if where else ""
         raise ValueError(
             f"the teacher fails on example_input of shape {tuple(example_input.shape)} in module "

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from protege.common import describe
-from protege.spaces._checks import in_mode, mode_batch
+from protege.common import describe, in_mode
+from protege.spaces._checks import mode_batch
 
 __all__ = ["LayerUse", "ResidualBlock", "Shortcut", "TeacherTrace", "trace_teacher"]
 

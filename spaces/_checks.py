@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from protege.common import describe
+from protege.common import describe, in_mode, module_stack
 
-__all__ = ["ForwardError", "clone", "forward_named", "in_mode", "kept_buffers", "mode_batch",
+__all__ = ["ForwardError", "clone", "forward_named", "kept_buffers", "mode_batch",
            "student_fault"]
 
 
@@ -73,18 +73,6 @@ def mode_batch(example_input: torch.Tensor, training: bool) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def in_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
-    """Put ``model`` in training or eval mode, then give each submodule its own mode back."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.train(training)
-    try:
-        yield model
-    finally:
-        for module, was_training in modes:
-            module.training = was_training
-
-
-@contextlib.contextmanager
 def kept_buffers(model: nn.Module) -> Iterator[None]:
     """Put every buffer (BatchNorm statistics, counters) back as it was after the block."""
     saved = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
@@ -104,33 +92,16 @@ def forward_named(model: nn.Module, example_input: torch.Tensor, *, training: bo
         ForwardError: If the forward pass fails; the message names the mode and the
             innermost module that was running.
     """
-    stack: list[str] = []
-    handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
-
-        def pre(module: nn.Module, args: Any, name: str = name) -> None:
-            stack.append(name)
-
-        def post(module: nn.Module, args: Any, output: Any, name: str = name) -> None:
-            if stack and stack[-1] == name:
-                stack.pop()
-
-        handles.append(module.register_forward_pre_hook(pre))
-        handles.append(module.register_forward_hook(post))
     mode = "training" if training else "eval"
-    try:
-        with torch.no_grad(), in_mode(model, training):
-            return model(mode_batch(example_input, training))
-    except Exception as exc:
-        where = stack[-1] if stack else ""
-        kind = type(model.get_submodule(where)).__name__ if where else type(model).__name__
-        raise ForwardError(f"in {mode} mode, in module {where or '<top level>'!r} ({kind}): "
-                           f"{describe(exc)}", where) from exc
-    finally:
-        for handle in handles:
-            handle.remove()
+    with module_stack(model) as stack:
+        try:
+            with torch.no_grad(), in_mode(model, training):
+                return model(mode_batch(example_input, training))
+        except Exception as exc:
+            where = stack[-1] if stack else ""
+            kind = type(model.get_submodule(where)).__name__ if where else type(model).__name__
+            raise ForwardError(f"in {mode} mode, in module {where or '<top level>'!r} ({kind}): "
+                               f"{describe(exc)}", where) from exc
 
 
 def student_fault(student: nn.Module, example_input: torch.Tensor,

@@ -165,10 +165,7 @@ def _width_options(group: ChannelGroup, width: tuple[float, ...],
     multiplier stands for them); a GroupNorm over the group's channels keeps only
     counts its ``num_groups`` divides.
     """
-    outs = {op.target: modules[op.target] for op in group.ops
-            if not op.is_parameter and op.target in modules
-            and getattr(op.handler, "__name__", "") == "prune_out_channels"}
-    sizes = {name: _out_size(module) for name, module in outs.items()}
+    sizes = {name: _out_size(modules[name]) for name in group.members if name in modules}
     single = [name for name, size in sizes.items() if size == 1]
     wide = {name: size for name, size in sizes.items() if size is not None and size > 1}
     if single and wide:
@@ -285,8 +282,9 @@ def _freeze_broken(space: SearchSpace, trace: TeacherTrace) -> SearchSpace:
     The extreme students set every choice to its least option, then to its second
     least, and so on (the teacher's value once a choice has no more); each is run in
     eval and training mode. Choices that only fail in combination with others are
-    not all found this way; the smallest student is checked once more at the end,
-    and derive raises rather than hand out a student that crashes.
+    not all found this way; when a choice was frozen, the smallest student is checked
+    once more at the end (else the first extreme student was it), and derive raises
+    rather than hand out a student that crashes.
     """
     reasons: dict[str, str] = {}
     levels = max((len(options) for options in space.choices.values()), default=1) - 1
@@ -305,9 +303,10 @@ def _freeze_broken(space: SearchSpace, trace: TeacherTrace) -> SearchSpace:
         logger.warning("%d choices stay at the teacher's value because the student breaks "
                        "without them: %s", len(reasons),
                        "; ".join(f"{name} ({why})" for name, why in list(reasons.items())[:10]))
-    reason = _fails(space, space.smallest(), trace)
-    if reason is not None:
-        raise RuntimeError(f"the smallest student of this teacher fails: {reason}")
+    if reasons or not levels:  # else the first extreme student was the smallest, and it ran
+        reason = _fails(space, space.smallest(), trace)
+        if reason is not None:
+            raise RuntimeError(f"the smallest student of this teacher fails: {reason}")
     return space
 
 
@@ -339,6 +338,6 @@ def _fails(space: SearchSpace, arch: dict[str, Any], trace: TeacherTrace) -> str
         student = space.materialize(arch)
     except Exception as exc:
         return f"building it: {describe(exc)}"
-    if trace.output_kind != "Tensor":  # only that it runs: there is no shape to compare
-        return student_fault(student, space.example_input, None)
-    return student_fault(student, space.example_input, trace.output_shape)
+    # a teacher that returns no tensor has no shape to compare: the student need only run
+    shape = trace.output_shape if trace.output_kind == "Tensor" else None
+    return student_fault(student, space.example_input, shape)

@@ -6,12 +6,15 @@ import logging
 
 import pytest
 import torch
+from tiny_nets import BatchSizes
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, SequentialSampler, TensorDataset
 
 from protege.distill import (
     DistillConfig,
+    NoSingleBatches,
     as_tensors,
+    batch_starts,
     cache_teacher_outputs,
     evaluate,
     train_student,
@@ -29,20 +32,6 @@ def _table(n: int, seed: int = 0) -> TensorDataset:
     return TensorDataset(x, (x[:, 0] > 0).long() + (x[:, 1] > 1).long())
 
 
-class _BatchSizes(nn.Module):
-    """Records the batch size of every training-mode call."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.sizes: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            self.sizes.append(len(x))
-        return self.net(x)
-
-
 # --- kind 5: never a one-sample batch in training mode -----------------------------------
 
 
@@ -50,7 +39,7 @@ class _BatchSizes(nn.Module):
 def test_a_last_batch_of_one_sample_is_merged_into_the_previous(tmp_path, teacher_mode):
     teacher = _bn_mlp(1).eval()
     train = cache_teacher_outputs(teacher, _table(257), cache_dir=tmp_path)
-    student = _BatchSizes(_bn_mlp())
+    student = BatchSizes(_bn_mlp())
     config = DistillConfig(epochs=2, batch_size=64, teacher_mode=teacher_mode)
     result = train_student(student, train, _table(40, seed=1), config=config, teacher=teacher)
     assert 1 not in student.sizes and sum(student.sizes) == 2 * 257
@@ -59,7 +48,7 @@ def test_a_last_batch_of_one_sample_is_merged_into_the_previous(tmp_path, teache
 
 def test_a_trial_subset_leaving_one_sample_trains(tmp_path):
     train = cache_teacher_outputs(_bn_mlp(1).eval(), _table(300), cache_dir=tmp_path)
-    student = _BatchSizes(_bn_mlp())
+    student = BatchSizes(_bn_mlp())
     train_student(student, train, _table(40, seed=1),
                   config=DistillConfig(epochs=1, batch_size=64, samples=129))
     assert student.sizes == [64, 65]
@@ -67,10 +56,28 @@ def test_a_trial_subset_leaving_one_sample_trains(tmp_path):
 
 def test_the_fine_tune_never_feeds_one_sample(tmp_path):
     train = cache_teacher_outputs(_bn_mlp(1).eval(), _table(193), cache_dir=tmp_path)
-    student = _BatchSizes(_bn_mlp())
+    student = BatchSizes(_bn_mlp())
     config = DistillConfig(epochs=1, finetune_epochs=2, batch_size=64, samples=50).for_finetune()
     train_student(student, train, _table(40, seed=1), config=config)
     assert 1 not in student.sizes and sum(student.sizes) == 2 * 193
+
+
+@pytest.mark.parametrize("samples, batch_size, drop_last, sizes", [
+    (257, 64, False, [64, 64, 64, 65]),
+    (5, 1, False, [1, 1, 1, 2]),  # batches of one asked for: only the last two join
+    (5, 2, True, [2, 2]),
+    (1, 4, False, [1]),
+])
+def test_no_single_batches_are_those_of_batch_starts_and_their_length(samples, batch_size,
+                                                                      drop_last, sizes):
+    batches = list(NoSingleBatches(SequentialSampler(range(samples)), batch_size,
+                                   drop_last=drop_last))
+    assert [len(batch) for batch in batches] == sizes
+    assert sum(batches, []) == list(range(sum(sizes)))
+    assert len(NoSingleBatches(SequentialSampler(range(samples)), batch_size,
+                               drop_last=drop_last)) == len(sizes)
+    if not drop_last:
+        assert [len(rows) for rows in batch_starts(samples, batch_size)] == sizes
 
 
 # --- kind 6: integer inputs stay integer ----------------------------------------------------

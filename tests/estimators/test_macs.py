@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_nets import HeadsAttention
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -160,28 +161,11 @@ def test_multihead_attention_counts_projections_and_both_products(training):
     assert counter.get_total_flops() // 2 == expected
 
 
-class _FunctionalAttention(nn.Module):
-    """timm's pattern: a qkv linear, then scaled_dot_product_attention outside any leaf."""
-
-    def __init__(self, dim: int = 16, heads: int = 2) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(
-            2, 0, 3, 1, 4)
-        y = nn.functional.scaled_dot_product_attention(q, k, v)
-        return self.proj(y.transpose(1, 2).reshape(b, n, c))
-
-
 def test_functional_attention_products_outside_leaves_are_counted():
     x = torch.randn(1, 10, 16)
     expected = 10 * 16 * 48 + 10 * 16 * 16 + 2 * 10 * 10 * 16
-    assert count_macs(_FunctionalAttention(), x)[0] == expected
-    assert count_macs_torch(_FunctionalAttention(), x) == expected
+    assert count_macs(HeadsAttention(), x)[0] == expected
+    assert count_macs_torch(HeadsAttention(), x) == expected
 
 
 def test_latency_trace_counts_transposed_convolutions_like_count_macs():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from tiny_nets import HeadsAttention
 from torch import nn
 
 
@@ -99,23 +100,6 @@ class GroupNormNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.conv(self.stem(x)).mean((2, 3)))
-
-
-class HeadsAttention(nn.Module):
-    """timm's attention: qkv reshaped to (3, heads, head_dim) with a fixed head count."""
-
-    def __init__(self, dim: int = 16, heads: int = 4) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(
-            2, 0, 3, 1, 4)
-        y = nn.functional.scaled_dot_product_attention(q, k, v)
-        return self.proj(y.transpose(1, 2).reshape(b, n, c))
 
 
 class TinyViT(nn.Module):

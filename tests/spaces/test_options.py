@@ -114,3 +114,20 @@ def test_a_choice_that_breaks_the_student_is_frozen_with_one_warning(caplog):
     assert "width.conv (in eval mode, in module 'head' (Linear): RuntimeError: " \
         in warnings[0].message
     assert space.materialize(space.smallest())(X).shape == (2, 3)
+
+
+def test_derive_builds_each_extreme_student_once_when_none_breaks(tiny_net, monkeypatch):
+    """The first extreme student is the smallest: it is not built and run a second time."""
+    from protege.spaces import SearchSpace
+
+    built: list[dict] = []
+    materialize = SearchSpace.materialize
+
+    def counted(self, arch, **kwargs):
+        built.append(dict(arch))
+        return materialize(self, arch, **kwargs)
+
+    monkeypatch.setattr(SearchSpace, "materialize", counted)
+    space = derive(tiny_net, X[:1], level=2)
+    assert len(built) == max(len(options) for options in space.choices.values()) - 1
+    assert space.repair(built[0]) == space.smallest()
