@@ -41,7 +41,9 @@ __all__ = [
     "Runtime",
     "default_runtime",
     "export_onnx_file",
+    "float32_unless_integer",
     "onnxruntime_module",
+    "ort_session",
     "prepare_runner",
     "quantize_int8_file",
 ]
@@ -62,7 +64,8 @@ def onnxruntime_module() -> Any:
         import onnx  # noqa: F401  (the exporter and the quantiser need it)
         import onnxruntime
     except ImportError as exc:
-        raise ImportError(f"latency on onnxruntime needs onnx and onnxruntime: {_EXTRA}") from exc
+        raise ImportError(f"ONNX export and latency on onnxruntime need onnx and onnxruntime: "
+                          f"{_EXTRA}") from exc
     return onnxruntime
 
 
@@ -173,6 +176,12 @@ class _Calibration:
         return None if batch is None else {INPUT_NAME: batch}
 
 
+def float32_unless_integer(inputs: torch.Tensor) -> torch.Tensor:
+    """``inputs`` on the CPU; floating ones as float32, integer ones (token ids) as they are."""
+    inputs = inputs.detach().cpu()
+    return inputs.float() if inputs.is_floating_point() else inputs
+
+
 def quantize_int8_file(onnx_path: str | Path, path: str | Path, *,
                        calibration: torch.Tensor) -> Path:
     """Static int8 quantisation (QOperator, per-channel int8 weights, uint8 activations).
@@ -180,7 +189,8 @@ def quantize_int8_file(onnx_path: str | Path, path: str | Path, *,
     Args:
         onnx_path: The float32 model.
         path: Where the int8 model goes.
-        calibration: Inputs whose activation ranges fix the scales, shape ``(N, ...)``.
+        calibration: Inputs whose activation ranges fix the scales, shape ``(N, ...)``
+            (floating ones are fed as float32, integer ones keep their dtype).
 
     Raises:
         ImportError: If onnx or onnxruntime is missing.
@@ -190,14 +200,14 @@ def quantize_int8_file(onnx_path: str | Path, path: str | Path, *,
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     onnx_path, path = Path(onnx_path), Path(path)
-    data = calibration.detach().cpu().float().numpy()
+    data = float32_unless_integer(calibration).numpy()
+    batches = [data[i:i + 64] for i in range(0, len(data), 64)]
     prepared = path.with_name(f".{path.stem}.prepared.onnx")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quant_pre_process(str(onnx_path), str(prepared))
-            quantize_static(str(prepared), str(path),
-                            _Calibration([data[i:i + 64] for i in range(0, len(data), 64)]),  # type: ignore[arg-type]
+            quantize_static(str(prepared), str(path), _Calibration(batches),  # type: ignore[arg-type]
                             quant_format=QuantFormat.QOperator, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     finally:

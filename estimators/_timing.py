@@ -52,6 +52,7 @@ __all__ = [
     "machine_id",
     "measure_latency",
     "measure_latency_stats",
+    "time_callable",
 ]
 
 logger = logging.getLogger(__name__)
