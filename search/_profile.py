@@ -188,8 +188,10 @@ def check_feasible(space: SearchSpace, example_input: torch.Tensor, limits: Limi
     Raises:
         ValueError: Naming the broken limit and the smallest achievable costs.
     """
-    smallest = space.materialize(space.repair(space.smallest()))
-    costs = student_costs(smallest, example_input, latency)
+    arch = space.repair(space.smallest())
+    costs = student_costs(space.materialize(arch), example_input)
+    if latency is not None:  # from the architecture, as every trial's: no export
+        costs["latency"] = float(latency.predict(arch))
     reason = limits.reason(costs)
     if reason is None:
         return

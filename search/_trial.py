@@ -88,14 +88,11 @@ def device_of(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def student_costs(student: torch.nn.Module, example_input: torch.Tensor,
-                  latency: Any = None) -> dict[str, float]:
-    """``macs``, ``params`` and, given a latency predictor, the predicted ``latency`` (ms)."""
+def student_costs(student: torch.nn.Module, example_input: torch.Tensor) -> dict[str, float]:
+    """``macs`` and ``params``; a predicted ``latency`` comes from the architecture
+    (``latency.predict(arch)``), not from the built student."""
     macs, params = count_macs(student, example_input)
-    costs = {"macs": float(macs), "params": float(params)}
-    if latency is not None:
-        costs["latency"] = float(latency.predict_model(student))
-    return costs
+    return {"macs": float(macs), "params": float(params)}
 
 
 class _Stop(Exception):

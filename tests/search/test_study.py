@@ -210,6 +210,26 @@ def test_impossible_latency_limit_is_a_clear_error(tiny_data, tmp_path):
         search(tiny_data, tmp_path / "run", cfg)
 
 
+def test_feasibility_predicts_latency_from_the_architecture(tiny_net):
+    """The smallest student's latency comes from ``predict(arch)``, as every trial's:
+    no export and no profiling of a built model before the search starts."""
+    from protege.search._profile import check_feasible
+    from protege.search._trial import Limits
+    from protege.spaces import derive
+
+    class Predictor:
+        def predict(self, arch):
+            return 5.0
+
+        def predict_model(self, model):
+            pytest.fail("the smallest student was exported and profiled")
+
+    x = torch.randn(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="5 ms predicted latency"):
+        check_feasible(derive(tiny_net, x), x, Limits(max_latency_ms=1.0), Predictor(),
+                       teacher_macs=1, teacher_params=1)
+
+
 def _fake_tune(finetuned_accuracy, floor, calls):
     """A fine-tune that returns a fixed accuracy per trial and records the order."""
     from protege.search import Pick
