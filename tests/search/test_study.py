@@ -188,12 +188,25 @@ def test_deeper_levels_search_and_rebuild(tiny_data, tmp_path, level):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_latency_as_objective_and_limit(tiny_data, tmp_path, precision):
+def test_latency_as_objective_and_limit(tiny_data, tmp_path, precision, monkeypatch):
     pytest.importorskip("onnxruntime")
+    import importlib
+
+    study_module = importlib.import_module("protege.search._study")
+    seen = []
+
+    def recorded(model, example_input, **settings):
+        seen.append(settings["precision"])
+        return measure(model, example_input, **settings)
+
+    measure = study_module.measure_latency
+    monkeypatch.setattr(study_module, "measure_latency", recorded)
     cfg = config(n_trials=3, objectives=["accuracy", "latency"],
                  constraints={"max_accuracy_drop": 0.5, "max_latency_ms": 1000.0},
                  latency={"precision": precision})
     result = search(tiny_data, tmp_path / "run", cfg)
+    # the pick is timed as the teacher and the front are: on latency:'s precision
+    assert seen and set(seen) == {precision}
     assert all(r.latency_ms is not None and r.latency_ms > 0 for r in result.trials)
     assert result.teacher.latency_ms is not None and result.teacher.latency_ms > 0
     front = json.loads((tmp_path / "run" / "pareto.json").read_text())
