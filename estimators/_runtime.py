@@ -10,8 +10,8 @@ own fusions at session creation (``ORT_ENABLE_ALL``: conv + activation, conv + a
 activation, NCHWc layouts). Int8 is the project's static quantisation path:
 onnxruntime's ``quantize_static`` in the ``QOperator`` format (per-channel int8
 weights, uint8 activations, MinMax calibration), as ``protege.search`` exports it. For
-latency, the calibration inputs are the example input plus noise: the scales do not
-change which kernels run.
+latency, the calibration inputs are the example input plus noise (integer inputs, token
+ids, the example alone): the scales do not change which kernels run.
 """
 
 from __future__ import annotations
@@ -260,8 +260,11 @@ def onnx_model_file(model: nn.Module, example_input: torch.Tensor, folder: Path,
     fp32 = export_onnx_file(model, one, folder / "model.onnx")
     if precision == "fp32":
         return fp32
-    generator = torch.Generator().manual_seed(0)
-    calibration = one + 0.5 * torch.randn((16, *one.shape[1:]), generator=generator)
+    if one.is_floating_point():
+        generator = torch.Generator().manual_seed(0)
+        calibration = one + 0.5 * torch.randn((16, *one.shape[1:]), generator=generator)
+    else:  # token ids: noise would make them floats (and invalid ids); the example itself
+        calibration = one
     return quantize_int8_file(fp32, folder / "model.int8.onnx", calibration=calibration)
 
 

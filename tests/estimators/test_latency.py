@@ -177,6 +177,14 @@ def test_onnxruntime_measurement_names_its_settings(tiny_net, precision):
     assert default_runtime() == "onnxruntime"
 
 
+def test_int8_latency_of_a_network_fed_integer_ids():
+    """The int8 calibration keeps token ids integers (noise made them floats, which the
+    exported model's int64 input refused)."""
+    stats = measure_latency_stats(_Tokens(), torch.randint(0, 50, (1, 6)), runtime="onnxruntime",
+                                  precision="int8", config=FAST)
+    assert stats.ms > 0 and stats.precision == "int8"
+
+
 def test_bad_settings_are_refused(tiny_net):
     x = torch.randn(1, 1, 8, 8)
     with pytest.raises(ValueError, match="runtime"):
