@@ -270,7 +270,7 @@ class LatencyPredictor:
 
     Build one with :meth:`for_space`. :meth:`predict` needs neither a model nor a
     forward pass (well under a millisecond); :meth:`predict_with_uncertainty` adds
-    a standard deviation; :meth:`predict_model` serves a built model.
+    a standard deviation.
 
     Attributes:
         runtime: ``onnxruntime``.
@@ -284,6 +284,8 @@ class LatencyPredictor:
         measurements: Profiles and whole-student timings this instance ran (0 on a
             cache hit).
         build_s: Seconds :meth:`for_space` took.
+        probes: How the kernels were profiled: ``profiled`` (models), ``one_choice``,
+            ``random``, ``runs``.
         misses: Kernels predicted by a regression (shape not in the table) since creation.
     """
 
@@ -301,15 +303,13 @@ class LatencyPredictor:
         self.measurements = measurements
         self.build_s = build_s
         self.misses = 0
-        self._state = state
+        self.probes: dict[str, Any] = dict(state["probes"])
         self._template = _Template(state["template"])
-        self._by_position: dict[str, tuple[list[float], float]] = {
-            k: (list(v[0]), float(v[1])) for k, v in state["positions"].items()}
-        self._by_op: dict[str, tuple[list[float], float]] = {
-            k: (list(v[0]), float(v[1])) for k, v in state["ops"].items()}
+        by_position = {k: (list(v[0]), float(v[1])) for k, v in state["positions"].items()}
+        by_op = {k: (list(v[0]), float(v[1])) for k, v in state["ops"].items()}
         self._fast = {(op, _as_shapes(shapes)): float(ms) for op, shapes, ms in state["kernels"]}
-        fallback = [self._by_position.get(node.name) or self._by_op.get(node.op)
-                    or self._by_op["*"] for node in self._template.nodes]
+        fallback = [by_position.get(node.name) or by_op.get(node.op) or by_op["*"]
+                    for node in self._template.nodes]
         self._coef = np.asarray([f[0] for f in fallback], dtype=float).reshape(-1, 4)
         self._sd = np.asarray([f[1] for f in fallback], dtype=float)
 
@@ -381,17 +381,6 @@ class LatencyPredictor:
 
     # -- prediction --------------------------------------------------------------------
 
-    def _kernel_ms(self, name: str | None, op: str, shapes: tuple[tuple[int, ...], ...]
-                   ) -> tuple[float, float]:
-        hit = self._fast.get((op, shapes))
-        if hit is not None:
-            return hit, 0.0
-        self.misses += 1
-        coef, sd = (self._by_position.get(name) if name is not None else None) or \
-            self._by_op.get(op) or self._by_op["*"]
-        value = float(np.dot(coef, features(shapes)))
-        return max(value, 0.0), sd
-
     def _calibrated(self, total: float, variance: float, count: int) -> tuple[float, float]:
         a, b = float(self.calibration["a"]), float(self.calibration["b"])
         mean = a * total + b + float(self.calibration.get("c", 0.0)) * count
@@ -412,7 +401,7 @@ class LatencyPredictor:
     def _kernel_sum(self, arch: Mapping[str, Any]) -> tuple[float, float, int]:
         """(sum of kernel ms, its variance, number of kernels) of ``arch``, uncalibrated."""
         if self.space is None:
-            raise ValueError("this predictor has no space; use predict_model")
+            raise ValueError("this predictor has no space to predict an architecture of")
         arch = self.space.repair(arch)
         total = 0.0
         nodes = self._template.nodes
@@ -439,22 +428,6 @@ class LatencyPredictor:
         """Predicted milliseconds of the student ``arch`` (no model built, no forward pass)."""
         return self.predict_with_uncertainty(arch)[0]
 
-    def predict_model(self, model: nn.Module) -> float:
-        """Predicted milliseconds of a built student.
-
-        Prefer :meth:`predict` with the architecture: a model is exported and run
-        once under the runtime's profiler to list its kernels (untimed).
-        """
-        kernels = profile_kernels(model, _example(self), precision=self.precision,
-                                  batch_size=self.batch_size, threads=self.threads, runs=1,
-                                  warmup=0)
-        total, variance = 0.0, 0.0
-        for kernel in kernels:
-            ms, sd = self._kernel_ms(kernel.name, kernel.op, kernel.shapes)
-            total += ms
-            variance += sd * sd
-        return self._calibrated(total, variance, len(kernels))[0]
-
     def record(self) -> dict[str, Any]:
         """Runtime, precision, batch, threads, machine and calibration: what a figure needs."""
         return {"runtime": self.runtime, "precision": self.precision,
@@ -464,12 +437,6 @@ class LatencyPredictor:
 
 def _as_shapes(shapes: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(int(d) for d in shape) for shape in shapes)
-
-
-def _example(predictor: LatencyPredictor) -> torch.Tensor:
-    if predictor.space is None:
-        raise ValueError("this predictor has no space to take an example input from")
-    return predictor.space.example_input
 
 
 def _space_id(space: _Space, example_input: torch.Tensor, probes: int, calibration: int,

@@ -221,21 +221,11 @@ class Runner:
 
     Attributes:
         run: Runs the forward pass once (no arguments).
-        runtime: ``onnxruntime`` or ``torch``.
-        precision: ``fp32`` or ``int8``.
-        batch_size: Batch of each forward pass.
-        threads: Intra-op threads.
-        session: The onnxruntime session (None for torch).
-        feed: The session's input feed (None for torch).
+        session: The onnxruntime session (None for torch), for its profiler.
     """
 
     run: Callable[[], object]
-    runtime: str
-    precision: str
-    batch_size: int
-    threads: int
     session: Any = None
-    feed: dict[str, np.ndarray] | None = None
 
 
 def ort_session(path: str | Path, *, threads: int, profile_prefix: str | None = None) -> Any:
@@ -291,12 +281,10 @@ def prepare_runner(model: nn.Module, example_input: torch.Tensor, *, runtime: st
     x = batch_of(example_input, batch_size)
     if runtime == "torch":
         with eval_mode(model), torch.no_grad():
-            yield Runner(run=lambda: model(x), runtime=runtime, precision=precision,
-                         batch_size=batch_size, threads=threads)
+            yield Runner(run=lambda: model(x))
         return
     with tempfile.TemporaryDirectory(prefix="protege-latency-") as tmp:
         path = onnx_model_file(model, x, Path(tmp), precision=precision)
         session = ort_session(path, threads=threads, profile_prefix=profile_prefix)
         feed = {INPUT_NAME: x.numpy()}
-        yield Runner(run=lambda: session.run(None, feed), runtime=runtime, precision=precision,
-                     batch_size=batch_size, threads=threads, session=session, feed=feed)
+        yield Runner(run=lambda: session.run(None, feed), session=session)

@@ -312,11 +312,6 @@ class TorchLatencyPredictor:
             self.measurements += len(new)
         return len(new)
 
-    def lut_sum(self, model: nn.Module) -> float:
-        """Uncorrected sum of the table entries of ``model``'s layer calls (ms)."""
-        with torch_threads(1), eval_mode(model):
-            return self._lut_ms(trace(model, self._example, keep_modules=False))
-
 
 def fit_correction(features: np.ndarray, measured: np.ndarray) -> np.ndarray:
     """Non-negative least squares of measured ms on the correction features.

@@ -134,7 +134,7 @@ def bench_latency(name: str, teacher: nn.Module, x: torch.Tensor, students: int,
         "retest_trim": float(100 * np.median(retest["trimmed_mean"])) if retests else math.nan,
         "pred_ms": float(np.median(pred_ms)), "pred_max_ms": float(np.max(pred_ms)),
         "build_s": predictor.build_s, "reload_s": reload_s,
-        "profiled": int(predictor._state["probes"]["profiled"]),
+        "profiled": int(predictor.probes["profiled"]),
         "calibrated": int(cal["students"]), "loo_mape": float(cal["loo_mape"]),
         "table": len(predictor.table), "miss": predictor.misses,
     }
