@@ -29,6 +29,7 @@ precision, batch and threads, so a second build on one machine measures nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -342,7 +343,8 @@ class LatencyPredictor:
             batch_size: Batch of the predicted forward passes.
             threads: Intra-op threads of the runtime.
             cache_dir: Root of the latency cache (default :func:`default_latency_cache`).
-            timing: The protocol of the whole-student calibration timings.
+            timing: The protocol of the whole-student calibration timings (its
+                ``threads`` is replaced by ``threads``).
             probes: Random students profiled besides the teacher and the one-choice probes.
             calibration: Whole students timed for the calibration (at most 20 needed).
             runs: Profiled runs per probe (kernel times are their medians).
@@ -354,7 +356,8 @@ class LatencyPredictor:
         """
         runtime = runtime or default_runtime()
         check_settings(runtime, precision, batch_size, threads)
-        timing = timing or TimingConfig(threads=threads)
+        # one thread count for the profiles, the timings and the cache's fingerprint
+        timing = dataclasses.replace(timing or TimingConfig(), threads=threads)
         if runtime == "torch":
             return TorchLatencyPredictor.for_space(
                 space, example_input, cache_dir=cache_dir, batch_size=batch_size,

@@ -137,6 +137,19 @@ def test_extend_times_only_missing_layers_and_saves_them(space, counted, tmp_pat
     assert set(saved) == set(predictor.table)
 
 
+def test_threads_name_the_timings_and_the_cache(space, counted, tmp_path):
+    """``threads`` is the thread count of the timings too, so the cache's fingerprint
+    names the threads the figures were taken with."""
+    import dataclasses
+
+    predictor = LatencyPredictor.for_space(space, torch.randn(1, 1, 8, 8), runtime="torch",
+                                           cache_dir=tmp_path, threads=1, probes=0,
+                                           calibration=3,
+                                           timing=dataclasses.replace(FAST, threads=2))
+    assert predictor.timing.threads == 1
+    assert predictor.table_path.parent.name == machine_fingerprint(threads=1, runtime="torch")
+
+
 class _Tokens(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
