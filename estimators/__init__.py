@@ -14,7 +14,8 @@
 """
 
 from protege.estimators._accuracy import AccuracyPredictor, extrapolate, prob_dominated
-from protege.estimators._latency_predictor import LatencyPredictor, default_latency_cache
+from protege.estimators._cache import default_latency_cache
+from protege.estimators._latency_predictor import LatencyPredictor
 from protege.estimators._macs import THOP_RULES, count_macs, count_macs_torch, count_params
 from protege.estimators._runtime import (
     PRECISIONS,

@@ -45,22 +45,17 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
+from protege.estimators._cache import cache_folder, merge_json, read_json
 from protege.estimators._kernels import Kernel, features, kernel_key, profile_kernels
 from protege.estimators._runtime import check_settings, default_runtime
 from protege.estimators._timing import (
     TimingConfig,
-    machine_fingerprint,
     machine_id,
     measure_latency_stats,
 )
-from protege.estimators._torch_predictor import (
-    TorchLatencyPredictor,
-    _merge_json,
-    _read_json,
-    default_latency_cache,
-)
+from protege.estimators._torch_predictor import TorchLatencyPredictor
 
-__all__ = ["LatencyPredictor", "default_latency_cache"]
+__all__ = ["LatencyPredictor"]
 
 logger = logging.getLogger(__name__)
 
@@ -363,17 +358,16 @@ class LatencyPredictor:
                 space, example_input, cache_dir=cache_dir, batch_size=batch_size,
                 timing=timing, seed=seed, probes=probes, calibration=calibration)
         start = time.perf_counter()
-        folder = (Path(cache_dir) if cache_dir is not None else default_latency_cache()) / (
-            machine_fingerprint(threads=threads, batch_size=batch_size, runtime=runtime,
-                                precision=precision))
+        folder = cache_folder(cache_dir, threads=threads, batch_size=batch_size,
+                              runtime=runtime, precision=precision)
         path = folder / f"ort-{_space_id(space, example_input, probes, calibration, seed)}.json"
-        stored = _read_json(path)
+        stored = read_json(path)
         if stored.get("state"):
             return cls(space=space, state=stored["state"], build_s=time.perf_counter() - start)
         state, measurements = _build_state(
             space, example_input, precision=precision, batch_size=batch_size, threads=threads,
             timing=timing, probes=probes, calibration=calibration, runs=runs, seed=seed)
-        _merge_json(path, {"state": state})
+        merge_json(path, {"state": state})
         predictor = cls(space=space, state=state, measurements=measurements,
                         build_s=time.perf_counter() - start)
         logger.info("latency predictor (%s %s batch %d): %d kernels in the table, calibrated "
