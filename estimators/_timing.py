@@ -38,12 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from protege.estimators._runtime import (
-    batch_of,
-    check_settings,
-    default_runtime,
-    prepare_runner,
-)
+from protege.estimators._runtime import default_runtime, prepare_runner
 
 __all__ = [
     "LatencyStats",
@@ -248,8 +243,7 @@ def measure_latency_stats(
     if threads is not None:
         config = dataclasses.replace(config, threads=threads)
     runtime = runtime or default_runtime()
-    check_settings(runtime, precision, batch_size, config.threads)
-    batch_of(example_input, batch_size)
+    # prepare_runner checks the settings and the input before it exports anything
     with prepare_runner(model, example_input, runtime=runtime, precision=precision,
                         batch_size=batch_size, threads=config.threads) as runner:
         stats = time_callable(runner.run, config)
