@@ -41,7 +41,9 @@ class TeacherProfile:
         params: Parameter count.
         val_accuracy: Accuracy on the validation data (a fraction).
         test_accuracy: Accuracy on the test data, when given.
-        latency_ms: Latency (ms, batch 1) on this machine, when measured.
+        latency_ms: Latency (ms) on this machine with ``latency:``'s runtime, precision,
+            batch and threads; where the machine was too noisy to measure it (logged),
+            the predictor's figure when latency is an objective or a limit, else None.
         classes: Number of classes (the width of its logits).
     """
 
