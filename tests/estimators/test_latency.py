@@ -221,6 +221,29 @@ def test_a_noisy_measurement_is_not_passed_as_a_number(tiny_net, monkeypatch, ca
     assert "not measurable" in caplog.text
 
 
+def test_a_remeasurement_reuses_the_exported_model(tiny_net, monkeypatch):
+    """Each attempt times the same session: one export and one int8 quantisation."""
+    import protege.estimators._runtime as runtime
+    import protege.estimators._timing as timing
+
+    exports = []
+
+    def noisy(fn, config):
+        stats = time_callable(fn, dataclasses_replace(config, warmup=0, repeats=1, blocks=1))
+        return dataclasses_replace(stats, repeatability=0.9, usable=False)
+
+    def counted(*args, **kwargs):
+        exports.append(kwargs["precision"])
+        return onnx_model_file(*args, **kwargs)
+
+    onnx_model_file = runtime.onnx_model_file
+    monkeypatch.setattr(timing, "time_callable", noisy)
+    monkeypatch.setattr(runtime, "onnx_model_file", counted)
+    value = measure_latency(tiny_net, torch.randn(1, 1, 8, 8), runtime="onnxruntime",
+                            precision="int8", attempts=3)
+    assert np.isnan(value) and exports == ["int8"]
+
+
 def dataclasses_replace(obj, **changes):
     import dataclasses
 
