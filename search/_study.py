@@ -382,7 +382,8 @@ class Study:
         member: dict[str, Any] = {"trial": record.number, "arch": record.arch,
                                   "accuracy": record.accuracy, "macs": record.macs,
                                   "params": record.params}
-        # Measured on every front (a few ms each) for the report's latency plot; next to the
+        # Measured on every front member (an export, a quantisation for int8, then the timing
+        # protocol; not the "few ms" of a forward pass) for the report; next to the
         # predicted latency, when there is one, so the predictor can be judged on the front.
         settings = self.config.latency.resolve()
         stats = measure_latency_stats(self.space.materialize(record.arch),
