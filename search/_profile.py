@@ -22,7 +22,7 @@ from torch.utils.data import TensorDataset
 
 from protege.common import describe, eval_mode
 from protege.distill import evaluate
-from protege.estimators import count_macs
+from protege.estimators import LatencyPredictor, TorchLatencyPredictor, count_macs
 from protege.search import _attrs as attrs
 from protege.search._config import Config
 from protege.search._trial import Limits, student_costs
@@ -184,7 +184,8 @@ def _ratio(value: float, reference: float) -> str:
 
 
 def check_feasible(space: SearchSpace, example_input: torch.Tensor, limits: Limits,
-                   latency: Any, *, teacher_macs: int, teacher_params: int) -> None:
+                   latency: LatencyPredictor | TorchLatencyPredictor | None, *,
+                   teacher_macs: int, teacher_params: int) -> None:
     """Even the smallest student must meet the hard limits; else say what it costs.
 
     Raises:

@@ -25,7 +25,7 @@ from torch.utils.data import TensorDataset
 from protege import distill
 from protege.common import describe
 from protege.distill import TeacherOutputs, TrainResult
-from protege.estimators import count_macs
+from protege.estimators import LatencyPredictor, TorchLatencyPredictor, count_macs
 from protege.provenance import machine
 from protege.search import _attrs as attrs
 from protege.search._config import Config
@@ -116,7 +116,7 @@ class StudentEvaluator:
     limits: Limits
     accelerator: str = "cpu"
     trainer: Trainer | None = None
-    latency: Any = None
+    latency: LatencyPredictor | TorchLatencyPredictor | None = None
     teacher: torch.nn.Module | None = None
     rules: tuple[TrialRule, ...] = ()
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
