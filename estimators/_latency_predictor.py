@@ -29,6 +29,7 @@ precision, batch and threads, so a second build on one machine measures nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -44,22 +45,17 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
+from protege.estimators._cache import cache_folder, merge_json, read_json
 from protege.estimators._kernels import Kernel, features, kernel_key, profile_kernels
 from protege.estimators._runtime import check_settings, default_runtime
 from protege.estimators._timing import (
     TimingConfig,
-    machine_fingerprint,
     machine_id,
     measure_latency_stats,
 )
-from protege.estimators._torch_predictor import (
-    TorchLatencyPredictor,
-    _merge_json,
-    _read_json,
-    default_latency_cache,
-)
+from protege.estimators._torch_predictor import TorchLatencyPredictor
 
-__all__ = ["LatencyPredictor", "default_latency_cache"]
+__all__ = ["LatencyPredictor"]
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +266,7 @@ class LatencyPredictor:
 
     Build one with :meth:`for_space`. :meth:`predict` needs neither a model nor a
     forward pass (well under a millisecond); :meth:`predict_with_uncertainty` adds
-    a standard deviation; :meth:`predict_model` serves a built model.
+    a standard deviation.
 
     Attributes:
         runtime: ``onnxruntime``.
@@ -284,6 +280,8 @@ class LatencyPredictor:
         measurements: Profiles and whole-student timings this instance ran (0 on a
             cache hit).
         build_s: Seconds :meth:`for_space` took.
+        probes: How the kernels were profiled: ``profiled`` (models), ``one_choice``,
+            ``random``, ``runs``.
         misses: Kernels predicted by a regression (shape not in the table) since creation.
     """
 
@@ -301,15 +299,13 @@ class LatencyPredictor:
         self.measurements = measurements
         self.build_s = build_s
         self.misses = 0
-        self._state = state
+        self.probes: dict[str, Any] = dict(state["probes"])
         self._template = _Template(state["template"])
-        self._by_position: dict[str, tuple[list[float], float]] = {
-            k: (list(v[0]), float(v[1])) for k, v in state["positions"].items()}
-        self._by_op: dict[str, tuple[list[float], float]] = {
-            k: (list(v[0]), float(v[1])) for k, v in state["ops"].items()}
+        by_position = {k: (list(v[0]), float(v[1])) for k, v in state["positions"].items()}
+        by_op = {k: (list(v[0]), float(v[1])) for k, v in state["ops"].items()}
         self._fast = {(op, _as_shapes(shapes)): float(ms) for op, shapes, ms in state["kernels"]}
-        fallback = [self._by_position.get(node.name) or self._by_op.get(node.op)
-                    or self._by_op["*"] for node in self._template.nodes]
+        fallback = [by_position.get(node.name) or by_op.get(node.op) or by_op["*"]
+                    for node in self._template.nodes]
         self._coef = np.asarray([f[0] for f in fallback], dtype=float).reshape(-1, 4)
         self._sd = np.asarray([f[1] for f in fallback], dtype=float)
 
@@ -342,7 +338,8 @@ class LatencyPredictor:
             batch_size: Batch of the predicted forward passes.
             threads: Intra-op threads of the runtime.
             cache_dir: Root of the latency cache (default :func:`default_latency_cache`).
-            timing: The protocol of the whole-student calibration timings.
+            timing: The protocol of the whole-student calibration timings (its
+                ``threads`` is replaced by ``threads``).
             probes: Random students profiled besides the teacher and the one-choice probes.
             calibration: Whole students timed for the calibration (at most 20 needed).
             runs: Profiled runs per probe (kernel times are their medians).
@@ -354,23 +351,23 @@ class LatencyPredictor:
         """
         runtime = runtime or default_runtime()
         check_settings(runtime, precision, batch_size, threads)
-        timing = timing or TimingConfig(threads=threads)
+        # one thread count for the profiles, the timings and the cache's fingerprint
+        timing = dataclasses.replace(timing or TimingConfig(), threads=threads)
         if runtime == "torch":
             return TorchLatencyPredictor.for_space(
                 space, example_input, cache_dir=cache_dir, batch_size=batch_size,
                 timing=timing, seed=seed, probes=probes, calibration=calibration)
         start = time.perf_counter()
-        folder = (Path(cache_dir) if cache_dir is not None else default_latency_cache()) / (
-            machine_fingerprint(threads=threads, batch_size=batch_size, runtime=runtime,
-                                precision=precision))
+        folder = cache_folder(cache_dir, threads=threads, batch_size=batch_size,
+                              runtime=runtime, precision=precision)
         path = folder / f"ort-{_space_id(space, example_input, probes, calibration, seed)}.json"
-        stored = _read_json(path)
+        stored = read_json(path)
         if stored.get("state"):
             return cls(space=space, state=stored["state"], build_s=time.perf_counter() - start)
         state, measurements = _build_state(
             space, example_input, precision=precision, batch_size=batch_size, threads=threads,
             timing=timing, probes=probes, calibration=calibration, runs=runs, seed=seed)
-        _merge_json(path, {"state": state})
+        merge_json(path, {"state": state})
         predictor = cls(space=space, state=state, measurements=measurements,
                         build_s=time.perf_counter() - start)
         logger.info("latency predictor (%s %s batch %d): %d kernels in the table, calibrated "
@@ -380,17 +377,6 @@ class LatencyPredictor:
         return predictor
 
     # -- prediction --------------------------------------------------------------------
-
-    def _kernel_ms(self, name: str | None, op: str, shapes: tuple[tuple[int, ...], ...]
-                   ) -> tuple[float, float]:
-        hit = self._fast.get((op, shapes))
-        if hit is not None:
-            return hit, 0.0
-        self.misses += 1
-        coef, sd = (self._by_position.get(name) if name is not None else None) or \
-            self._by_op.get(op) or self._by_op["*"]
-        value = float(np.dot(coef, features(shapes)))
-        return max(value, 0.0), sd
 
     def _calibrated(self, total: float, variance: float, count: int) -> tuple[float, float]:
         a, b = float(self.calibration["a"]), float(self.calibration["b"])
@@ -412,7 +398,7 @@ class LatencyPredictor:
     def _kernel_sum(self, arch: Mapping[str, Any]) -> tuple[float, float, int]:
         """(sum of kernel ms, its variance, number of kernels) of ``arch``, uncalibrated."""
         if self.space is None:
-            raise ValueError("this predictor has no space; use predict_model")
+            raise ValueError("this predictor has no space to predict an architecture of")
         arch = self.space.repair(arch)
         total = 0.0
         nodes = self._template.nodes
@@ -439,22 +425,6 @@ class LatencyPredictor:
         """Predicted milliseconds of the student ``arch`` (no model built, no forward pass)."""
         return self.predict_with_uncertainty(arch)[0]
 
-    def predict_model(self, model: nn.Module) -> float:
-        """Predicted milliseconds of a built student.
-
-        Prefer :meth:`predict` with the architecture: a model is exported and run
-        once under the runtime's profiler to list its kernels (untimed).
-        """
-        kernels = profile_kernels(model, _example(self), precision=self.precision,
-                                  batch_size=self.batch_size, threads=self.threads, runs=1,
-                                  warmup=0)
-        total, variance = 0.0, 0.0
-        for kernel in kernels:
-            ms, sd = self._kernel_ms(kernel.name, kernel.op, kernel.shapes)
-            total += ms
-            variance += sd * sd
-        return self._calibrated(total, variance, len(kernels))[0]
-
     def record(self) -> dict[str, Any]:
         """Runtime, precision, batch, threads, machine and calibration: what a figure needs."""
         return {"runtime": self.runtime, "precision": self.precision,
@@ -464,12 +434,6 @@ class LatencyPredictor:
 
 def _as_shapes(shapes: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(int(d) for d in shape) for shape in shapes)
-
-
-def _example(predictor: LatencyPredictor) -> torch.Tensor:
-    if predictor.space is None:
-        raise ValueError("this predictor has no space to take an example input from")
-    return predictor.space.example_input
 
 
 def _space_id(space: _Space, example_input: torch.Tensor, probes: int, calibration: int,

@@ -10,8 +10,8 @@ own fusions at session creation (``ORT_ENABLE_ALL``: conv + activation, conv + a
 activation, NCHWc layouts). Int8 is the project's static quantisation path:
 onnxruntime's ``quantize_static`` in the ``QOperator`` format (per-channel int8
 weights, uint8 activations, MinMax calibration), as ``protege.search`` exports it. For
-latency, the calibration inputs are the example input plus noise: the scales do not
-change which kernels run.
+latency, the calibration inputs are the example input plus noise (integer inputs, token
+ids, the example alone): the scales do not change which kernels run.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ __all__ = [
     "Runtime",
     "default_runtime",
     "export_onnx_file",
+    "float32_unless_integer",
     "onnxruntime_module",
+    "ort_session",
     "prepare_runner",
     "quantize_int8_file",
 ]
@@ -62,7 +64,8 @@ def onnxruntime_module() -> Any:
         import onnx  # noqa: F401  (the exporter and the quantiser need it)
         import onnxruntime
     except ImportError as exc:
-        raise ImportError(f"latency on onnxruntime needs onnx and onnxruntime: {_EXTRA}") from exc
+        raise ImportError(f"ONNX export and latency on onnxruntime need onnx and onnxruntime: "
+                          f"{_EXTRA}") from exc
     return onnxruntime
 
 
@@ -173,6 +176,12 @@ class _Calibration:
         return None if batch is None else {INPUT_NAME: batch}
 
 
+def float32_unless_integer(inputs: torch.Tensor) -> torch.Tensor:
+    """``inputs`` on the CPU; floating ones as float32, integer ones (token ids) as they are."""
+    inputs = inputs.detach().cpu()
+    return inputs.float() if inputs.is_floating_point() else inputs
+
+
 def quantize_int8_file(onnx_path: str | Path, path: str | Path, *,
                        calibration: torch.Tensor) -> Path:
     """Static int8 quantisation (QOperator, per-channel int8 weights, uint8 activations).
@@ -180,7 +189,8 @@ def quantize_int8_file(onnx_path: str | Path, path: str | Path, *,
     Args:
         onnx_path: The float32 model.
         path: Where the int8 model goes.
-        calibration: Inputs whose activation ranges fix the scales, shape ``(N, ...)``.
+        calibration: Inputs whose activation ranges fix the scales, shape ``(N, ...)``
+            (floating ones are fed as float32, integer ones keep their dtype).
 
     Raises:
         ImportError: If onnx or onnxruntime is missing.
@@ -190,14 +200,14 @@ def quantize_int8_file(onnx_path: str | Path, path: str | Path, *,
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     onnx_path, path = Path(onnx_path), Path(path)
-    data = calibration.detach().cpu().float().numpy()
+    data = float32_unless_integer(calibration).numpy()
+    batches = [data[i:i + 64] for i in range(0, len(data), 64)]
     prepared = path.with_name(f".{path.stem}.prepared.onnx")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quant_pre_process(str(onnx_path), str(prepared))
-            quantize_static(str(prepared), str(path),
-                            _Calibration([data[i:i + 64] for i in range(0, len(data), 64)]),  # type: ignore[arg-type]
+            quantize_static(str(prepared), str(path), _Calibration(batches),  # type: ignore[arg-type]
                             quant_format=QuantFormat.QOperator, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     finally:
@@ -211,21 +221,11 @@ class Runner:
 
     Attributes:
         run: Runs the forward pass once (no arguments).
-        runtime: ``onnxruntime`` or ``torch``.
-        precision: ``fp32`` or ``int8``.
-        batch_size: Batch of each forward pass.
-        threads: Intra-op threads.
-        session: The onnxruntime session (None for torch).
-        feed: The session's input feed (None for torch).
+        session: The onnxruntime session (None for torch), for its profiler.
     """
 
     run: Callable[[], object]
-    runtime: str
-    precision: str
-    batch_size: int
-    threads: int
     session: Any = None
-    feed: dict[str, np.ndarray] | None = None
 
 
 def ort_session(path: str | Path, *, threads: int, profile_prefix: str | None = None) -> Any:
@@ -250,8 +250,11 @@ def onnx_model_file(model: nn.Module, example_input: torch.Tensor, folder: Path,
     fp32 = export_onnx_file(model, one, folder / "model.onnx")
     if precision == "fp32":
         return fp32
-    generator = torch.Generator().manual_seed(0)
-    calibration = one + 0.5 * torch.randn((16, *one.shape[1:]), generator=generator)
+    if one.is_floating_point():
+        generator = torch.Generator().manual_seed(0)
+        calibration = one + 0.5 * torch.randn((16, *one.shape[1:]), generator=generator)
+    else:  # token ids: noise would make them floats (and invalid ids); the example itself
+        calibration = one
     return quantize_int8_file(fp32, folder / "model.int8.onnx", calibration=calibration)
 
 
@@ -278,12 +281,10 @@ def prepare_runner(model: nn.Module, example_input: torch.Tensor, *, runtime: st
     x = batch_of(example_input, batch_size)
     if runtime == "torch":
         with eval_mode(model), torch.no_grad():
-            yield Runner(run=lambda: model(x), runtime=runtime, precision=precision,
-                         batch_size=batch_size, threads=threads)
+            yield Runner(run=lambda: model(x))
         return
     with tempfile.TemporaryDirectory(prefix="protege-latency-") as tmp:
         path = onnx_model_file(model, x, Path(tmp), precision=precision)
         session = ort_session(path, threads=threads, profile_prefix=profile_prefix)
         feed = {INPUT_NAME: x.numpy()}
-        yield Runner(run=lambda: session.run(None, feed), runtime=runtime, precision=precision,
-                     batch_size=batch_size, threads=threads, session=session, feed=feed)
+        yield Runner(run=lambda: session.run(None, feed), session=session)

@@ -38,12 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from protege.estimators._runtime import (
-    batch_of,
-    check_settings,
-    default_runtime,
-    prepare_runner,
-)
+from protege.estimators._runtime import default_runtime, prepare_runner
 
 __all__ = [
     "LatencyStats",
@@ -52,6 +47,7 @@ __all__ = [
     "machine_id",
     "measure_latency",
     "measure_latency_stats",
+    "time_callable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -246,12 +242,23 @@ def measure_latency_stats(
     config = config or TimingConfig()
     if threads is not None:
         config = dataclasses.replace(config, threads=threads)
+    return _measured(model, example_input, runtime=runtime, precision=precision,
+                     batch_size=batch_size, config=config, attempts=1)
+
+
+def _measured(model: nn.Module, example_input: torch.Tensor, *, runtime: str | None,
+              precision: str, batch_size: int, config: TimingConfig,
+              attempts: int) -> LatencyStats:
+    """Prepare ``model`` once (one export, one quantisation, one session) and time it up
+    to ``attempts`` times, until a measurement is usable; the last one is returned."""
     runtime = runtime or default_runtime()
-    check_settings(runtime, precision, batch_size, config.threads)
-    batch_of(example_input, batch_size)
+    # prepare_runner checks the settings and the input before it exports anything
     with prepare_runner(model, example_input, runtime=runtime, precision=precision,
                         batch_size=batch_size, threads=config.threads) as runner:
-        stats = time_callable(runner.run, config)
+        for _ in range(max(1, attempts)):
+            stats = time_callable(runner.run, config)
+            if stats.usable:
+                break
     stats = dataclasses.replace(stats, runtime=runtime, precision=precision,
                                 batch_size=batch_size, machine=machine_id())
     logger.debug("latency %.4f ms on %s/%s batch %d (repeatability %.1f%%)", stats.ms, runtime,
@@ -277,7 +284,8 @@ def measure_latency(
     See :func:`measure_latency_stats` for the record with its repeatability. A
     measurement that does not repeat (``usable`` False) is taken again, up to
     ``attempts`` times; if none is usable the result is NaN and a warning names the
-    spread, so noise never passes as a figure.
+    spread, so noise never passes as a figure. The model is exported (and quantised) once
+    for all attempts.
 
     Args:
         model: The network, on the CPU.
@@ -293,13 +301,10 @@ def measure_latency(
     """
     config = TimingConfig(warmup=warmup, repeats=repeats, threads=threads or 1,
                           max_spread=max_spread)
-    stats = None
-    for _ in range(max(1, attempts)):
-        stats = measure_latency_stats(model, example_input, runtime=runtime, precision=precision,
-                                      batch_size=batch_size, config=config)
-        if stats.usable:
-            return stats.ms
-    assert stats is not None
+    stats = _measured(model, example_input, runtime=runtime, precision=precision,
+                      batch_size=batch_size, config=config, attempts=attempts)
+    if stats.usable:
+        return stats.ms
     logger.warning("latency not measurable here: block medians spread %.0f%% (> %.0f%%) in %d "
                    "attempts; is the machine busy?", 100 * stats.repeatability,
                    100 * config.max_spread, attempts)

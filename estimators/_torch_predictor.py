@@ -15,14 +15,11 @@ miss: Python dispatch per call, residual adds and reshapes, cache effects.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
 import hashlib
 import json
 import logging
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,17 +29,17 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
-from protege.common import atomic_write, eval_mode
+from protege.common import eval_mode
+from protege.estimators._cache import cache_folder, merge_json, read_json
 from protege.estimators._timing import (
     TimingConfig,
-    machine_fingerprint,
     measure_latency_stats,
     time_callable,
     torch_threads,
 )
 from protege.estimators._trace import LayerCall, LayerTrace, trace
 
-__all__ = ["TorchLatencyPredictor", "default_latency_cache"]
+__all__ = ["TorchLatencyPredictor"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,48 +52,6 @@ class _Space(Protocol):
     def sample(self, rng: np.random.Generator) -> dict[str, Any]: ...
 
     def materialize(self, arch: Mapping[str, Any]) -> nn.Module: ...
-
-
-def default_latency_cache() -> Path:
-    """``$PROTEGE_CACHE_DIR/latency`` (default ``~/.cache/protege/latency``)."""
-    root = os.environ.get("PROTEGE_CACHE_DIR")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "protege") / "latency"
-
-
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, json.JSONDecodeError) as exc:
-        logger.warning("ignoring unreadable latency cache %s: %s", path, exc)
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    with atomic_write(path) as handle:
-        json.dump(data, handle, indent=0, sort_keys=True)
-
-
-def _merge_json(path: Path, new: Mapping[str, Any]) -> dict[str, Any]:
-    """Add ``new`` to the JSON object at ``path`` under a lock; returns the merged object."""
-    with _locked(path.parent):
-        merged = _read_json(path)
-        merged.update(new)
-        _write_json(path, merged)
-    return merged
 
 
 def _features(lut_ms: float, tr: LayerTrace) -> np.ndarray:
@@ -216,10 +171,10 @@ class TorchLatencyPredictor:
             seed: Seed of the probe sampling.
         """
         timing = timing or TimingConfig()
-        folder = (Path(cache_dir) if cache_dir is not None else default_latency_cache()) / (
-            machine_fingerprint(threads=timing.threads, batch_size=batch_size, runtime="torch"))
+        folder = cache_folder(cache_dir, threads=timing.threads, batch_size=batch_size,
+                              runtime="torch")
         table_path = folder / _TABLE
-        table = _read_json(table_path)
+        table = read_json(table_path)
         predictor = cls(space=space, example_input=example_input, table=table,
                         coef=np.array([1.0, 0, 0, 0, 0]), batch_size=batch_size,
                         table_path=table_path, timing=timing)
@@ -234,7 +189,7 @@ class TorchLatencyPredictor:
                     new[call.key] = {"ms": _time_layer(call, timing), "kind": call.kind,
                                      "macs": call.macs, "io": call.io_numel}
         if new:
-            table = _merge_json(table_path, new)
+            table = merge_json(table_path, new)
             logger.info("latency table %s: measured %d new layer configurations (%d in all)",
                         table_path, len(new), len(table))
         predictor.table = {key: dict(entry) for key, entry in table.items()}
@@ -243,7 +198,7 @@ class TorchLatencyPredictor:
 
         ident = _space_id(archs, traces)
         corr_path = folder / f"correction-{ident}.json"
-        stored = _read_json(corr_path)
+        stored = read_json(corr_path)
         if stored.get("coef") and not new:
             predictor.coef = np.asarray(stored["coef"], dtype=float)
         else:
@@ -255,7 +210,7 @@ class TorchLatencyPredictor:
                         for i in chosen]
             predictor.coef = fit_correction(np.asarray(features), np.asarray(measured))
             predictor.measurements += len(chosen)
-            _merge_json(corr_path, {"coef": predictor.coef.tolist(), "measured": measured})
+            merge_json(corr_path, {"coef": predictor.coef.tolist(), "measured": measured})
         return predictor
 
     def _lut_ms(self, tr: LayerTrace) -> float:
@@ -307,15 +262,10 @@ class TorchLatencyPredictor:
                 new[call.key] = {"ms": _time_layer(call, self.timing), "kind": call.kind,
                                  "macs": call.macs, "io": call.io_numel}
         if new:
-            merged = _merge_json(self.table_path, new) if self.table_path else new
+            merged = merge_json(self.table_path, new) if self.table_path else new
             self.table.update({key: dict(entry) for key, entry in merged.items()})
             self.measurements += len(new)
         return len(new)
-
-    def lut_sum(self, model: nn.Module) -> float:
-        """Uncorrected sum of the table entries of ``model``'s layer calls (ms)."""
-        with torch_threads(1), eval_mode(model):
-            return self._lut_ms(trace(model, self._example, keep_modules=False))
 
 
 def fit_correction(features: np.ndarray, measured: np.ndarray) -> np.ndarray:

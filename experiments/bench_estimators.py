@@ -34,6 +34,7 @@ from protege.estimators import (
     THOP_RULES,
     AccuracyPredictor,
     LatencyPredictor,
+    TimingConfig,
     count_macs,
     count_macs_torch,
     measure_latency_stats,
@@ -80,6 +81,7 @@ def _latency_targets() -> dict[str, tuple[nn.Module, torch.Tensor, int]]:
 
 
 LATENCY_SETTINGS = [("fp32", 1), ("int8", 1), ("fp32", 32), ("int8", 32)]
+PROTOCOL = TimingConfig()  # what measure_latency_stats and the calibration time with
 
 
 def bench_latency(name: str, teacher: nn.Module, x: torch.Tensor, students: int, *,
@@ -134,7 +136,7 @@ def bench_latency(name: str, teacher: nn.Module, x: torch.Tensor, students: int,
         "retest_trim": float(100 * np.median(retest["trimmed_mean"])) if retests else math.nan,
         "pred_ms": float(np.median(pred_ms)), "pred_max_ms": float(np.max(pred_ms)),
         "build_s": predictor.build_s, "reload_s": reload_s,
-        "profiled": int(predictor._state["probes"]["profiled"]),
+        "profiled": int(predictor.probes["profiled"]),
         "calibrated": int(cal["students"]), "loo_mape": float(cal["loo_mape"]),
         "table": len(predictor.table), "miss": predictor.misses,
     }
@@ -145,8 +147,9 @@ def _latency_body(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[
         f"Machine: {os.cpu_count()} CPU cores shared with other developers' test runs (load "
         f"average {os.getloadavg()[1]:.1f} when this table was written); onnxruntime CPU, "
         "1 intra-op thread, graph optimisations ALL; int8 = static "
-        "QOperator quantisation. Measurement protocol: 10 warm-ups, 5 blocks of 7 repeats "
-        "(each >= 1 ms), figure = minimum of the block medians.", "",
+        f"QOperator quantisation. Measurement protocol: {PROTOCOL.warmup} warm-ups, "
+        f"{PROTOCOL.blocks} blocks of {PROTOCOL.repeats} repeats (each >= "
+        f"{PROTOCOL.min_repeat_ms:g} ms), figure = {PROTOCOL.statistic.replace('_', ' ')}.", "",
         f"{args.students} random students per network and setting (seeds disjoint from the "
         "probes). rho: Spearman; within 10 %, MAPE, median error: prediction against "
         "measured figure; in 1 sd: share of students whose error is within the predicted "

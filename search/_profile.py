@@ -22,7 +22,7 @@ from torch.utils.data import TensorDataset
 
 from protege.common import describe, eval_mode, failing_module
 from protege.distill import evaluate
-from protege.estimators import count_macs
+from protege.estimators import LatencyPredictor, TorchLatencyPredictor, count_macs
 from protege.search import _attrs as attrs
 from protege.search._config import Config
 from protege.search._trial import Limits, student_costs
@@ -41,7 +41,9 @@ class TeacherProfile:
         params: Parameter count.
         val_accuracy: Accuracy on the validation data (a fraction).
         test_accuracy: Accuracy on the test data, when given.
-        latency_ms: Latency (ms, batch 1) on this machine, when measured.
+        latency_ms: Latency (ms) on this machine with ``latency:``'s runtime, precision,
+            batch and threads; where the machine was too noisy to measure it (logged),
+            the predictor's figure when latency is an objective or a limit, else None.
         classes: Number of classes (the width of its logits).
     """
 
@@ -155,14 +157,17 @@ def _ratio(value: float, reference: float) -> str:
 
 
 def check_feasible(space: SearchSpace, example_input: torch.Tensor, limits: Limits,
-                   latency: Any, *, teacher_macs: int, teacher_params: int) -> None:
+                   latency: LatencyPredictor | TorchLatencyPredictor | None, *,
+                   teacher_macs: int, teacher_params: int) -> None:
     """Even the smallest student must meet the hard limits; else say what it costs.
 
     Raises:
         ValueError: Naming the broken limit and the smallest achievable costs.
     """
-    smallest = space.materialize(space.repair(space.smallest()))
-    costs = student_costs(smallest, example_input, latency)
+    arch = space.repair(space.smallest())
+    costs = student_costs(space.materialize(arch), example_input)
+    if latency is not None:  # from the architecture, as every trial's: no export
+        costs["latency"] = float(latency.predict(arch))
     reason = limits.reason(costs)
     if reason is None:
         return

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from protege.distill import TeacherOutputs, evaluate
-from protege.estimators import measure_latency, measure_latency_stats
+from protege.estimators import LatencySettings, measure_latency, measure_latency_stats
 from protege.provenance import provenance
 from protege.search._config import Config
 from protege.search._pareto import pareto_indices, scaled_hypervolume
@@ -105,13 +105,17 @@ def front_hypervolume(records: Sequence[TrialRecord], teacher: TeacherProfile,
     return scaled_hypervolume(points, teacher_costs=scale, chance=teacher.chance)
 
 
-def _cpu_latency(model: nn.Module, example_input: torch.Tensor) -> float | None:
-    """Latency (ms, batch 1) on this CPU for the report; a model left on a GPU (an online
+def _cpu_latency(model: nn.Module, example_input: torch.Tensor,
+                 settings: LatencySettings) -> float | None:
+    """Latency (ms) on this CPU for the report, on ``latency:``'s runtime, precision, batch
+    and threads (those of the front's measurements); a model left on a GPU (an online
     teacher) is timed as a CPU copy. None, logged, where it cannot be measured."""
     try:
         if any(p.device.type != "cpu" for p in model.parameters()):
             model = copy.deepcopy(model).cpu()
-        value = measure_latency(model, example_input.cpu())
+        value = measure_latency(model, example_input.cpu(), runtime=settings.runtime,
+                                precision=settings.precision, batch_size=settings.batch_size,
+                                threads=settings.threads)
         return None if math.isnan(value) else value  # NaN: too noisy here (logged)
     except Exception as exc:  # a report's figure must never cost the run its pick
         logger.warning("could not measure the latency of %s: %s", type(model).__name__, exc)
@@ -411,7 +415,8 @@ class Study:
         member: dict[str, Any] = {"trial": record.number, "arch": record.arch,
                                   "accuracy": record.accuracy, "macs": record.macs,
                                   "params": record.params}
-        # Measured on every front (a few ms each) for the report's latency plot; next to the
+        # Measured on every front member (an export, a quantisation for int8, then the timing
+        # protocol; not the "few ms" of a forward pass) for the report; next to the
         # predicted latency, when there is one, so the predictor can be judged on the front.
         settings = self.config.latency.resolve()
         stats = measure_latency_stats(self.space.materialize(record.arch),
@@ -437,7 +442,8 @@ class Study:
         profile = self.profile
         if profile.latency_ms is None:  # the report plots accuracy against latency too
             profile = dataclasses.replace(
-                profile, latency_ms=_cpu_latency(self.teacher, self.space.example_input))
+                profile, latency_ms=_cpu_latency(self.teacher, self.space.example_input,
+                                                 self.config.latency.resolve()))
         front = list(self.front)
         volume = self.hypervolume
         write_json(self.out / "pareto.json", [self._front_member(r) for r in front])
@@ -457,7 +463,8 @@ class Study:
             summary["pick"] = dataclasses.asdict(pick) | {
                 "macs_ratio": pick.macs / profile.macs,
                 "accuracy_drop": profile.val_accuracy - pick.val_accuracy,
-                "latency_ms": _cpu_latency(student, self.space.example_input),
+                "latency_ms": _cpu_latency(student, self.space.example_input,
+                                           self.config.latency.resolve()),
             }
             summary["onnx"] = self.export(student)
         write_json(self.out / "summary.json", summary)

@@ -25,7 +25,7 @@ from torch.utils.data import TensorDataset
 from protege import distill
 from protege.common import describe
 from protege.distill import TeacherOutputs, TrainResult
-from protege.estimators import count_macs
+from protege.estimators import LatencyPredictor, TorchLatencyPredictor, count_macs
 from protege.provenance import machine
 from protege.search import _attrs as attrs
 from protege.search._config import Config
@@ -88,14 +88,11 @@ def device_of(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def student_costs(student: torch.nn.Module, example_input: torch.Tensor,
-                  latency: Any = None) -> dict[str, float]:
-    """``macs``, ``params`` and, given a latency predictor, the predicted ``latency`` (ms)."""
+def student_costs(student: torch.nn.Module, example_input: torch.Tensor) -> dict[str, float]:
+    """``macs`` and ``params``; a predicted ``latency`` comes from the architecture
+    (``latency.predict(arch)``), not from the built student."""
     macs, params = count_macs(student, example_input)
-    costs = {"macs": float(macs), "params": float(params)}
-    if latency is not None:
-        costs["latency"] = float(latency.predict_model(student))
-    return costs
+    return {"macs": float(macs), "params": float(params)}
 
 
 class _Stop(Exception):
@@ -119,7 +116,7 @@ class StudentEvaluator:
     limits: Limits
     accelerator: str = "cpu"
     trainer: Trainer | None = None
-    latency: Any = None
+    latency: LatencyPredictor | TorchLatencyPredictor | None = None
     teacher: torch.nn.Module | None = None
     rules: tuple[TrialRule, ...] = ()
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)

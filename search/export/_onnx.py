@@ -1,14 +1,13 @@
 """Deployable students: ONNX and TorchScript files checked against PyTorch, and int8 ONNX.
 
-ONNX goes through PyTorch's TorchScript-based exporter (``dynamo=False``): with the
-pinned torch (<= 2.14) it works offline with no ``onnxscript``, takes a fraction of a
-second instead of about 3 s, and every file it writes is checked here against the
-PyTorch outputs with onnxruntime anyway. Int8 is onnxruntime's post-training static
-quantisation (``QOperator`` format, per-channel int8 weights, uint8 activations,
-MinMax calibration on training inputs): its fused ``QLinearConv`` / ``QLinearMatMul``
-kernels ran faster than float32 at batch 1 and 256 on the MNIST-1D and Fashion-MNIST
-teachers on this machine's CPU (AVX-512 VNNI), where the QDQ format was slower than
-float32 at batch 1.
+The ONNX and int8 mechanics are ``protege.estimators``' (:func:`export_onnx_file`,
+:func:`quantize_int8_file`), the ones the latency objective is measured on, so a
+deployed file is the file the search timed: PyTorch's TorchScript-based exporter
+(``dynamo=False``, no ``onnxscript`` needed offline), and onnxruntime's post-training
+static quantisation (``QOperator`` format, per-channel int8 weights, uint8 activations,
+MinMax calibration, here on training inputs). Every file written here is checked
+against the PyTorch outputs with onnxruntime, and the int8 model is timed next to its
+float32 source with the estimators' protocol (:func:`time_callable`).
 """
 
 from __future__ import annotations
@@ -16,10 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import statistics
-import time
 import warnings
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +25,15 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from protege.common import describe, eval_mode
+from protege.estimators import (
+    TimingConfig,
+    export_onnx_file,
+    float32_unless_integer,
+    onnxruntime_module,
+    ort_session,
+    quantize_int8_file,
+    time_callable,
+)
 
 __all__ = [
     "ExportCheck",
@@ -42,17 +47,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_EXTRA = "pip install 'protege[export]'"
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
-
-
-def _onnxruntime() -> Any:
-    try:
-        import onnx  # noqa: F401  (the exporter and the quantiser need it)
-        import onnxruntime
-    except ImportError as exc:
-        raise ImportError(f"ONNX export needs onnx and onnxruntime: {_EXTRA}") from exc
-    return onnxruntime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +78,9 @@ class ModelFigures:
     Attributes:
         size_bytes: Size of the file.
         accuracy: Top-1 accuracy on the evaluation data, if given.
-        latency_ms: Median time of one forward pass at batch 1.
-        batch_latency_ms: Median time of one forward pass at ``batch_size``.
+        latency_ms: Time of one forward pass at batch 1 (``protege.estimators``' protocol:
+            smallest block median).
+        batch_latency_ms: The same at ``batch_size``.
     """
 
     size_bytes: int
@@ -121,13 +116,11 @@ class Int8Result:
 
 
 def _check_inputs(example_input: torch.Tensor, check_inputs: torch.Tensor | None) -> torch.Tensor:
-    inputs = example_input if check_inputs is None else check_inputs
-    return _float32_unless_integer(inputs.detach().cpu())
+    return float32_unless_integer(example_input if check_inputs is None else check_inputs)
 
 
-def _float32_unless_integer(inputs: torch.Tensor) -> torch.Tensor:
-    """Floating inputs as float32; integer ones (token ids) keep their dtype."""
-    return inputs.float() if inputs.is_floating_point() else inputs
+def _feed(session: Any, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    return {session.get_inputs()[0].name: inputs}
 
 
 @torch.no_grad()
@@ -150,21 +143,14 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
     Raises:
         ImportError: If onnx or onnxruntime is missing (the ``export`` extra).
     """
-    ort = _onnxruntime()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ort = onnxruntime_module()
     model = model.cpu()
-    with eval_mode(model), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
-        torch.onnx.export(model, (example_input.cpu(),), str(path), dynamo=False,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                          opset_version=opset)
+    written = export_onnx_file(model, example_input, path, opset=opset)
     inputs = _check_inputs(example_input, check_inputs)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {INPUT_NAME: inputs.numpy()})[0]
-    return ExportCheck(path, "onnx", _max_diff(got, _reference(model, inputs)), len(inputs),
-                       path.stat().st_size)
+    session = ort.InferenceSession(str(written), providers=["CPUExecutionProvider"])
+    got = session.run(None, _feed(session, inputs.numpy()))[0]
+    return ExportCheck(written, "onnx", _max_diff(got, _reference(model, inputs)), len(inputs),
+                       written.stat().st_size)
 
 
 def export_torchscript(model: nn.Module, example_input: torch.Tensor, path: str | Path, *,
@@ -217,18 +203,6 @@ def export_pick_onnx(folder: Path, student: nn.Module, example_input: torch.Tens
             "samples": check.samples, "size_bytes": check.size_bytes}
 
 
-class _Calibration:
-    """onnxruntime's ``CalibrationDataReader`` protocol over batches of training inputs."""
-
-    def __init__(self, inputs: torch.Tensor, batch_size: int) -> None:
-        self._batches: Iterator[np.ndarray] = iter(
-            [inputs[i:i + batch_size].numpy() for i in range(0, len(inputs), batch_size)])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        return None if batch is None else {INPUT_NAME: batch}
-
-
 def quantize_int8(onnx_path: str | Path, path: str | Path, *, calibration: torch.Tensor,
                   evaluation: TensorDataset | None = None, batch_size: int = 256,
                   threads: int = 1) -> Int8Result:
@@ -246,65 +220,33 @@ def quantize_int8(onnx_path: str | Path, path: str | Path, *, calibration: torch
     Raises:
         ImportError: If onnx or onnxruntime is missing (the ``export`` extra).
     """
-    ort = _onnxruntime()
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    onnx_path, path = Path(onnx_path), Path(path)
-    calibration = _float32_unless_integer(calibration.detach().cpu())
-    prepared = path.with_name(f".{path.stem}.prepared.onnx")
-    try:
-        quant_pre_process(str(onnx_path), str(prepared))
-        quantize_static(str(prepared), str(path), _Calibration(calibration, 64),  # type: ignore[arg-type]
-                        quant_format=QuantFormat.QOperator, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    finally:
-        prepared.unlink(missing_ok=True)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-                for p in (onnx_path, path)]
+    onnx_path = Path(onnx_path)
+    calibration = float32_unless_integer(calibration)
+    int8_path = quantize_int8_file(onnx_path, path, calibration=calibration)
+    timing = TimingConfig(threads=threads)
     one = calibration[:1].numpy()
     batch = np.repeat(one, batch_size, axis=0)
     figures, predictions = [], []
-    for file, session in zip((onnx_path, path), sessions, strict=True):
+    for file in (onnx_path, int8_path):
+        session = ort_session(file, threads=threads)
         accuracy, predicted = _score(session, evaluation)
         predictions.append(predicted)
         figures.append(ModelFigures(
             size_bytes=file.stat().st_size, accuracy=accuracy,
-            latency_ms=_median_ms(functools.partial(session.run, None, {INPUT_NAME: one})),
-            batch_latency_ms=_median_ms(
-                functools.partial(session.run, None, {INPUT_NAME: batch}))))
+            latency_ms=time_callable(functools.partial(session.run, None, _feed(session, one)),
+                                     timing).ms,
+            batch_latency_ms=time_callable(
+                functools.partial(session.run, None, _feed(session, batch)), timing).ms))
     agreement = (float(np.mean(predictions[0] == predictions[1]))
                  if predictions[0] is not None and predictions[1] is not None else None)
-    return Int8Result(path, figures[0], figures[1], agreement, len(calibration), batch_size,
+    return Int8Result(int8_path, figures[0], figures[1], agreement, len(calibration), batch_size,
                       threads)
 
 
 def _score(session: Any, data: TensorDataset | None) -> tuple[float | None, np.ndarray | None]:
     if data is None:
         return None, None
-    x, y = _float32_unless_integer(data.tensors[0]).numpy(), data.tensors[1].numpy()
-    predicted = np.concatenate([session.run(None, {INPUT_NAME: x[i:i + 1024]})[0].argmax(-1)
+    x, y = float32_unless_integer(data.tensors[0]).numpy(), data.tensors[1].numpy()
+    predicted = np.concatenate([session.run(None, _feed(session, x[i:i + 1024]))[0].argmax(-1)
                                 for i in range(0, len(x), 1024)])
     return float(np.mean(predicted == y)), predicted
-
-
-def _median_ms(fn: Callable[[], object], *, warmup: int = 10, repeats: int = 15,
-               min_repeat_ms: float = 1.0) -> float:
-    """Median over repeats of the mean call time, each repeat at least ``min_repeat_ms``
-    long (the method of ``protege.estimators.measure_latency``)."""
-    for _ in range(warmup):
-        fn()
-    start = time.perf_counter()
-    fn()
-    once_ms = max((time.perf_counter() - start) * 1e3, 1e-4)
-    number = max(1, int(min_repeat_ms / once_ms + 0.999))
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        samples.append((time.perf_counter() - start) * 1e3 / number)
-    return statistics.median(samples)

@@ -171,9 +171,16 @@ def _name(run: RunFolder) -> str:
     return str(source.get("task") or named or run.path.name)
 
 
+def _latency_settings(run: RunFolder) -> str:
+    """Where the run's latencies were taken (its ``latency:`` keys)."""
+    s = run.config.latency
+    return (f"{s.runtime or 'default runtime'} {s.precision}, batch {s.batch_size}, "
+            f"{s.threads} thread{'s' if s.threads != 1 else ''}")
+
+
 def _teacher_blocks(run: RunFolder, teacher: TeacherProfile) -> list[Block]:
     test = f"{teacher.test_accuracy:.4f}" if teacher.test_accuracy is not None else "n/a"
-    latency = (f", {teacher.latency_ms:.3f} ms per sample (batch 1, 1 thread)"
+    latency = (f", {teacher.latency_ms:.3f} ms per forward pass ({_latency_settings(run)})"
                if teacher.latency_ms is not None else "")
     c = run.config
     limits = [f"accuracy drop <= {c.constraints.max_accuracy_drop}"]
@@ -301,8 +308,9 @@ def _pick_blocks(run: RunFolder, pick: Pick | None, teacher: TeacherProfile) -> 
                else "does **not** meet the accuracy limit after fine-tuning")
     test = f"{pick.test_accuracy:.4f}" if pick.test_accuracy is not None else "n/a"
     latency = _pick_latency(run)
-    speed = (f", {latency:.4f} ms per sample against the teacher's {teacher.latency_ms:.4f} "
-             "(batch 1, 1 thread)" if latency and teacher.latency_ms else "")
+    speed = (f", {latency:.4f} ms per forward pass against the teacher's "
+             f"{teacher.latency_ms:.4f} ({_latency_settings(run)})"
+             if latency and teacher.latency_ms else "")
     blocks.append(("p", f"Trial {pick.trial}: {pick.macs:,} MACs ({pick.macs / teacher.macs:.3f}x "
                         f"the teacher's), {pick.params:,} params{speed}; validation accuracy "
                         f"{pick.search_accuracy:.4f} after the brief training, "

@@ -137,6 +137,19 @@ def test_extend_times_only_missing_layers_and_saves_them(space, counted, tmp_pat
     assert set(saved) == set(predictor.table)
 
 
+def test_threads_name_the_timings_and_the_cache(space, counted, tmp_path):
+    """``threads`` is the thread count of the timings too, so the cache's fingerprint
+    names the threads the figures were taken with."""
+    import dataclasses
+
+    predictor = LatencyPredictor.for_space(space, torch.randn(1, 1, 8, 8), runtime="torch",
+                                           cache_dir=tmp_path, threads=1, probes=0,
+                                           calibration=3,
+                                           timing=dataclasses.replace(FAST, threads=2))
+    assert predictor.timing.threads == 1
+    assert predictor.table_path.parent.name == machine_fingerprint(threads=1, runtime="torch")
+
+
 class _Tokens(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -177,6 +190,14 @@ def test_onnxruntime_measurement_names_its_settings(tiny_net, precision):
     assert default_runtime() == "onnxruntime"
 
 
+def test_int8_latency_of_a_network_fed_integer_ids():
+    """The int8 calibration keeps token ids integers (noise made them floats, which the
+    exported model's int64 input refused)."""
+    stats = measure_latency_stats(_Tokens(), torch.randint(0, 50, (1, 6)), runtime="onnxruntime",
+                                  precision="int8", config=FAST)
+    assert stats.ms > 0 and stats.precision == "int8"
+
+
 def test_bad_settings_are_refused(tiny_net):
     x = torch.randn(1, 1, 8, 8)
     with pytest.raises(ValueError, match="runtime"):
@@ -198,6 +219,29 @@ def test_a_noisy_measurement_is_not_passed_as_a_number(tiny_net, monkeypatch, ca
     value = measure_latency(tiny_net, torch.randn(1, 1, 8, 8), runtime="torch", attempts=2)
     assert np.isnan(value)
     assert "not measurable" in caplog.text
+
+
+def test_a_remeasurement_reuses_the_exported_model(tiny_net, monkeypatch):
+    """Each attempt times the same session: one export and one int8 quantisation."""
+    import protege.estimators._runtime as runtime
+    import protege.estimators._timing as timing
+
+    exports = []
+
+    def noisy(fn, config):
+        stats = time_callable(fn, dataclasses_replace(config, warmup=0, repeats=1, blocks=1))
+        return dataclasses_replace(stats, repeatability=0.9, usable=False)
+
+    def counted(*args, **kwargs):
+        exports.append(kwargs["precision"])
+        return onnx_model_file(*args, **kwargs)
+
+    onnx_model_file = runtime.onnx_model_file
+    monkeypatch.setattr(timing, "time_callable", noisy)
+    monkeypatch.setattr(runtime, "onnx_model_file", counted)
+    value = measure_latency(tiny_net, torch.randn(1, 1, 8, 8), runtime="onnxruntime",
+                            precision="int8", attempts=3)
+    assert np.isnan(value) and exports == ["int8"]
 
 
 def dataclasses_replace(obj, **changes):

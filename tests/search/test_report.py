@@ -54,7 +54,9 @@ def _records() -> list[TrialRecord]:
 def _write_run(out: Path, records: list[TrialRecord], *, finished: bool = True) -> Path:
     out.mkdir(parents=True)
     config = Config.from_dict({"n_trials": len(records), "strategy": "random",
-                               "constraints": {"max_accuracy_drop": 0.1, "max_macs": 0.9}})
+                               "constraints": {"max_accuracy_drop": 0.1, "max_macs": 0.9},
+                               "latency": {"runtime": "onnxruntime", "precision": "int8",
+                                           "batch_size": 8}})
     (out / "config.yaml").write_text(yaml.safe_dump({"task": "digits", **config.to_dict()},
                                                     sort_keys=False))
     (out / "trials.jsonl").write_text(
@@ -111,6 +113,9 @@ def test_report_writes_markdown_html_and_every_plot(tmp_path):
                     "## What the limits and rules saved", "## Pick"):
         assert heading in md
     assert "max abs difference 2e-06" in md
+    # latencies named with the settings they were taken on (latency:), not "batch 1"
+    assert "0.1500 ms per forward pass against the teacher's 0.5000 (onnxruntime int8, " \
+           "batch 8, 1 thread)" in md
     assert "| 1 | 0.7510 | 250 | 0.250 |" in md  # the front's table
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 5

@@ -188,12 +188,25 @@ def test_deeper_levels_search_and_rebuild(tiny_data, tmp_path, level):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_latency_as_objective_and_limit(tiny_data, tmp_path, precision):
+def test_latency_as_objective_and_limit(tiny_data, tmp_path, precision, monkeypatch):
     pytest.importorskip("onnxruntime")
+    import importlib
+
+    study_module = importlib.import_module("protege.search._study")
+    seen = []
+
+    def recorded(model, example_input, **settings):
+        seen.append(settings["precision"])
+        return measure(model, example_input, **settings)
+
+    measure = study_module.measure_latency
+    monkeypatch.setattr(study_module, "measure_latency", recorded)
     cfg = config(n_trials=3, objectives=["accuracy", "latency"],
                  constraints={"max_accuracy_drop": 0.5, "max_latency_ms": 1000.0},
                  latency={"precision": precision})
     result = search(tiny_data, tmp_path / "run", cfg)
+    # the pick is timed as the teacher and the front are: on latency:'s precision
+    assert seen and set(seen) == {precision}
     assert all(r.latency_ms is not None and r.latency_ms > 0 for r in result.trials)
     assert result.teacher.latency_ms is not None and result.teacher.latency_ms > 0
     front = json.loads((tmp_path / "run" / "pareto.json").read_text())
@@ -208,6 +221,26 @@ def test_impossible_latency_limit_is_a_clear_error(tiny_data, tmp_path):
     cfg = config(constraints={"max_latency_ms": 1e-6})
     with pytest.raises(ValueError, match="no student can meet the limits.*latency"):
         search(tiny_data, tmp_path / "run", cfg)
+
+
+def test_feasibility_predicts_latency_from_the_architecture(tiny_net):
+    """The smallest student's latency comes from ``predict(arch)``, as every trial's:
+    no export and no profiling of a built model before the search starts."""
+    from protege.search._profile import check_feasible
+    from protege.search._trial import Limits
+    from protege.spaces import derive
+
+    class Predictor:
+        def predict(self, arch):
+            return 5.0
+
+        def predict_model(self, model):
+            pytest.fail("the smallest student was exported and profiled")
+
+    x = torch.randn(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="5 ms predicted latency"):
+        check_feasible(derive(tiny_net, x), x, Limits(max_latency_ms=1.0), Predictor(),
+                       teacher_macs=1, teacher_params=1)
 
 
 def _fake_tune(finetuned_accuracy, floor, calls):
