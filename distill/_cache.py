@@ -94,11 +94,11 @@ def as_tensors(data: Dataset | DataLoader, *, what: str = "dataset") -> tuple[to
 
     Inputs keep their dtype (token ids stay integers for an ``nn.Embedding``), except
     that floating-point inputs become float32, the dtype of a teacher's weights;
-    targets become int64 class indices.
+    targets become int64 class indices (float labels only when they are whole numbers).
 
     Raises:
-        ValueError: If it is empty or does not yield (input, label) pairs (saying what
-            it yields instead).
+        ValueError: If it is empty, does not yield (input, label) pairs (saying what it
+            yields instead), or has float labels that are not whole numbers.
     """
     if isinstance(data, TensorDataset) and len(data.tensors) >= 2:
         inputs, targets = data.tensors[0], data.tensors[1]
@@ -117,6 +117,10 @@ def as_tensors(data: Dataset | DataLoader, *, what: str = "dataset") -> tuple[to
         inputs, targets = torch.cat(xs), torch.cat(ys)
     if len(inputs) == 0:
         raise ValueError(f"the {what} is empty")
+    if targets.is_floating_point() and not bool((targets == targets.round()).all()):
+        raise ValueError(f"the {what} has float labels that are not whole numbers (e.g. "
+                         f"{float(targets[targets != targets.round()][0]):g}); labels must be "
+                         "class indices 0..C-1")
     # integer inputs (token ids for an embedding) stay integers; floating ones become float32
     return (inputs.float() if inputs.is_floating_point() else inputs), targets.long()
 

@@ -32,8 +32,10 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from protege.common import describe_value, join_few
+from protege.distill import as_tensors
 from protege.search import ConfigError
 
 __all__ = [
@@ -313,17 +315,12 @@ def load_weights(model: nn.Module, path: Path, *, name: str) -> None:
     shapes = [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
               for k, v in expected.items() if k in state and state[k].shape != v.shape]
     if missing or unexpected or shapes:
-        parts = [f"{label} {_few(keys)}" for label, keys in
+        parts = [f"{label} {join_few(keys)}" for label, keys in
                  (("missing keys", missing), ("unexpected keys", unexpected),
                   ("shapes differ:", shapes)) if keys]
         raise SourceError(f"teacher.weights: {path.name} does not fit {name}: "
                           f"{'; '.join(parts)} (check teacher.init_args)")
     model.load_state_dict(state)
-
-
-def _few(items: Sequence[str], count: int = 5) -> str:
-    more = f" and {len(items) - count} more" if len(items) > count else ""
-    return ", ".join(items[:count]) + more
 
 
 def _strip_prefix(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
@@ -369,15 +366,15 @@ class _Common:
 
     def finish(self, train: Any, val: Any, test: Any, *, dtype: torch.dtype | None,
                classes: int | None = None) -> Splits:
-        train_data = materialize(train, "training data", dtype=dtype)
+        train_data = _tensors_of(train, "training data", dtype=dtype)
         if val is None:
             train_data, val_data = carve(train_data, self.val_fraction, seed=self.split_seed)
             logger.info("validation: %d of %d training samples (val_fraction %s, seed %d)",
                         len(val_data), len(train_data) + len(val_data), self.val_fraction,
                         self.split_seed)
         else:
-            val_data = materialize(val, "validation data", dtype=dtype)
-        test_data = materialize(test, "test data", dtype=dtype) if test is not None else None
+            val_data = _tensors_of(val, "validation data", dtype=dtype)
+        test_data = _tensors_of(test, "test data", dtype=dtype) if test is not None else None
         return Splits(train=train_data, val=val_data, test=test_data, classes=classes)
 
 
@@ -442,8 +439,8 @@ class ImageFolderSource(_Common):
         for split, folder in folders.items():
             if folder.classes != classes:
                 raise SourceError(f"data.image_folder: {self.image_folder / split} has classes "
-                                  f"{_few(folder.classes)} but train/ has {_few(classes)}; every "
-                                  "split needs the same class folders")
+                                  f"{join_few(folder.classes)} but train/ has "
+                                  f"{join_few(classes)}; every split needs the same class folders")
         return self.finish(folders["train"], folders.get("val"), folders.get("test"),
                            dtype=dtype, classes=len(classes))
 
@@ -497,13 +494,13 @@ class TableSource(_Common):
         columns = [str(c) for c in frame.columns]
         if self.label not in frame.columns:
             raise SourceError(f"data.label: column {self.label!r} is not in {path.name} "
-                              f"(columns: {_few(columns, 12)})")
+                              f"(columns: {join_few(columns, 12)})")
         features = list(self.features) if self.features else \
             [c for c in frame.columns if c != self.label]
         absent = [c for c in features if c not in frame.columns]
         if absent:
             raise SourceError(f"data.features: column {absent[0]!r} is not in {path.name} "
-                              f"(columns: {_few(columns, 12)})")
+                              f"(columns: {join_few(columns, 12)})")
         values = frame[features]
         numeric = values.select_dtypes(include=["number", "bool"]).columns
         text = [str(c) for c in features if c not in numeric]
@@ -588,7 +585,7 @@ def _unpack(made: Any, path: str) -> tuple[Any, Any, Any]:
         unknown = sorted(set(made) - {"train", "val", "test"})
         if "train" not in made or unknown:
             raise SourceError(f"data.class_path: {path} returned a mapping with keys "
-                              f"{_few(sorted(map(str, made)))}; expected train, val, test")
+                              f"{join_few(sorted(map(str, made)))}; expected train, val, test")
         return made["train"], made.get("val"), made.get("test")
     if isinstance(made, (Dataset, DataLoader)):
         return made, None, None
@@ -598,7 +595,7 @@ def _unpack(made: Any, path: str) -> tuple[Any, Any, Any]:
         if parts[0] is None:
             raise SourceError(f"data.class_path: {path} returned no training data")
         return parts[0], parts[1], parts[2]
-    raise SourceError(f"data.class_path: {path} returned {_describe(made)}; expected "
+    raise SourceError(f"data.class_path: {path} returned {describe_value(made)}; expected "
                       "(train, val[, test]) datasets or loaders, or a LightningDataModule")
 
 
@@ -633,76 +630,36 @@ def _from_datamodule(module: Any, path: str) -> tuple[Any, Any, Any]:
     return train, val, test
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a tensor of shape {tuple(value.shape)}"
-    if isinstance(value, Mapping):
-        return f"a {type(value).__name__} with keys {_few(sorted(map(str, value)))}"
-    if isinstance(value, (tuple, list)):
-        inner = ", ".join(_describe(v) for v in value[:3])
-        more = ", ..." if len(value) > 3 else ""
-        return f"a {type(value).__name__} of {len(value)} ({inner}{more})"
-    return f"a {type(value).__name__}"
+def _tensors_of(data: Any, what: str, *, dtype: torch.dtype | None = None) -> TensorDataset:
+    """Every ``(input, label)`` of a dataset or loader (:func:`protege.distill.as_tensors`),
+    as a ``TensorDataset`` of ``teacher.input_dtype`` inputs.
 
-
-def materialize(data: Any, what: str, *, dtype: torch.dtype | None = None) -> TensorDataset:
-    """Every ``(input, label)`` of a dataset or loader, stacked into a ``TensorDataset``.
-
-    Integer inputs (token ids) stay integers unless ``dtype`` says otherwise; floating
-    inputs become ``dtype`` (float32 by default).
+    Integer inputs (token ids) stay integers unless ``dtype`` says otherwise; floating and
+    boolean inputs become ``dtype`` (float32 by default).
 
     Raises:
-        SourceError: If it is empty, yields anything but (input, label) pairs (saying
-            what it yielded), or its labels are not class indices.
+        SourceError: If it is no dataset or loader, is empty, yields anything but
+            (input, label) pairs (saying what it yielded), its labels are not class
+            indices, or its inputs are floats where ``dtype`` is an integer type or back.
     """
-    if isinstance(data, TensorDataset) and len(data.tensors) >= 2:
-        inputs, labels = data.tensors[0], data.tensors[1]
-    else:
-        if not isinstance(data, (Dataset, DataLoader)):
-            raise SourceError(f"the {what} is {_describe(data)}, not a Dataset or DataLoader")
-        if isinstance(data, Dataset) and not isinstance(data, DataLoader):
-            try:
-                first = data[0]  # type: ignore[index]
-            except Exception:  # an iterable-style dataset: the loader below says the rest
-                first = None
-            if first is not None and not _is_pair(first):
-                raise SourceError(f"the {what} yields {_describe(first)}, not (input, label) "
-                                  "pairs")
-            data = DataLoader(data, batch_size=256)
-        if isinstance(data, DataLoader) and isinstance(data.sampler, RandomSampler):
-            # a shuffling loader (as Lightning users write train_dataloader): read it in
-            # order, so that the same source always gives the same tensors
-            data = DataLoader(data.dataset, batch_size=data.batch_size or 256,
-                              collate_fn=data.collate_fn)
-        xs, ys = [], []
-        for batch in data:
-            if not _is_pair(batch):
-                raise SourceError(f"the {what} yields {_describe(batch)}, not (input, label) "
-                                  "pairs")
-            xs.append(torch.as_tensor(batch[0]))
-            ys.append(torch.as_tensor(batch[1]))
-        if not xs:
-            raise SourceError(f"the {what} is empty")
-        inputs, labels = torch.cat(xs), torch.cat(ys)
-    if len(inputs) == 0:
-        raise SourceError(f"the {what} is empty")
-    if labels.is_floating_point():
-        if not bool((labels == labels.round()).all()) or labels.dim() != 1:
-            raise SourceError(f"the {what} has float labels of shape {tuple(labels.shape)}; "
-                              "labels must be class indices 0..C-1")
+    if not isinstance(data, (Dataset, DataLoader)):
+        raise SourceError(f"the {what} is {describe_value(data)}, not a Dataset or DataLoader")
+    try:
+        inputs, labels = as_tensors(data, what=what)
+    except ValueError as exc:
+        raise SourceError(str(exc)) from exc
+    if labels.dim() != 1:
+        raise SourceError(f"the {what} has labels of shape {tuple(labels.shape)}; labels must "
+                          "be class indices 0..C-1, one per sample")
     if dtype is not None:
         if inputs.is_floating_point() != dtype.is_floating_point and inputs.dtype != torch.bool:
             raise SourceError(f"the {what} has {str(inputs.dtype).removeprefix('torch.')} "
                               f"inputs but teacher.input_dtype is "
                               f"{str(dtype).removeprefix('torch.')}")
         inputs = inputs.to(dtype)
-    elif inputs.is_floating_point() or inputs.dtype == torch.bool:
+    elif inputs.dtype == torch.bool:
         inputs = inputs.float()
-    return TensorDataset(inputs, labels.long())
-
-
-def _is_pair(batch: Any) -> bool:
-    return isinstance(batch, (tuple, list)) and len(batch) == 2
+    return TensorDataset(inputs, labels)
 
 
 def carve(train: TensorDataset, fraction: float, *, seed: int,

@@ -53,3 +53,11 @@ def test_data_that_is_no_pairs_is_named_by_what_it_yields():
     with pytest.raises(ValueError, match=r"the training data yields a dict with keys image, "
                                          r"label, not \(input, label\) pairs"):
         as_tensors(_Dicts(), what="training data")
+
+
+def test_float_labels_are_class_indices_only_when_they_are_whole_numbers():
+    x = torch.zeros(3, 2)
+    _, labels = as_tensors(TensorDataset(x, torch.tensor([0.0, 2.0, 1.0])))
+    assert labels.tolist() == [0, 2, 1] and labels.dtype == torch.int64
+    with pytest.raises(ValueError, match=r"float labels that are not whole numbers \(e.g. 0.5\)"):
+        as_tensors(TensorDataset(x, torch.tensor([0.0, 0.5, 1.0])))
