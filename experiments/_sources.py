@@ -484,12 +484,11 @@ class TableSource(_Common):
         if labels is not None and not is_integer_dtype(labels.dtype) and not whole:
             names = sorted({str(v) for frame in frames.values() if self.label in frame
                             for v in frame[self.label]})
-        tables = {key: self._tensors(frame, key, names, dtype) for key, frame in frames.items()}
+        tables = {key: self._tensors(frame, key, names) for key, frame in frames.items()}
         return self.finish(tables["table"], tables.get("val_table"), tables.get("test_table"),
                            dtype=dtype, classes=len(names) if names else None)
 
-    def _tensors(self, frame: Any, key: str, names: list[str] | None,
-                 dtype: torch.dtype | None) -> TensorDataset:
+    def _tensors(self, frame: Any, key: str, names: list[str] | None) -> TensorDataset:
         path = getattr(self, key)
         columns = [str(c) for c in frame.columns]
         if self.label not in frame.columns:
@@ -507,11 +506,11 @@ class TableSource(_Common):
         if text:
             raise SourceError(f"data.features: column {text[0]!r} of {path.name} is not "
                               "numeric; encode it, or leave it out of data.features")
-        array = values.to_numpy()
-        inputs = torch.from_numpy(np.ascontiguousarray(array))
-        inputs = inputs.to(dtype) if dtype is not None else (
-            inputs.float() if inputs.is_floating_point() or inputs.dtype == torch.bool
-            else inputs.long())
+        # one dtype for all columns (pandas gives object arrays for bools beside numbers);
+        # teacher.input_dtype is applied, and checked, with the other sources' in finish()
+        kinds = {values[c].dtype.kind for c in features}
+        common = bool if kinds == {"b"} else np.float64 if kinds & {"f", "c"} else np.int64
+        inputs = torch.from_numpy(np.ascontiguousarray(values.to_numpy(dtype=common)))
         column = frame[self.label]
         if names is not None:
             index = {name: i for i, name in enumerate(names)}

@@ -313,3 +313,20 @@ def test_label_names_map_to_their_sorted_order(project, tmp_path):
     labels = torch.cat([inputs.train.tensors[1], inputs.val.tensors[1]])
     assert sorted(labels.unique().tolist()) == [0, 1, 2]  # ant, cat, dog
     assert int((labels == 0).sum()) == int((torch.tensor(frame["y"].eq("ant").to_numpy())).sum())
+
+
+def test_a_boolean_column_beside_numbers_becomes_a_float_feature(project, tmp_path):
+    import pandas as pd
+
+    frame = pd.read_csv(project / "table.csv")
+    frame["f5"] = frame["f5"] > 0
+    frame.to_csv(tmp_path / "flags.csv", index=False)
+    inputs = _load(project, "table", ("table: table.csv", f"table: {tmp_path / 'flags.csv'}"))
+    features = inputs.train.tensors[0]
+    assert features.dtype == torch.float32 and set(features[:, 5].tolist()) <= {0.0, 1.0}
+
+
+def test_a_table_of_floats_is_not_cast_to_an_integer_input_dtype(project):
+    with pytest.raises(SourceError, match="the training data has float32 inputs but "
+                                          "teacher.input_dtype is int64"):
+        _load(project, "table", ("weights: mlp.pt", "weights: mlp.pt\n  input_dtype: int64"))
