@@ -670,8 +670,8 @@ def carve(train: TensorDataset, fraction: float, *, seed: int,
     if count - held < 2:
         raise SourceError(f"the training data has {count} samples: too few to carve a "
                           "validation split from; give val data")
-    counts = np.bincount(labels) if labels.min() >= 0 else np.array([0])
-    stratify = labels if counts[counts > 0].min() >= 2 and held >= (counts > 0).sum() else None
+    counts = np.unique(labels, return_counts=True)[1]  # labels out of range: build_inputs says so
+    stratify = labels if counts.min() >= 2 and held >= len(counts) else None
     kept, val = train_test_split(np.arange(count), test_size=held, random_state=seed,
                                  stratify=stratify)
     kept_idx, val_idx = torch.from_numpy(np.sort(kept)), torch.from_numpy(np.sort(val))

@@ -330,3 +330,14 @@ def test_a_table_of_floats_is_not_cast_to_an_integer_input_dtype(project):
     with pytest.raises(SourceError, match="the training data has float32 inputs but "
                                           "teacher.input_dtype is int64"):
         _load(project, "table", ("weights: mlp.pt", "weights: mlp.pt\n  input_dtype: int64"))
+
+
+def test_negative_labels_are_named_even_when_validation_is_carved(project, tmp_path):
+    import pandas as pd
+
+    frame = pd.read_csv(project / "table.csv")
+    frame["y"] -= 1
+    frame.to_csv(tmp_path / "shifted.csv", index=False)
+    with pytest.raises(SourceError, match=r"the training labels range over \[-1, 1\] but the "
+                                          "teacher has 3 outputs"):
+        _load(project, "table", ("table: table.csv", f"table: {tmp_path / 'shifted.csv'}"))
