@@ -298,6 +298,11 @@ def test_a_benchmark_run_folder_rebuilds_its_task_and_a_python_run_is_named(tmp_
         load_source(tmp_path)
 
 
+def test_a_shuffling_train_dataloader_gives_the_same_tensors_every_time(project):
+    first, second = _load(project, "datamodule"), _load(project, "datamodule")
+    assert torch.equal(first.train.tensors[0], second.train.tensors[0])  # shuffle=True in it
+
+
 def test_a_datamodule_with_test_data_gives_a_test_split(project):
     inputs = _load(project, "datamodule", ("TinyDataModule", "TestedDataModule"))
     assert inputs.test is not None and len(inputs.test) == len(inputs.val) == 48
