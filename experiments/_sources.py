@@ -184,10 +184,6 @@ def _root(data: Mapping[str, Any], key: str, default: Path) -> Path:
     return root
 
 
-def _text(path: Path | None) -> str | None:
-    return str(path) if path is not None else None
-
-
 def _fraction(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
         raise SourceError(f"{key}: must be a fraction in (0, 1), got {value!r}")
@@ -201,7 +197,26 @@ def _int(value: Any, key: str) -> int:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TeacherSource:
+class _Section:
+    """A section of a run file, resolved."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved section, as a run folder records it: every key, absolute paths as
+        text, its own keys before ``val_fraction``, ``split_seed`` and ``root``."""
+        fields = sorted(dataclasses.fields(self), key=lambda field: field.name in _COMMON_KEYS)
+        return {field.name: _recorded(getattr(self, field.name)) for field in fields}
+
+
+def _recorded(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TeacherSource(_Section):
     """How to build the teacher.
 
     Attributes:
@@ -221,13 +236,6 @@ class TeacherSource:
     input_shape: tuple[int, ...] | None = None
     input_dtype: str | None = None
     root: Path | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The resolved section, as a run folder records it (absolute paths)."""
-        return {"class_path": self.class_path, "init_args": dict(self.init_args),
-                "weights": str(self.weights) if self.weights is not None else None,
-                "input_shape": list(self.input_shape) if self.input_shape else None,
-                "input_dtype": self.input_dtype, "root": _text(self.root)}
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -355,14 +363,12 @@ class Splits:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _Common:
+class _Common(_Section):
+    """What every ``data:`` source has: how validation is carved, where imports look first."""
+
     val_fraction: float = 0.1
     split_seed: int = 0
     root: Path | None = None
-
-    def _common(self) -> dict[str, Any]:
-        return {"val_fraction": self.val_fraction, "split_seed": self.split_seed,
-                "root": _text(self.root)}
 
     def finish(self, train: Any, val: Any, test: Any, *, dtype: torch.dtype | None,
                classes: int | None = None) -> Splits:
@@ -398,14 +404,6 @@ class ImageFolderSource(_Common):
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     grayscale: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        size = self.image_size
-        return {"image_folder": str(self.image_folder),
-                "image_size": list(size) if isinstance(size, tuple) else size,
-                "mean": list(self.mean) if self.mean else None,
-                "std": list(self.std) if self.std else None, "grayscale": self.grayscale,
-                **self._common()}
 
     def load(self, *, dtype: torch.dtype | None = None) -> Splits:
         try:
@@ -462,12 +460,6 @@ class TableSource(_Common):
     features: tuple[str, ...] | None = None
     val_table: Path | None = None
     test_table: Path | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"table": str(self.table), "label": self.label,
-                "features": list(self.features) if self.features else None,
-                "val_table": _text(self.val_table), "test_table": _text(self.test_table),
-                **self._common()}
 
     def load(self, *, dtype: torch.dtype | None = None) -> Splits:
         frames = {"table": _read_table(self.table, "data.table")}
@@ -558,10 +550,6 @@ class ImportSource(_Common):
 
     class_path: str
     init_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"class_path": self.class_path, "init_args": dict(self.init_args),
-                **self._common()}
 
     def load(self, *, dtype: torch.dtype | None = None) -> Splits:
         factory = import_object(self.class_path, key="data.class_path", root=self.root)
