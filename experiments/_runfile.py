@@ -318,22 +318,6 @@ def _docs(cls: type) -> dict[str, str]:
             for key, value in docs.items()}
 
 
-def _defaults(cls: type) -> dict[str, Any]:
-    """Each field's declared default (nested dataclasses as mappings), before any resolving."""
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if field.default is not dataclasses.MISSING:
-            value = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            value = field.default_factory()
-        else:
-            continue
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            value = _defaults(type(value))
-        values[field.name] = list(value) if isinstance(value, tuple) else value
-    return values
-
-
 def _plain(text: str) -> str:
     """A docstring phrase without its reST markup (``x``, :data:`X`), for a YAML comment."""
     return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
@@ -362,8 +346,7 @@ def starter_config(class_path: str, *, root: Path | None = None) -> str:
         SourceError: If ``class_path`` does not import.
     """
     factory = import_object(class_path, key="MODEL", root=root)
-    settings = _defaults(Config)
-    settings.pop("task", None)
+    settings = Config().to_dict()  # the declared defaults: level-dependent ones stay null
     lines = [
         f"# protege run file for {class_path}, written by `protege init`.",
         "# Run it with: protege run THIS_FILE   (relative paths are relative to this file)",
