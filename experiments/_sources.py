@@ -554,9 +554,9 @@ class ImportSource(_Common):
     def load(self, *, dtype: torch.dtype | None = None) -> Splits:
         factory = import_object(self.class_path, key="data.class_path", root=self.root)
         made = _call(factory, self.init_args, key="data", path=self.class_path, root=self.root)
-        with _importable(self.root):
+        with _importable(self.root):  # reading the data may import the user's modules too
             train, val, test = _unpack(made, self.class_path)
-        return self.finish(train, val, test, dtype=dtype)
+            return self.finish(train, val, test, dtype=dtype)
 
 
 def _is_datamodule(made: Any) -> bool:

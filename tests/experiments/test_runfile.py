@@ -16,6 +16,7 @@ from user_project import write_project
 from protege.cli import main
 from protege.experiments import (
     RunInputs,
+    Source,
     SourceError,
     load_inputs,
     read_run_file,
@@ -346,3 +347,29 @@ def test_negative_labels_are_named_even_when_validation_is_carved(project, tmp_p
     with pytest.raises(SourceError, match=r"the training labels range over \[-1, 1\] but the "
                                           "teacher has 3 outputs"):
         _load(project, "table", ("table: table.csv", f"table: {tmp_path / 'shifted.csv'}"))
+
+
+def test_data_that_imports_the_users_modules_while_it_is_read(tmp_path):
+    (tmp_path / "lazy_labels.py").write_text("def label(i):\n    return i % 3\n")
+    (tmp_path / "lazy_data.py").write_text(textwrap.dedent("""
+        import torch
+        from torch.utils.data import Dataset
+
+
+        class Lazy(Dataset):
+            def __len__(self):
+                return 30
+
+            def __getitem__(self, i):
+                import lazy_labels  # first imported here, as the data is read
+
+                return torch.full((4,), float(i)), lazy_labels.label(i)
+
+
+        def make():
+            return Lazy(), Lazy()
+        """))
+    source = Source.from_dict({"teacher": {"class_path": "torch.nn.Linear"},
+                               "data": {"class_path": "lazy_data.make"}}, root=tmp_path)
+    splits = source.data.load()
+    assert splits.train.tensors[1].tolist() == [i % 3 for i in range(30)]
