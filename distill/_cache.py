@@ -22,9 +22,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SubsetRandomSampler,
+    TensorDataset,
+)
 
-from protege.common import atomic_write, describe, eval_mode
+from protege.common import atomic_write, describe, describe_value, eval_mode
 from protege.distill._config import DistillConfig
 from protege.distill._hints import capture, pool_features, select_hint_layers
 
@@ -81,21 +87,29 @@ class TeacherOutputs:
 def as_tensors(data: Dataset | DataLoader, *, what: str = "dataset") -> tuple[torch.Tensor, ...]:
     """All ``(inputs, targets)`` of a dataset or loader, stacked into two tensors.
 
+    A loader that shuffles (``shuffle=True``, a ``SubsetRandomSampler``) is read in the
+    dataset's order, so the same data always gives the same tensors, and with them the
+    same teacher-cache key on every call and every resume. Items after the second of
+    each batch are ignored.
+
     Inputs keep their dtype (token ids stay integers for an ``nn.Embedding``), except
     that floating-point inputs become float32, the dtype of a teacher's weights;
-    targets become int64 class indices.
+    targets become int64 class indices (float labels only when they are whole numbers).
 
     Raises:
-        ValueError: If it is empty or does not yield (input, label) pairs.
+        ValueError: If it is empty, does not yield (input, label) pairs (saying what it
+            yields instead), or has float labels that are not whole numbers.
     """
     if isinstance(data, TensorDataset) and len(data.tensors) >= 2:
         inputs, targets = data.tensors[0], data.tensors[1]
     else:
-        loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=512)
+        loader = _in_order(data) if isinstance(data, DataLoader) else DataLoader(data,
+                                                                                batch_size=512)
         xs, ys = [], []
         for batch in loader:
             if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                raise ValueError(f"the {what} must yield (input, label) pairs")
+                raise ValueError(f"the {what} yields {describe_value(batch)}, not (input, "
+                                 "label) pairs")
             xs.append(torch.as_tensor(batch[0]))
             ys.append(torch.as_tensor(batch[1]))
         if not xs:
@@ -103,8 +117,25 @@ def as_tensors(data: Dataset | DataLoader, *, what: str = "dataset") -> tuple[to
         inputs, targets = torch.cat(xs), torch.cat(ys)
     if len(inputs) == 0:
         raise ValueError(f"the {what} is empty")
+    if targets.is_floating_point() and not bool((targets == targets.round()).all()):
+        raise ValueError(f"the {what} has float labels that are not whole numbers (e.g. "
+                         f"{float(targets[targets != targets.round()][0]):g}); labels must be "
+                         "class indices 0..C-1")
     # integer inputs (token ids for an embedding) stay integers; floating ones become float32
     return (inputs.float() if inputs.is_floating_point() else inputs), targets.long()
+
+
+def _in_order(loader: DataLoader) -> DataLoader:
+    """``loader``, or the same samples in the dataset's order if its sampler shuffles."""
+    sampler = loader.sampler
+    if isinstance(sampler, SubsetRandomSampler):
+        order: list[int] | None = sorted(int(i) for i in sampler.indices)
+    elif isinstance(sampler, RandomSampler):
+        order = None  # every sample (a shuffling loader may also drop its last batch)
+    else:
+        return loader
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=order,
+                      collate_fn=loader.collate_fn, num_workers=loader.num_workers)
 
 
 def fingerprint(model: nn.Module, *tensors: torch.Tensor) -> str:

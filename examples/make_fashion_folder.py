@@ -5,8 +5,8 @@ Nothing is downloaded: the images come from Debian's ``dataset-fashion-mnist`` p
 teacher is torchvision's ``resnet18(num_classes=10)``, trained here from scratch for a few
 epochs on CPU. Then ``protege run examples/fashion_folder.yaml`` searches its students.
 
-    python examples/make_fashion_folder.py            # 30 images per class, about a minute
-    python examples/make_fashion_folder.py --per-class 10 --epochs 2   # the CI size
+    python examples/make_fashion_folder.py            # 30 images per class, 8 epochs
+    python examples/make_fashion_folder.py --per-class 4 --epochs 1    # the size of its test
 """
 
 from __future__ import annotations

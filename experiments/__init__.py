@@ -57,7 +57,6 @@ from ._sources import (
     SourceError,
     TableSource,
     TeacherSource,
-    import_object,
 )
 from ._tasks import (
     CACHE_ENV_VAR,
@@ -97,7 +96,6 @@ __all__ = [
     "build_inputs",
     "build_teacher",
     "default_cache_dir",
-    "import_object",
     "load_compare_config",
     "load_inputs",
     "load_source",

@@ -55,9 +55,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RUN_KEYS = SOURCE_KEYS
-"""Keys of a run file that are not search settings: ``task``, ``teacher``, ``data``."""
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Source:
@@ -66,13 +63,11 @@ class Source:
     Attributes:
         teacher: How to build the teacher.
         data: Where the data comes from.
-        root: The config file's folder: imports look there first.
         task: The benchmark task's name when the run file said ``task:``, else None.
     """
 
     teacher: TeacherSource
     data: DataSource
-    root: Path
     task: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,9 +85,8 @@ class Source:
         teacher."""
         if data.get("task") is not None and "teacher" not in data:
             return benchmark_source(str(data["task"]), seed=seed, root=root)
-        teacher = parse_teacher(data.get("teacher"), root=root)
-        return cls(teacher=teacher, data=parse_data(data.get("data"), root=root),
-                   root=teacher.root or root)
+        return cls(teacher=parse_teacher(data.get("teacher"), root=root),
+                   data=parse_data(data.get("data"), root=root))
 
     def describe(self) -> str:
         """One phrase naming the teacher and the data, for the CLI."""
@@ -119,7 +113,7 @@ def benchmark_source(task: str, *, seed: int = 0, root: Path | None = None) -> S
                                "init_args": {"task": task, "seed": seed}}, root=root),
         data=parse_data({"class_path": "protege.experiments:benchmark_data",
                          "init_args": {"task": task}}, root=root),
-        root=root, task=task)
+        task=task)
 
 
 def split_run_file(data: Mapping[str, Any], *, root: Path) -> tuple[Config, Source]:
@@ -128,7 +122,6 @@ def split_run_file(data: Mapping[str, Any], *, root: Path) -> tuple[Config, Sour
     Raises:
         ConfigError: A bad search key first (cheap to find), then a bad source key.
     """
-    settings = {key: value for key, value in data.items() if key not in RUN_KEYS}
     task = data.get("task")
     has_own = "teacher" in data or "data" in data
     if task is not None and has_own:
@@ -140,7 +133,7 @@ def split_run_file(data: Mapping[str, Any], *, root: Path) -> tuple[Config, Sour
     if task is None and ("teacher" not in data or "data" not in data):
         missing = "teacher" if "teacher" not in data else "data"
         raise ConfigError(f"{missing}: missing; a run file needs both teacher: and data:")
-    config = Config.from_dict(settings)
+    config = Config.from_dict(data)  # it leaves the source keys to us
     if task is not None and not isinstance(task, str):
         raise ConfigError(f"task: expected a task name, got {task!r}")
     return config, Source.from_dict(data, root=root, seed=config.seed)
@@ -169,12 +162,12 @@ def load_source(run_dir: str | Path) -> Source:
 def _folder_run_file(run_dir: Path, overrides: Sequence[str]) -> tuple[Config, Source]:
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a protege run folder (no config.yaml)")
-    fixed = [item for item in overrides if item.split("=")[0].split(".")[0] in RUN_KEYS]
+    fixed = [item for item in overrides if item.split("=")[0].split(".")[0] in SOURCE_KEYS]
     if fixed:
         raise ConfigError(f"--set {fixed[0]!r}: a run folder's teacher and data are fixed; "
                           "start a new run to change them")
     data = apply_overrides(read_yaml(run_dir / "config.yaml"), list(overrides))
-    if not any(key in data for key in RUN_KEYS):
+    if not any(key in data for key in SOURCE_KEYS):
         raise ConfigError(
             f"{run_dir}: its config.yaml records no task: or teacher: and data: (a run made "
             "from Python): the CLI cannot rebuild its teacher. From Python: student = "
@@ -325,22 +318,6 @@ def _docs(cls: type) -> dict[str, str]:
             for key, value in docs.items()}
 
 
-def _defaults(cls: type) -> dict[str, Any]:
-    """Each field's declared default (nested dataclasses as mappings), before any resolving."""
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if field.default is not dataclasses.MISSING:
-            value = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            value = field.default_factory()
-        else:
-            continue
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            value = _defaults(type(value))
-        values[field.name] = list(value) if isinstance(value, tuple) else value
-    return values
-
-
 def _plain(text: str) -> str:
     """A docstring phrase without its reST markup (``x``, :data:`X`), for a YAML comment."""
     return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
@@ -369,8 +346,7 @@ def starter_config(class_path: str, *, root: Path | None = None) -> str:
         SourceError: If ``class_path`` does not import.
     """
     factory = import_object(class_path, key="MODEL", root=root)
-    settings = _defaults(Config)
-    settings.pop("task", None)
+    settings = Config().to_dict()  # the declared defaults: level-dependent ones stay null
     lines = [
         f"# protege run file for {class_path}, written by `protege init`.",
         "# Run it with: protege run THIS_FILE   (relative paths are relative to this file)",

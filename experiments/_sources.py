@@ -32,8 +32,10 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from protege.common import describe_value, join_few
+from protege.distill import as_tensors
 from protege.search import ConfigError
 
 __all__ = [
@@ -182,10 +184,6 @@ def _root(data: Mapping[str, Any], key: str, default: Path) -> Path:
     return root
 
 
-def _text(path: Path | None) -> str | None:
-    return str(path) if path is not None else None
-
-
 def _fraction(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
         raise SourceError(f"{key}: must be a fraction in (0, 1), got {value!r}")
@@ -199,7 +197,26 @@ def _int(value: Any, key: str) -> int:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TeacherSource:
+class _Section:
+    """A section of a run file, resolved."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved section, as a run folder records it: every key, absolute paths as
+        text, its own keys before ``val_fraction``, ``split_seed`` and ``root``."""
+        fields = sorted(dataclasses.fields(self), key=lambda field: field.name in _COMMON_KEYS)
+        return {field.name: _recorded(getattr(self, field.name)) for field in fields}
+
+
+def _recorded(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TeacherSource(_Section):
     """How to build the teacher.
 
     Attributes:
@@ -219,13 +236,6 @@ class TeacherSource:
     input_shape: tuple[int, ...] | None = None
     input_dtype: str | None = None
     root: Path | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The resolved section, as a run folder records it (absolute paths)."""
-        return {"class_path": self.class_path, "init_args": dict(self.init_args),
-                "weights": str(self.weights) if self.weights is not None else None,
-                "input_shape": list(self.input_shape) if self.input_shape else None,
-                "input_dtype": self.input_dtype, "root": _text(self.root)}
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -313,17 +323,12 @@ def load_weights(model: nn.Module, path: Path, *, name: str) -> None:
     shapes = [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
               for k, v in expected.items() if k in state and state[k].shape != v.shape]
     if missing or unexpected or shapes:
-        parts = [f"{label} {_few(keys)}" for label, keys in
+        parts = [f"{label} {join_few(keys)}" for label, keys in
                  (("missing keys", missing), ("unexpected keys", unexpected),
                   ("shapes differ:", shapes)) if keys]
         raise SourceError(f"teacher.weights: {path.name} does not fit {name}: "
                           f"{'; '.join(parts)} (check teacher.init_args)")
     model.load_state_dict(state)
-
-
-def _few(items: Sequence[str], count: int = 5) -> str:
-    more = f" and {len(items) - count} more" if len(items) > count else ""
-    return ", ".join(items[:count]) + more
 
 
 def _strip_prefix(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
@@ -358,26 +363,24 @@ class Splits:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _Common:
+class _Common(_Section):
+    """What every ``data:`` source has: how validation is carved, where imports look first."""
+
     val_fraction: float = 0.1
     split_seed: int = 0
     root: Path | None = None
 
-    def _common(self) -> dict[str, Any]:
-        return {"val_fraction": self.val_fraction, "split_seed": self.split_seed,
-                "root": _text(self.root)}
-
     def finish(self, train: Any, val: Any, test: Any, *, dtype: torch.dtype | None,
                classes: int | None = None) -> Splits:
-        train_data = materialize(train, "training data", dtype=dtype)
+        train_data = _tensors_of(train, "training data", dtype=dtype)
         if val is None:
             train_data, val_data = carve(train_data, self.val_fraction, seed=self.split_seed)
             logger.info("validation: %d of %d training samples (val_fraction %s, seed %d)",
                         len(val_data), len(train_data) + len(val_data), self.val_fraction,
                         self.split_seed)
         else:
-            val_data = materialize(val, "validation data", dtype=dtype)
-        test_data = materialize(test, "test data", dtype=dtype) if test is not None else None
+            val_data = _tensors_of(val, "validation data", dtype=dtype)
+        test_data = _tensors_of(test, "test data", dtype=dtype) if test is not None else None
         return Splits(train=train_data, val=val_data, test=test_data, classes=classes)
 
 
@@ -401,14 +404,6 @@ class ImageFolderSource(_Common):
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     grayscale: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        size = self.image_size
-        return {"image_folder": str(self.image_folder),
-                "image_size": list(size) if isinstance(size, tuple) else size,
-                "mean": list(self.mean) if self.mean else None,
-                "std": list(self.std) if self.std else None, "grayscale": self.grayscale,
-                **self._common()}
 
     def load(self, *, dtype: torch.dtype | None = None) -> Splits:
         try:
@@ -442,8 +437,8 @@ class ImageFolderSource(_Common):
         for split, folder in folders.items():
             if folder.classes != classes:
                 raise SourceError(f"data.image_folder: {self.image_folder / split} has classes "
-                                  f"{_few(folder.classes)} but train/ has {_few(classes)}; every "
-                                  "split needs the same class folders")
+                                  f"{join_few(folder.classes)} but train/ has "
+                                  f"{join_few(classes)}; every split needs the same class folders")
         return self.finish(folders["train"], folders.get("val"), folders.get("test"),
                            dtype=dtype, classes=len(classes))
 
@@ -466,12 +461,6 @@ class TableSource(_Common):
     val_table: Path | None = None
     test_table: Path | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"table": str(self.table), "label": self.label,
-                "features": list(self.features) if self.features else None,
-                "val_table": _text(self.val_table), "test_table": _text(self.test_table),
-                **self._common()}
-
     def load(self, *, dtype: torch.dtype | None = None) -> Splits:
         frames = {"table": _read_table(self.table, "data.table")}
         for key in ("val_table", "test_table"):
@@ -487,34 +476,33 @@ class TableSource(_Common):
         if labels is not None and not is_integer_dtype(labels.dtype) and not whole:
             names = sorted({str(v) for frame in frames.values() if self.label in frame
                             for v in frame[self.label]})
-        tables = {key: self._tensors(frame, key, names, dtype) for key, frame in frames.items()}
+        tables = {key: self._tensors(frame, key, names) for key, frame in frames.items()}
         return self.finish(tables["table"], tables.get("val_table"), tables.get("test_table"),
                            dtype=dtype, classes=len(names) if names else None)
 
-    def _tensors(self, frame: Any, key: str, names: list[str] | None,
-                 dtype: torch.dtype | None) -> TensorDataset:
+    def _tensors(self, frame: Any, key: str, names: list[str] | None) -> TensorDataset:
         path = getattr(self, key)
         columns = [str(c) for c in frame.columns]
         if self.label not in frame.columns:
             raise SourceError(f"data.label: column {self.label!r} is not in {path.name} "
-                              f"(columns: {_few(columns, 12)})")
+                              f"(columns: {join_few(columns, 12)})")
         features = list(self.features) if self.features else \
             [c for c in frame.columns if c != self.label]
         absent = [c for c in features if c not in frame.columns]
         if absent:
             raise SourceError(f"data.features: column {absent[0]!r} is not in {path.name} "
-                              f"(columns: {_few(columns, 12)})")
+                              f"(columns: {join_few(columns, 12)})")
         values = frame[features]
         numeric = values.select_dtypes(include=["number", "bool"]).columns
         text = [str(c) for c in features if c not in numeric]
         if text:
             raise SourceError(f"data.features: column {text[0]!r} of {path.name} is not "
                               "numeric; encode it, or leave it out of data.features")
-        array = values.to_numpy()
-        inputs = torch.from_numpy(np.ascontiguousarray(array))
-        inputs = inputs.to(dtype) if dtype is not None else (
-            inputs.float() if inputs.is_floating_point() or inputs.dtype == torch.bool
-            else inputs.long())
+        # one dtype for all columns (pandas gives object arrays for bools beside numbers);
+        # teacher.input_dtype is applied, and checked, with the other sources' in finish()
+        kinds = {values[c].dtype.kind for c in features}
+        common = bool if kinds == {"b"} else np.float64 if kinds & {"f", "c"} else np.int64
+        inputs = torch.from_numpy(np.ascontiguousarray(values.to_numpy(dtype=common)))
         column = frame[self.label]
         if names is not None:
             index = {name: i for i, name in enumerate(names)}
@@ -563,16 +551,12 @@ class ImportSource(_Common):
     class_path: str
     init_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"class_path": self.class_path, "init_args": dict(self.init_args),
-                **self._common()}
-
     def load(self, *, dtype: torch.dtype | None = None) -> Splits:
         factory = import_object(self.class_path, key="data.class_path", root=self.root)
         made = _call(factory, self.init_args, key="data", path=self.class_path, root=self.root)
-        with _importable(self.root):
+        with _importable(self.root):  # reading the data may import the user's modules too
             train, val, test = _unpack(made, self.class_path)
-        return self.finish(train, val, test, dtype=dtype)
+            return self.finish(train, val, test, dtype=dtype)
 
 
 def _is_datamodule(made: Any) -> bool:
@@ -588,7 +572,7 @@ def _unpack(made: Any, path: str) -> tuple[Any, Any, Any]:
         unknown = sorted(set(made) - {"train", "val", "test"})
         if "train" not in made or unknown:
             raise SourceError(f"data.class_path: {path} returned a mapping with keys "
-                              f"{_few(sorted(map(str, made)))}; expected train, val, test")
+                              f"{join_few(sorted(map(str, made)))}; expected train, val, test")
         return made["train"], made.get("val"), made.get("test")
     if isinstance(made, (Dataset, DataLoader)):
         return made, None, None
@@ -598,7 +582,7 @@ def _unpack(made: Any, path: str) -> tuple[Any, Any, Any]:
         if parts[0] is None:
             raise SourceError(f"data.class_path: {path} returned no training data")
         return parts[0], parts[1], parts[2]
-    raise SourceError(f"data.class_path: {path} returned {_describe(made)}; expected "
+    raise SourceError(f"data.class_path: {path} returned {describe_value(made)}; expected "
                       "(train, val[, test]) datasets or loaders, or a LightningDataModule")
 
 
@@ -633,76 +617,36 @@ def _from_datamodule(module: Any, path: str) -> tuple[Any, Any, Any]:
     return train, val, test
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a tensor of shape {tuple(value.shape)}"
-    if isinstance(value, Mapping):
-        return f"a {type(value).__name__} with keys {_few(sorted(map(str, value)))}"
-    if isinstance(value, (tuple, list)):
-        inner = ", ".join(_describe(v) for v in value[:3])
-        more = ", ..." if len(value) > 3 else ""
-        return f"a {type(value).__name__} of {len(value)} ({inner}{more})"
-    return f"a {type(value).__name__}"
+def _tensors_of(data: Any, what: str, *, dtype: torch.dtype | None = None) -> TensorDataset:
+    """Every ``(input, label)`` of a dataset or loader (:func:`protege.distill.as_tensors`),
+    as a ``TensorDataset`` of ``teacher.input_dtype`` inputs.
 
-
-def materialize(data: Any, what: str, *, dtype: torch.dtype | None = None) -> TensorDataset:
-    """Every ``(input, label)`` of a dataset or loader, stacked into a ``TensorDataset``.
-
-    Integer inputs (token ids) stay integers unless ``dtype`` says otherwise; floating
-    inputs become ``dtype`` (float32 by default).
+    Integer inputs (token ids) stay integers unless ``dtype`` says otherwise; floating and
+    boolean inputs become ``dtype`` (float32 by default).
 
     Raises:
-        SourceError: If it is empty, yields anything but (input, label) pairs (saying
-            what it yielded), or its labels are not class indices.
+        SourceError: If it is no dataset or loader, is empty, yields anything but
+            (input, label) pairs (saying what it yielded), its labels are not class
+            indices, or its inputs are floats where ``dtype`` is an integer type or back.
     """
-    if isinstance(data, TensorDataset) and len(data.tensors) >= 2:
-        inputs, labels = data.tensors[0], data.tensors[1]
-    else:
-        if not isinstance(data, (Dataset, DataLoader)):
-            raise SourceError(f"the {what} is {_describe(data)}, not a Dataset or DataLoader")
-        if isinstance(data, Dataset) and not isinstance(data, DataLoader):
-            try:
-                first = data[0]  # type: ignore[index]
-            except Exception:  # an iterable-style dataset: the loader below says the rest
-                first = None
-            if first is not None and not _is_pair(first):
-                raise SourceError(f"the {what} yields {_describe(first)}, not (input, label) "
-                                  "pairs")
-            data = DataLoader(data, batch_size=256)
-        if isinstance(data, DataLoader) and isinstance(data.sampler, RandomSampler):
-            # a shuffling loader (as Lightning users write train_dataloader): read it in
-            # order, so that the same source always gives the same tensors
-            data = DataLoader(data.dataset, batch_size=data.batch_size or 256,
-                              collate_fn=data.collate_fn)
-        xs, ys = [], []
-        for batch in data:
-            if not _is_pair(batch):
-                raise SourceError(f"the {what} yields {_describe(batch)}, not (input, label) "
-                                  "pairs")
-            xs.append(torch.as_tensor(batch[0]))
-            ys.append(torch.as_tensor(batch[1]))
-        if not xs:
-            raise SourceError(f"the {what} is empty")
-        inputs, labels = torch.cat(xs), torch.cat(ys)
-    if len(inputs) == 0:
-        raise SourceError(f"the {what} is empty")
-    if labels.is_floating_point():
-        if not bool((labels == labels.round()).all()) or labels.dim() != 1:
-            raise SourceError(f"the {what} has float labels of shape {tuple(labels.shape)}; "
-                              "labels must be class indices 0..C-1")
+    if not isinstance(data, (Dataset, DataLoader)):
+        raise SourceError(f"the {what} is {describe_value(data)}, not a Dataset or DataLoader")
+    try:
+        inputs, labels = as_tensors(data, what=what)
+    except ValueError as exc:
+        raise SourceError(str(exc)) from exc
+    if labels.dim() != 1:
+        raise SourceError(f"the {what} has labels of shape {tuple(labels.shape)}; labels must "
+                          "be class indices 0..C-1, one per sample")
     if dtype is not None:
         if inputs.is_floating_point() != dtype.is_floating_point and inputs.dtype != torch.bool:
             raise SourceError(f"the {what} has {str(inputs.dtype).removeprefix('torch.')} "
                               f"inputs but teacher.input_dtype is "
                               f"{str(dtype).removeprefix('torch.')}")
         inputs = inputs.to(dtype)
-    elif inputs.is_floating_point() or inputs.dtype == torch.bool:
+    elif inputs.dtype == torch.bool:
         inputs = inputs.float()
-    return TensorDataset(inputs, labels.long())
-
-
-def _is_pair(batch: Any) -> bool:
-    return isinstance(batch, (tuple, list)) and len(batch) == 2
+    return TensorDataset(inputs, labels)
 
 
 def carve(train: TensorDataset, fraction: float, *, seed: int,
@@ -714,8 +658,8 @@ def carve(train: TensorDataset, fraction: float, *, seed: int,
     if count - held < 2:
         raise SourceError(f"the training data has {count} samples: too few to carve a "
                           "validation split from; give val data")
-    counts = np.bincount(labels) if labels.min() >= 0 else np.array([0])
-    stratify = labels if counts[counts > 0].min() >= 2 and held >= (counts > 0).sum() else None
+    counts = np.unique(labels, return_counts=True)[1]  # labels out of range: build_inputs says so
+    stratify = labels if counts.min() >= 2 and held >= len(counts) else None
     kept, val = train_test_split(np.arange(count), test_size=held, random_state=seed,
                                  stratify=stratify)
     kept_idx, val_idx = torch.from_numpy(np.sort(kept)), torch.from_numpy(np.sort(val))

@@ -21,7 +21,7 @@ import logging
 import os
 import random
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -206,7 +206,10 @@ def load_task(
 
 @functools.lru_cache(maxsize=4)
 def _loaded(name: str, seed: int, cache_dir: Path) -> Task:
-    return load_task(name, seed=seed, cache_dir=cache_dir)
+    """The task, its data read once whatever the seed (only its teacher depends on it)."""
+    if seed != 0:
+        return replace(_loaded(name, 0, cache_dir), seed=seed)
+    return load_task(name, seed=0, cache_dir=cache_dir)
 
 
 def benchmark_teacher(*, task: str, seed: int = 0) -> nn.Module:

@@ -307,12 +307,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     set_verbosity(level)
-    # Long steps (training the teacher, caching its outputs, the fine-tune) log a progress
-    # line each epoch or few seconds there: shown unless -q.
-    logging.getLogger("protege.progress").setLevel(logging.WARNING if args.quiet else logging.INFO)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Long steps (training the teacher, caching its outputs, the fine-tune) log a progress
+    # line each epoch or few seconds there: shown unless -q, for this command only (main()
+    # called in-process, as tests do, leaves the logger as it found it).
+    progress = logging.getLogger("protege.progress")
+    before = progress.level
+    progress.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    try:
+        return _run_command(args)
+    finally:
+        progress.setLevel(before)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """The command's exit code; a user's mistake is one line and exit code 2."""
     from protege.search import TooManyFailures
 
     try:

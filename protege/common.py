@@ -5,7 +5,8 @@ Nothing here imports another protege module, Optuna, Lightning or matplotlib, so
 
 - :func:`atomic_write`: a reader (another worker, a resumed run) never sees half a file.
 - :func:`describe`, :func:`first_line`: one-line descriptions of exceptions, for records,
-  warnings and the CLI.
+  warnings and the CLI; :func:`describe_value` and :func:`join_few` of values and lists, for
+  messages that say what the user handed over.
 - :func:`eval_mode`, :func:`in_mode`: run a module in eval (or training) mode, then give
   every submodule back its own mode.
 - :func:`module_stack`, :func:`failing_module`: which module was running when a forward
@@ -17,15 +18,16 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["ConfigError", "atomic_write", "describe", "eval_mode", "failing_module",
-           "first_line", "in_mode", "module_stack", "read_yaml", "require"]
+__all__ = ["ConfigError", "atomic_write", "describe", "describe_value", "eval_mode",
+           "failing_module", "first_line", "in_mode", "join_few", "module_stack", "read_yaml",
+           "require"]
 
 
 @contextlib.contextmanager
@@ -54,6 +56,27 @@ def first_line(exc: BaseException) -> str:
 def describe(exc: BaseException) -> str:
     """``Type: first line of the message``."""
     return f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def join_few(items: Sequence[str], count: int = 5) -> str:
+    """The first ``count`` items joined by commas, then how many more there are."""
+    more = f" and {len(items) - count} more" if len(items) > count else ""
+    return ", ".join(items[:count]) + more
+
+
+def describe_value(value: Any) -> str:
+    """What a value is, for a message: "a tensor of shape (4, 6)", "a dict with keys x, y",
+    "a tuple of 3 (...)"; the first three items of a sequence are described in turn."""
+    if hasattr(value, "shape") and not isinstance(value, type):
+        kind = "tensor" if type(value).__module__.startswith("torch") else type(value).__name__
+        return f"a {kind} of shape {tuple(value.shape)}"
+    if isinstance(value, Mapping):
+        return f"a {type(value).__name__} with keys {join_few(sorted(map(str, value)))}"
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(describe_value(v) for v in value[:3])
+        more = ", ..." if len(value) > 3 else ""
+        return f"a {type(value).__name__} of {len(value)} ({inner}{more})"
+    return f"a {type(value).__name__}"
 
 
 @contextlib.contextmanager

@@ -128,7 +128,9 @@ SEARCH_CASES = {
                      "the training data is empty"),
     "one-sample training loader": (dict(train=DataLoader(TensorDataset(X[:1], Y[:1]))),
                                    ValueError, "the training data has 1 sample"),
-    "dataset without labels": (dict(train=Pairless()), ValueError, "must yield (input, label)"),
+    "dataset without labels": (dict(train=Pairless()), ValueError,
+                               "the training data yields a tensor of shape (4, 1, 8, 8), not "
+                               "(input, label) pairs"),
     "MAC limit no student meets (says the smallest)": (
         dict(config=cfg(constraints={"max_macs": 10})), ValueError,
         "no student can meet the limits: even the smallest student in the space breaks them "

@@ -14,7 +14,14 @@ import yaml
 from user_project import write_project
 
 from protege.cli import main
-from protege.experiments import SourceError, load_inputs, read_run_file, starter_config
+from protege.experiments import (
+    RunInputs,
+    Source,
+    SourceError,
+    load_inputs,
+    read_run_file,
+    starter_config,
+)
 
 SEARCH = """
 n_trials: 2
@@ -66,6 +73,20 @@ def _config(project: Path, text: str, name: str = "my.yaml") -> Path:
     return path
 
 
+def _source(kind: str, *changes: tuple[str, str]) -> str:
+    """``SOURCES[kind]`` with each ``(old, new)`` replaced; a change that matches nothing fails."""
+    text = SOURCES[kind]
+    for old, new in changes:
+        assert old in text, f"{old!r} is not in SOURCES[{kind!r}]"
+        text = text.replace(old, new)
+    return text
+
+
+def _load(project: Path, kind: str, *changes: tuple[str, str], more: str = "") -> RunInputs:
+    """``load_inputs`` of ``SOURCES[kind]`` so changed, with ``more`` appended to it."""
+    return load_inputs(_config(project, _source(kind, *changes) + more, "load.yaml"))
+
+
 def _cli(*argv: str) -> tuple[int, str]:
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -114,8 +135,7 @@ def test_a_lightning_checkpoint_loads_its_state_dict(project, tmp_path):
     state = torch.load(project / "mlp.pt", weights_only=True)
     torch.save({"epoch": 3, "state_dict": {f"model.{k}": v for k, v in state.items()}},
                tmp_path / "mlp.ckpt")
-    text = SOURCES["table"].replace("weights: mlp.pt", f"weights: {tmp_path / 'mlp.ckpt'}")
-    inputs = load_inputs(_config(project, text, "ckpt.yaml"))
+    inputs = _load(project, "table", ("weights: mlp.pt", f"weights: {tmp_path / 'mlp.ckpt'}"))
     for name, value in inputs.teacher.state_dict().items():
         assert torch.equal(value, state[name])
 
@@ -135,71 +155,60 @@ def test_integer_token_ids_stay_integers_through_a_search(project, tmp_path):
 
 
 def test_a_missing_validation_split_is_carved_with_a_fixed_seed(project):
-    config = _config(project, SOURCES["table"] + SEARCH, "carve.yaml")
-    first, second = load_inputs(config), load_inputs(config)
+    first, second = _load(project, "table", more=SEARCH), _load(project, "table", more=SEARCH)
     assert len(first.val) == 48 and len(first.train) == 192
     assert torch.equal(first.val.tensors[0], second.val.tensors[0])
 
 
 def test_image_folder_transforms_resize_and_normalise(project):
-    text = SOURCES["image_folder"].replace("input_shape: [3, 8, 8]", "input_shape: [3, 6, 6]")
-    inputs = load_inputs(_config(project, text + "  image_size: 6\n  mean: [0.5, 0.5, 0.5]\n"
-                                 "  std: [0.25, 0.25, 0.25]\n", "resize.yaml"))
+    inputs = _load(project, "image_folder", ("input_shape: [3, 8, 8]", "input_shape: [3, 6, 6]"),
+                   more="  image_size: 6\n  mean: [0.5, 0.5, 0.5]\n  std: [0.25, 0.25, 0.25]\n")
     assert tuple(inputs.example_input.shape) == (1, 3, 6, 6)
     assert float(inputs.train.tensors[0].min()) < 0  # normalised
     assert inputs.test is not None and len(inputs.test) == 30
 
 
-ERRORS = {
-    "module does not import": (
-        ("my_models.SmallCNN", "my_modelz.SmallCNN"),
-        "teacher.class_path: cannot import module 'my_modelz'"),
-    "name is missing": (("my_models.SmallCNN", "my_models.SmallCNX"),
-                        "module 'my_models' has no name 'SmallCNX'"),
-    "weights do not fit": (("num_classes: 3}", "num_classes: 3, width: 4}"),
-                           "cnn.pt does not fit my_models.SmallCNN: shapes differ:"),
-    "weights of another model": (("weights: cnn.pt", "weights: mlp.pt"),
-                                 "missing keys features.0.weight"),
-    "missing folder": (("image_folder: images", "image_folder: imagez"),
-                       "imagez/train not found"),
-    "class count": (("num_classes: 3}\n  weights: cnn.pt", "num_classes: 4}"),
-                    "the data has 3 classes but the teacher has 4 outputs"),
-    "input shape": (("[3, 8, 8]", "[3, 9, 9]"),
-                    "teacher.input_shape is [3, 9, 9] but the training inputs have shape"),
-    "init_args": (("{num_classes: 3}", "{classes: 3}"),
-                  "teacher.init_args do not fit my_models.SmallCNN"),
-    "two sources": (("image_folder: images", "image_folder: images\n  table: table.csv"),
-                    "data: name exactly one source"),
-    "unknown key": (("image_folder: images", "image_folder: images\n  size: 3"),
-                    "unknown key 'data.size'"),
-}
-
-TABLE_ERRORS = {
-    "missing column": (("label: y", "label: target"), "data.label: column 'target' is not in"),
-    "missing feature": (("label: y", "label: y\n  features: [f0, f9]"),
-                        "data.features: column 'f9' is not in table.csv"),
-    "not (input, label)": (("table: table.csv\n  label: y", "class_path: my_models.dict_data"),
-                           "the training data yields a dict with keys image, label, not "
-                           "(input, label) pairs"),
-    "missing table": (("table: table.csv", "table: nothing.csv"), "data.table: file not found"),
-}
+def _mistake(kind: str, name: str, old: str, new: str, message: str) -> object:
+    return pytest.param(kind, (old, new), message, id=name)
 
 
-def _cases() -> list[tuple[str, str, tuple[str, str], str]]:
-    cases = [("image_folder", name, change, message)
-             for name, (change, message) in ERRORS.items()]
-    cases += [("table", name, change, message)
-              for name, (change, message) in TABLE_ERRORS.items()]
-    return cases
+MISTAKES = [
+    _mistake("image_folder", "module does not import", "my_models.SmallCNN", "my_modelz.SmallCNN",
+             "teacher.class_path: cannot import module 'my_modelz'"),
+    _mistake("image_folder", "name is missing", "my_models.SmallCNN", "my_models.SmallCNX",
+             "module 'my_models' has no name 'SmallCNX'"),
+    _mistake("image_folder", "weights do not fit", "num_classes: 3}", "num_classes: 3, width: 4}",
+             "cnn.pt does not fit my_models.SmallCNN: shapes differ:"),
+    _mistake("image_folder", "weights of another model", "weights: cnn.pt", "weights: mlp.pt",
+             "missing keys features.0.weight"),
+    _mistake("image_folder", "missing folder", "image_folder: images", "image_folder: imagez",
+             "imagez/train not found"),
+    _mistake("image_folder", "class count", "num_classes: 3}\n  weights: cnn.pt",
+             "num_classes: 4}", "the data has 3 classes but the teacher has 4 outputs"),
+    _mistake("image_folder", "input shape", "[3, 8, 8]", "[3, 9, 9]",
+             "teacher.input_shape is [3, 9, 9] but the training inputs have shape"),
+    _mistake("image_folder", "init_args", "{num_classes: 3}", "{classes: 3}",
+             "teacher.init_args do not fit my_models.SmallCNN"),
+    _mistake("image_folder", "two sources", "image_folder: images",
+             "image_folder: images\n  table: table.csv", "data: name exactly one source"),
+    _mistake("image_folder", "unknown key", "image_folder: images",
+             "image_folder: images\n  size: 3", "unknown key 'data.size'"),
+    _mistake("table", "missing column", "label: y", "label: target",
+             "data.label: column 'target' is not in"),
+    _mistake("table", "missing feature", "label: y", "label: y\n  features: [f0, f9]",
+             "data.features: column 'f9' is not in table.csv"),
+    _mistake("table", "not (input, label)", "table: table.csv\n  label: y",
+             "class_path: my_models.dict_data",
+             "the training data yields a dict with keys image, label, not (input, label) pairs"),
+    _mistake("table", "missing table", "table: table.csv", "table: nothing.csv",
+             "data.table: file not found"),
+]
 
 
-@pytest.mark.parametrize("kind, name, change, message", _cases(),
-                         ids=[case[1] for case in _cases()])
+@pytest.mark.parametrize("kind, change, message", MISTAKES)
 def test_every_mistake_exits_2_with_one_line_before_the_run_folder(
-        kind, name, change, message, project, tmp_path, capsys):
-    text = SOURCES[kind].replace(*change)
-    assert text != SOURCES[kind]
-    config = _config(tmp_path, text + SEARCH)
+        kind, change, message, project, tmp_path, capsys):
+    config = _config(tmp_path, _source(kind, change) + SEARCH)
     for path in ("my_models.py", "cnn.pt", "mlp.pt", "table.csv"):
         (tmp_path / path).symlink_to(project / path)
     (tmp_path / "images").symlink_to(project / "images")
@@ -275,8 +284,7 @@ def test_a_parquet_table_reads_like_a_csv(project, tmp_path):
     import pandas as pd
 
     pd.read_csv(project / "table.csv").to_parquet(tmp_path / "table.parquet")
-    text = SOURCES["table"].replace("table: table.csv", f"table: {tmp_path / 'table.parquet'}")
-    inputs = load_inputs(_config(project, text, "parquet.yaml"))
+    inputs = _load(project, "table", ("table: table.csv", f"table: {tmp_path / 'table.parquet'}"))
     assert inputs.train.tensors[0].shape[1] == 6 and inputs.classes == 3
 
 
@@ -291,9 +299,13 @@ def test_a_benchmark_run_folder_rebuilds_its_task_and_a_python_run_is_named(tmp_
         load_source(tmp_path)
 
 
+def test_a_shuffling_train_dataloader_gives_the_same_tensors_every_time(project):
+    first, second = _load(project, "datamodule"), _load(project, "datamodule")
+    assert torch.equal(first.train.tensors[0], second.train.tensors[0])  # shuffle=True in it
+
+
 def test_a_datamodule_with_test_data_gives_a_test_split(project):
-    text = SOURCES["datamodule"].replace("TinyDataModule", "TestedDataModule")
-    inputs = load_inputs(_config(project, text, "tested.yaml"))
+    inputs = _load(project, "datamodule", ("TinyDataModule", "TestedDataModule"))
     assert inputs.test is not None and len(inputs.test) == len(inputs.val) == 48
 
 
@@ -303,8 +315,61 @@ def test_label_names_map_to_their_sorted_order(project, tmp_path):
     frame = pd.read_csv(project / "table.csv")
     frame["y"] = frame["y"].map({0: "cat", 1: "dog", 2: "ant"})
     frame.to_csv(tmp_path / "named.csv", index=False)
-    text = SOURCES["table"].replace("table: table.csv", f"table: {tmp_path / 'named.csv'}")
-    inputs = load_inputs(_config(project, text, "named.yaml"))
+    inputs = _load(project, "table", ("table: table.csv", f"table: {tmp_path / 'named.csv'}"))
     labels = torch.cat([inputs.train.tensors[1], inputs.val.tensors[1]])
     assert sorted(labels.unique().tolist()) == [0, 1, 2]  # ant, cat, dog
     assert int((labels == 0).sum()) == int((torch.tensor(frame["y"].eq("ant").to_numpy())).sum())
+
+
+def test_a_boolean_column_beside_numbers_becomes_a_float_feature(project, tmp_path):
+    import pandas as pd
+
+    frame = pd.read_csv(project / "table.csv")
+    frame["f5"] = frame["f5"] > 0
+    frame.to_csv(tmp_path / "flags.csv", index=False)
+    inputs = _load(project, "table", ("table: table.csv", f"table: {tmp_path / 'flags.csv'}"))
+    features = inputs.train.tensors[0]
+    assert features.dtype == torch.float32 and set(features[:, 5].tolist()) <= {0.0, 1.0}
+
+
+def test_a_table_of_floats_is_not_cast_to_an_integer_input_dtype(project):
+    with pytest.raises(SourceError, match="the training data has float32 inputs but "
+                                          "teacher.input_dtype is int64"):
+        _load(project, "table", ("weights: mlp.pt", "weights: mlp.pt\n  input_dtype: int64"))
+
+
+def test_negative_labels_are_named_even_when_validation_is_carved(project, tmp_path):
+    import pandas as pd
+
+    frame = pd.read_csv(project / "table.csv")
+    frame["y"] -= 1
+    frame.to_csv(tmp_path / "shifted.csv", index=False)
+    with pytest.raises(SourceError, match=r"the training labels range over \[-1, 1\] but the "
+                                          "teacher has 3 outputs"):
+        _load(project, "table", ("table: table.csv", f"table: {tmp_path / 'shifted.csv'}"))
+
+
+def test_data_that_imports_the_users_modules_while_it_is_read(tmp_path):
+    (tmp_path / "lazy_labels.py").write_text("def label(i):\n    return i % 3\n")
+    (tmp_path / "lazy_data.py").write_text(textwrap.dedent("""
+        import torch
+        from torch.utils.data import Dataset
+
+
+        class Lazy(Dataset):
+            def __len__(self):
+                return 30
+
+            def __getitem__(self, i):
+                import lazy_labels  # first imported here, as the data is read
+
+                return torch.full((4,), float(i)), lazy_labels.label(i)
+
+
+        def make():
+            return Lazy(), Lazy()
+        """))
+    source = Source.from_dict({"teacher": {"class_path": "torch.nn.Linear"},
+                               "data": {"class_path": "lazy_data.make"}}, root=tmp_path)
+    splits = source.data.load()
+    assert splits.train.tensors[1].tolist() == [i % 3 for i in range(30)]

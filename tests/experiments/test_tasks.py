@@ -237,3 +237,17 @@ def test_cache_dir_defaults_to_home(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.delenv("PROTEGE_CACHE_DIR")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert load_task("digits").cache_dir == tmp_path / ".cache" / "protege"
+
+
+def test_a_run_file_teacher_of_another_seed_shares_the_data_read_once(monkeypatch, cache_env):
+    from protege.experiments import _tasks
+
+    reads: list[int] = []
+    read = _tasks._digits_arrays
+    monkeypatch.setattr(_tasks, "_digits_arrays", lambda: reads.append(1) or read())
+    _tasks._loaded.cache_clear()
+    data = _tasks._loaded("digits", 0, cache_env)  # what benchmark_data(task=...) reads
+    seeded = _tasks._loaded("digits", 3, cache_env)  # what benchmark_teacher(seed=3) builds on
+    assert len(reads) == 1
+    assert seeded.seed == 3 and seeded.train is data.train and seeded.test is data.test
+    _tasks._loaded.cache_clear()
