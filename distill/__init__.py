@@ -1,6 +1,7 @@
 """Knowledge distillation: losses, the teacher-output cache and brief trial training."""
 
 from protege.distill._cache import TeacherOutputs, as_tensors, cache_teacher_outputs, fingerprint
+from protege.distill._calibrate import recalibrate_batchnorm
 from protege.distill._config import DEFAULT_EPOCHS, INIT_TEMPERATURE, TEACHER_MODES, DistillConfig
 from protege.distill._hints import HintAdapters, select_hint_layers
 from protege.distill._losses import (
@@ -45,6 +46,7 @@ __all__ = [
     "evaluate",
     "fingerprint",
     "hint_loss",
+    "recalibrate_batchnorm",
     "hinton_loss",
     "register_loss",
     "select_hint_layers",

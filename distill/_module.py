@@ -60,6 +60,9 @@ class DistillModule(pl.LightningModule):
             online teacher when None.
         example_input: A batch both networks accept, to size the hint adapters.
         augment: Random transform of each training batch of inputs.
+        optimizer_state: An earlier run's AdamW state (``TrainResult.optimizer_state``)
+            to go on from: its moments are kept and the schedule starts a new cycle
+            over ``total_steps`` (a warm restart, as in SGDR, Loshchilov & Hutter 2017).
     """
 
     def __init__(self, student: nn.Module, *, config: DistillConfig, total_steps: int,
@@ -67,8 +70,10 @@ class DistillModule(pl.LightningModule):
                  hint_layers: Sequence[str] = (),
                  hint_shapes: dict[str, tuple[int, ...]] | None = None,
                  example_input: torch.Tensor | None = None,
-                 augment: Augment | None = None) -> None:
+                 augment: Augment | None = None,
+                 optimizer_state: dict[str, object] | None = None) -> None:
         super().__init__()
+        self.optimizer_state = optimizer_state
         self.student = student
         # A temperature left to the student's start defaults to the inherited one here;
         # callers that know the start resolve it first (DistillConfig.for_init).
@@ -201,6 +206,8 @@ class DistillModule(pl.LightningModule):
             params += list(self.adapters.parameters())
         optimizer = torch.optim.AdamW(params, lr=self.config.lr,
                                       weight_decay=self.config.weight_decay)
+        if self.optimizer_state is not None:  # go on from an earlier run's moments
+            optimizer.load_state_dict(self.optimizer_state)
         limit = self.config.max_seconds
         clock = None if limit is None else (lambda: self.elapsed() / limit)
         schedule = _OneCycle(optimizer, max_lr=self.config.lr, total_steps=self.total_steps,

@@ -9,6 +9,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -62,6 +63,8 @@ class TrainResult:
         seconds: Wall time of the training, validation included.
         steps: Optimiser steps taken.
         samples: Training samples the student was trained on.
+        optimizer_state: The optimiser's state at the end (``state_dict``, on the CPU),
+            to go on training later (``train_student(optimizer_state=...)``).
     """
 
     val_accuracy: float
@@ -69,6 +72,8 @@ class TrainResult:
     seconds: float
     steps: int = 0
     samples: int = 0
+    optimizer_state: dict[str, Any] | None = dataclasses.field(default=None, repr=False,
+                                                               compare=False)
 
 
 def batch_starts(samples: int, batch_size: int) -> Sequence[range]:
@@ -183,6 +188,7 @@ def train_student(
     augment: Augment | None = None,
     module: type[DistillModule] = DistillModule,
     progress: str | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Distil ``student`` from the teacher for a short budget.
 
@@ -213,6 +219,10 @@ def train_student(
         progress: Log a line per epoch (validation accuracy, elapsed time and ETA) to
             the ``protege.progress`` logger, starting with this label (``"fine-tune"``);
             None for none (trials: hundreds of short fits).
+        optimizer_state: An earlier run's ``TrainResult.optimizer_state`` to go on from
+            (the student must be that run's, with its weights): AdamW keeps its moments
+            and the one-cycle schedule starts again over this run's budget, a warm
+            restart. The rungs of a multi-fidelity search train this way.
 
     Raises:
         ValueError: If the online mode is needed but no teacher is given, or hints
@@ -241,7 +251,8 @@ def train_student(
         report = _epoch_lines(progress, math.ceil(total_steps / batches), report)
     lightning_module = module(student, config=config, total_steps=total_steps,
                            report=report, teacher=online, hint_layers=layers, hint_shapes=shapes,
-                           example_input=train.inputs[:2], augment=augment)
+                           example_input=train.inputs[:2], augment=augment,
+                           optimizer_state=optimizer_state)
     student.train()
     start = time.perf_counter()
     with _quiet_lightning(), warnings.catch_warnings():
@@ -263,8 +274,21 @@ def train_student(
     student.eval()
     if not lightning_module.history:
         raise RuntimeError("training stopped before the first validation")
+    state = _cpu(trainer.optimizers[0].state_dict()) if trainer.optimizers else None
     return TrainResult(lightning_module.history[-1], tuple(lightning_module.history), seconds,
-                       steps=lightning_module.steps, samples=len(dataset))
+                       steps=lightning_module.steps, samples=len(dataset),
+                       optimizer_state=state)
+
+
+def _cpu(value: Any) -> Any:
+    """``value`` (an optimiser's ``state_dict``) with every tensor copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {key: _cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu(item) for item in value)
+    return value
 
 
 @torch.no_grad()

@@ -312,9 +312,20 @@ def finish_record(*, arm: Arm, seed: int, students: Sequence[Student], pick: dic
     )
 
 
-def _passes(records: Sequence[TrialRecord], samples: int) -> int:
-    """Training sample-passes the trials spent (reused students cost nothing)."""
-    return sum(len(r.history) for r in records if r.duplicate_of is None) * samples
+def _passes(records: Sequence[TrialRecord], samples: int, config: Config) -> int:
+    """Training sample-passes the trials spent (reused students cost nothing). With
+    ``method: rungs`` rung 0's BatchNorm recalibration counts too, a forward pass of each
+    calibration sample counted as a third of a training pass."""
+    return sum(_student_passes(r, samples, config) for r in records)
+
+
+def _student_passes(record: TrialRecord, samples: int, config: Config) -> int:
+    if record.duplicate_of is not None:
+        return 0
+    passes = len(record.history) * samples
+    if record.rungs:  # scored at rung 0: a forward pass over the calibration sample
+        passes += min(config.rungs.calibration_samples, samples) // 3
+    return passes
 
 
 def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, total: int | None,
@@ -323,44 +334,66 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
     data: dict[str, Any] = dict(train=task.train, val=task.val, test=task.test,
                                 example_input=task.example_input, out=out)
     finetune = (config.distill.finetune_epochs or config.distill.budget_epochs) * samples
-    finetunes = finetune * config.finetunes  # the pick's fine-tunes, all reserved up front
+    rungs = config.method == "rungs"
+    # the pick's fine-tunes, all reserved up front (a ladder keeps back what it needs)
+    finetunes = 0 if rungs else finetune * config.finetunes
     if budget.kind == "time":
         study = create_study(task.teacher, config=dataclasses.replace(
             config, timeout=budget.seconds, n_trials=100_000), **data)
         study.optimize()
     else:
         assert total is not None
-        per_trial, for_trials = config.distill.budget_epochs * samples, total - finetunes
-        # Trials run until their compute leaves less than one more trial of the budget,
+        # The largest step a study takes: a trial, or (rungs) the longest rung.
+        ladder = config.ladder
+        step = (max(b - a for a, b in zip(ladder, ladder[1:], strict=False)) if rungs
+                else config.distill.budget_epochs) * samples
+        # Trials run until their compute leaves less than one more step of the budget,
         # or until the study holds _CAP times the nominal trials (rules and duplicates
-        # may save compute): one study, one sampler, stopped by a callback.
-        cap = _CAP * max(1, for_trials // per_trial)
+        # may save compute): one study, one sampler, stopped by a callback. A ladder's
+        # students cost little at rung 0: it runs until the compute is spent, keeping
+        # back what the pick's training to the top rung would still cost.
+        cap = 100_000 if rungs else _CAP * max(1, (total - finetunes) // step)
         study = create_study(task.teacher, config=dataclasses.replace(config, n_trials=cap),
                              **data)
-        used = _passes(study.trials, samples)  # a resumed arm's earlier trials, read once
+
+        def left(trials: Sequence[TrialRecord]) -> int:
+            used = _passes(trials, samples, config)
+            if not rungs:
+                return total - finetunes - used
+            reached = max((t.rung or 0 for t in trials if t.rungs), default=0)
+            return total - used - (ladder[-1] - ladder[reached]) * samples
+
+        spend = left(study.trials)  # a resumed arm's earlier trials, read once
 
         def spent(study: Study, record: TrialRecord) -> None:
-            nonlocal used
-            if record.duplicate_of is None:
-                used += len(record.history) * samples
-            if for_trials - used < per_trial:
+            nonlocal spend
+            if rungs:  # a promotion adds to a student seen before: count them all again
+                spend = left(study.trials)
+            else:
+                spend -= _student_passes(record, samples, config)
+            if spend < step:
                 study.stop()
 
-        if for_trials - used >= per_trial:
+        if spend >= step:
             study.optimize(callbacks=[spent])
     result = study.finish()
     teacher = teacher_facts(task)
-    # Every student that trained, at the accuracy it ended with (a stopped one: its last epoch).
+    # Every student that trained, at the accuracy it ended with (a stopped one: its last
+    # epoch; on a ladder, its highest rung, the pick's training to the top rung included).
+    trials = study.trials if rungs else result.trials
     students = [Student(t.accuracy if t.accuracy is not None else t.history[-1], t.macs or 0,
-                        t.train_seconds or 0.0, len(t.history) * samples, f"trial {t.number}")
-                for t in sorted(result.trials, key=lambda t: t.number)
-                if t.duplicate_of is None and t.history]
+                        t.train_seconds or 0.0, _student_passes(t, samples, config),
+                        f"trial {t.number}")
+                for t in sorted(trials, key=lambda t: t.number)
+                if t.duplicate_of is None and (t.history or t.rungs)]
     pick = None
     if result.pick is not None:
         p = result.pick
-        # every fine-tuned student is a point of the front, at its fine-tuned accuracy
-        for f in p.finetuned or ({"trial": p.trial, "macs": p.macs, "val_accuracy":
-                                  p.val_accuracy, "seconds": p.finetune_seconds},):
+        # every fine-tuned student is a point of the front, at its fine-tuned accuracy (a
+        # ladder's top rung is its fine-tune: those students are in the list already)
+        for f in () if rungs else p.finetuned or (
+                {"trial": p.trial, "macs": p.macs, "val_accuracy": p.val_accuracy,
+                 "seconds": p.finetune_seconds},):
             name = "pick" if f["trial"] == p.trial else "fine-tuned"
             students.append(Student(f["val_accuracy"], f["macs"], f["seconds"], finetune,
                                     f"{name} (trial {f['trial']}, fine-tuned)"))

@@ -32,6 +32,15 @@ BUDGET_SPENT = "budget_spent"
 """Marks a trial that never ran because other workers had spent the budget: not part of
 the study's record."""
 
+CLAIM = "claim"
+"""Promotion trial (``method: rungs``): ``[student, rung]``, the student's trial number and
+the rung it is trained to; written in one call right after the trial is created."""
+GAVE_UP = "gave_up"
+"""Promotion trial that failed with an error: its student is not promoted to that rung again
+(one whose process died is)."""
+LOST_CLAIM = "lost_claim"
+"""Promotion trial that found an earlier claim of the same student and rung, and gave way."""
+
 # Keys of run folders written before the outcome was stored (still read).
 LEGACY_PRUNED_REASON = "pruned_reason"
 LEGACY_ERROR = "error"
@@ -43,3 +52,6 @@ TEACHER = "teacher"
 """Study attribute: the teacher's profile."""
 STUDY_NAME = "protege"
 """The name of protege's study in its storage."""
+RUNGS_STUDY_NAME = "protege.rungs"
+"""The study beside it that holds the promotions of a ``method: rungs`` search: one trial
+per student and rung above 0 (the sampler's study holds each student's rung 0)."""

@@ -23,8 +23,8 @@ from protege.distill import DistillConfig
 from protege.estimators import LatencySettings
 from protege.search._strategies import STRATEGIES
 
-__all__ = ["SOURCE_KEYS", "Config", "ConfigError", "Constraints", "RayConfig", "RulesConfig",
-           "SpaceConfig", "apply_overrides", "load_config"]
+__all__ = ["METHODS", "SOURCE_KEYS", "Config", "ConfigError", "Constraints", "RayConfig",
+           "RulesConfig", "RungsConfig", "SpaceConfig", "apply_overrides", "load_config"]
 
 SOURCE_KEYS = ("task", "teacher", "data")
 """Top-level keys of a run file that say where the teacher and data come from: read by the
@@ -33,8 +33,15 @@ CLI and the experiments layer (``protege.experiments``), never by the controller
 OBJECTIVES = ("accuracy", "macs", "params", "latency")
 """Objectives a study can have: accuracy first (maximised), then the costs (minimised)."""
 INITS = ("inherit", "scratch")
+METHODS = ("trials", "rungs")
+"""How a study spends its compute: ``trials`` gives every sampled student the same brief
+distillation, then fine-tunes the pick; ``rungs`` screens students at rung 0 and trains
+the promising ones further, rung by rung, up to the fine-tune (:class:`RungsConfig`)."""
 LEVEL_TRIALS = {1: 30, 2: 50, 3: 80}
 """Trials a study runs when ``n_trials`` is not given, by space level."""
+LEVEL_STUDENTS = {1: 81, 2: 135, 3: 243}
+"""Students a ``method: rungs`` study samples when ``n_trials`` is not given, by level:
+rung 0 costs a calibration pass, so a ladder screens more students than trials train."""
 LEVEL_EPOCHS = {1: 4, 2: 5, 3: 6}
 """Epochs of a trial when the config gives no ``distill.epochs``, by space level.
 
@@ -135,6 +142,59 @@ class RulesConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class RungsConfig:
+    """The fidelity ladder of ``method: rungs``: asynchronous successive halving over
+    students, promoted by non-dominated rank (MO-ASHA, Schmucker et al., 2021).
+
+    Rung 0 scores a student with the teacher's inherited weights and its BatchNorm
+    statistics recalibrated on ``calibration_samples`` training samples (no gradient
+    step). Rung ``k >= 1`` trains it on to ``min_epochs * eta**(k - 1)`` epochs in all,
+    going on from the previous rung's weights and optimiser state, and the top rung
+    trains it to ``top_epochs``: the top rung is the final fine-tune, and the pick is
+    the smallest student at the top rung within the accuracy limit (never trained
+    again from the teacher). A student moves up when it is in the top ``1/eta`` of its
+    rung by non-dominated rank over (accuracy at that rung, costs), ties broken by
+    crowding distance (NSGA-II's).
+
+    Args:
+        eta: Reduction factor: a rung keeps ``1/eta`` of the students below it, and
+            each rung trains ``eta`` times the epochs of the one below.
+        min_epochs: Epochs of rung 1.
+        top_epochs: Epochs of the top rung, in all; None: ``distill.finetune_epochs``.
+        calibration_samples: Training samples rung 0 recalibrates BatchNorm on (forward
+            passes only; a comparison counts them as a third of a training pass each).
+        warm_start: Enqueue the uniform ladder first: every width choice at the same
+            multiplier, from the teacher down to the space's floor (the students that
+            uniform pruning gives), so the search holds them and promotes them alike.
+    """
+
+    eta: int = 3
+    min_epochs: int = 1
+    top_epochs: int | None = None
+    calibration_samples: int = 512
+    warm_start: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.eta >= 2, "rungs.eta", f"must be >= 2, got {self.eta}")
+        _check(self.min_epochs >= 1, "rungs.min_epochs", f"must be >= 1, got {self.min_epochs}")
+        _check(self.top_epochs is None or self.top_epochs >= self.min_epochs, "rungs.top_epochs",
+               f"must be >= rungs.min_epochs ({self.min_epochs}), got {self.top_epochs}")
+        _check(self.calibration_samples >= 2, "rungs.calibration_samples",
+               f"must be >= 2, got {self.calibration_samples}")
+
+    def ladder(self, finetune_epochs: int) -> tuple[int, ...]:
+        """Epochs in all at each rung: ``(0, min_epochs, min_epochs * eta, ..., top)``."""
+        top = self.top_epochs if self.top_epochs is not None else finetune_epochs
+        top = max(top, self.min_epochs)
+        epochs = [0]
+        step = self.min_epochs
+        while step < top:
+            epochs.append(step)
+            step *= self.eta
+        return (*epochs, top)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SpaceConfig:
     """How the search space is derived from the teacher (see ``protege.spaces.derive``).
 
@@ -198,9 +258,13 @@ class Config:
 
     Args:
         level: Size of the search space (1: width per coupled-channel group).
+        method: How compute is spent (:data:`METHODS`): ``trials`` (every student a brief
+            distillation, then the pick fine-tuned) or ``rungs`` (screen at rung 0,
+            promote by non-dominated rank, train on up to the fine-tune: ``rungs:``).
         strategy: Search strategy, a name in ``protege.search.STRATEGIES``.
-        n_trials: Total number of trials in the study, resumed ones included; None
-            (or 0) takes the level's preset (:data:`LEVEL_TRIALS`) in :meth:`resolve`.
+        n_trials: Total number of trials (students sampled) in the study, resumed ones
+            included; None (or 0) takes the level's preset (:data:`LEVEL_TRIALS`, or
+            :data:`LEVEL_STUDENTS` with ``method: rungs``) in :meth:`resolve`.
         seed: Seed of the task split, the teacher, the sampler and every trial.
         timeout: Optional wall-clock bound of the search in seconds.
         objectives: ``accuracy`` followed by one or two costs (``macs``, ``params``).
@@ -212,7 +276,9 @@ class Config:
         distill: Distillation settings of trials and the final fine-tune; without
             ``distill.epochs``, trials get the level's preset (:data:`LEVEL_EPOCHS`)
             and without ``distill.temperature`` the one of ``init``, in :meth:`resolve`.
-        rules: Rules that skip or stop hopeless students (every backend).
+        rules: Rules that skip or stop hopeless students (every backend; with
+            ``method: rungs`` the ladder's promotion does their work and they are off).
+        rungs: The ladder of ``method: rungs``.
         finetunes: Final fine-tunes the pick may spend. 1: fine-tune the smallest
             trial within the accuracy limit (else the most accurate one). ``k`` > 1:
             then bisect the (accuracy, MACs) front by fine-tuned accuracy, below that
@@ -229,6 +295,7 @@ class Config:
     """
 
     level: int = 1
+    method: str = "trials"
     strategy: str = "tpe"
     n_trials: int | None = None
     seed: int = 0
@@ -240,6 +307,7 @@ class Config:
     constraints: Constraints = dataclasses.field(default_factory=Constraints)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     rules: RulesConfig = dataclasses.field(default_factory=RulesConfig)
+    rungs: RungsConfig = dataclasses.field(default_factory=RungsConfig)
     finetunes: int = 1
     backend: str = "optuna"
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
@@ -267,11 +335,28 @@ class Config:
         _check(self.backend in ("optuna", "ray"), "backend",
                f"must be optuna or ray, got {self.backend!r}")
         _check(self.init in INITS, "init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
+        _check(self.method in METHODS, "method",
+               f"must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "rungs":
+            _check(self.backend == "optuna", "method",
+                   "rungs runs on the optuna backend (in-process, or workers on one storage); "
+                   "backend: ray runs method: trials")
+            _check(self.finetunes == 1, "finetunes",
+                   "with method: rungs the top rung is the fine-tune; finetunes must be 1")
+            _check(self.distill.max_steps is None and self.distill.max_seconds is None,
+                   "distill", "method: rungs budgets by rungs.*; unset distill.max_steps and "
+                   "distill.max_seconds")
 
     @property
     def trials(self) -> int:
         """The study's budget of trials (the level's preset when ``n_trials`` is unset)."""
-        return self.n_trials or LEVEL_TRIALS[self.level]
+        presets = LEVEL_STUDENTS if self.method == "rungs" else LEVEL_TRIALS
+        return self.n_trials or presets[self.level]
+
+    @property
+    def ladder(self) -> tuple[int, ...]:
+        """Epochs in all at each rung of ``method: rungs`` (:meth:`RungsConfig.ladder`)."""
+        return self.rungs.ladder(self.distill.finetune_epochs or self.distill.budget_epochs)
 
     def resolve(self) -> Config:
         """This config with every default that depends on other keys filled in.

@@ -61,6 +61,9 @@ class TrialRecord:
         features: What the accuracy predictor learns from (encoded architecture, log-MACs).
         provenance: What made it: commit, dirty tree, package versions, config hash and
             the machine that ran it (``protege.provenance``); None in older run folders.
+        rungs: In a ``method: rungs`` study, the validation accuracy at each rung the
+            student reached (rung 0 first); ``accuracy`` is the last of them, and
+            ``history`` and ``train_seconds`` cover every rung. Empty otherwise.
     """
 
     number: int
@@ -76,6 +79,12 @@ class TrialRecord:
     duplicate_of: int | None = None
     features: tuple[float, ...] = ()
     provenance: dict[str, Any] | None = None
+    rungs: tuple[float, ...] = ()
+
+    @property
+    def rung(self) -> int | None:
+        """The highest rung the student reached (``method: rungs``), else None."""
+        return len(self.rungs) - 1 if self.rungs else None
 
     @property
     def trained(self) -> bool:
@@ -91,6 +100,7 @@ class TrialRecord:
         data["outcome"] = self.outcome.value
         data["history"] = list(self.history)
         data["features"] = list(self.features)
+        data["rungs"] = list(self.rungs)
         return data
 
     @classmethod
@@ -105,6 +115,7 @@ class TrialRecord:
         known["outcome"] = Outcome(known["outcome"])
         known["history"] = tuple(known.get("history") or ())
         known["features"] = tuple(known.get("features") or ())
+        known["rungs"] = tuple(known.get("rungs") or ())
         return cls(**known)
 
 

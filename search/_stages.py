@@ -40,6 +40,7 @@ from protege.search._profile import (
     space_key,
 )
 from protege.search._rules import CurveRule, GainRule, PredictorRule, TrialRule
+from protege.search._rungs import enqueue_ladder
 from protege.search._storage import (
     fail_dead_trials,
     open_storage,
@@ -74,6 +75,8 @@ def _derive(teacher: nn.Module, example_input: torch.Tensor, config: Config) -> 
 
 
 def _rules(config: Config, profile: TeacherProfile) -> tuple[TrialRule, ...]:
+    if config.method == "rungs":  # promotion by the ladder does what the rules did
+        return ()
     rules: list[TrialRule] = []
     settings = config.rules
     if settings.gain:
@@ -100,16 +103,19 @@ def _sampler_seed(config: Config, existing: int, *, worker: bool) -> int:
     return zlib.crc32(salt.encode()) % (2**31)
 
 
-def _open_optuna(config: Config, out: Path, *, worker: bool) -> optuna.Study:
-    """Create or load the Optuna study; trials left running by a dead process are failed.
+def _open_optuna(config: Config, out: Path, *,
+                 worker: bool) -> tuple[optuna.Study, optuna.Study | None]:
+    """Create or load the Optuna study (and, for ``method: rungs``, the promotions' study
+    beside it); trials left running by a dead process are failed.
 
     Raises:
         StorageError: If the storage cannot be opened or is locked by another writer.
     """
     costs = len(config.objectives) - 1
     with storage_errors(config.storage):
+        storage = open_storage(config.storage, out)
         study = optuna.create_study(
-            storage=open_storage(config.storage, out), study_name=attrs.STUDY_NAME,
+            storage=storage, study_name=attrs.STUDY_NAME,
             directions=[StudyDirection.MAXIMIZE] + [StudyDirection.MINIMIZE] * costs,
             load_if_exists=True,
         )
@@ -121,9 +127,15 @@ def _open_optuna(config: Config, out: Path, *, worker: bool) -> optuna.Study:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(list(config.objectives))
+        rungs = None
+        if config.method == "rungs":  # never sampled from: a random sampler asks nothing
+            rungs = optuna.create_study(storage=storage, study_name=attrs.RUNGS_STUDY_NAME,
+                                        direction=StudyDirection.MAXIMIZE, load_if_exists=True,
+                                        sampler=optuna.samplers.RandomSampler(seed=config.seed))
+            fail_dead_trials(rungs)
     if worker:
         warn_if_shared_sqlite(config.storage)
-    return study
+    return study, rungs
 
 
 def _checked_input(teacher: nn.Module, example_input: torch.Tensor, *, train: Data, val: Data,
@@ -166,20 +178,25 @@ def _estimators(teacher: nn.Module, example_input: torch.Tensor, space: SearchSp
 
 
 def _open_storage(config: Config, out: Path, *, space: SearchSpace, profile: TeacherProfile,
-                  worker: bool, source: dict[str, Any] | None) -> optuna.Study:
+                  worker: bool, source: dict[str, Any] | None,
+                  ) -> tuple[optuna.Study, optuna.Study | None]:
     """Stage 4: the study in its storage (refused if made for another space), and the
     run folder's ``config.yaml``. The study lives with the driver on every backend."""
     if config.storage is None:
         out.mkdir(parents=True, exist_ok=True)  # the default storage lives in it
-    optuna_study = _open_optuna(config, out, worker=worker)
+    optuna_study, rung_study = _open_optuna(config, out, worker=worker)
     check_study(optuna_study, key=space_key(space, config.objectives), config=config,
                 where=config.storage or str(out / "study.db"))
     out.mkdir(parents=True, exist_ok=True)
     if not worker:
+        if (config.method == "rungs" and config.rungs.warm_start
+                and not optuna_study.get_trials(deepcopy=False)):
+            count = enqueue_ladder(optuna_study, space)
+            logger.info("enqueued the uniform ladder: %d students", count)
         optuna_study.set_user_attr(attrs.TEACHER, dataclasses.asdict(profile))
         with atomic_write(out / "config.yaml") as handle:
             yaml.safe_dump({**(source or {}), **config.to_dict()}, handle, sort_keys=False)
-    return optuna_study
+    return optuna_study, rung_study
 
 
 def create_study(teacher: nn.Module, *, train: Data, val: Data, example_input: torch.Tensor,
@@ -226,8 +243,8 @@ def create_study(teacher: nn.Module, *, train: Data, val: Data, example_input: t
                               classes=classes)
     space = _derive(teacher, example_input, config)
     limits, latency, profile = _estimators(teacher, example_input, space, profile, config)
-    optuna_study = _open_storage(config, out, space=space, profile=profile, worker=worker,
-                                 source=source)
+    optuna_study, rung_study = _open_storage(config, out, space=space, profile=profile,
+                                             worker=worker, source=source)
     outputs = cache_teacher_outputs(teacher, train_data, cache_dir=out / "cache",
                                     config=config.distill)
     evaluator = StudentEvaluator(space=space, outputs=outputs, val=val_data,
@@ -238,7 +255,7 @@ def create_study(teacher: nn.Module, *, train: Data, val: Data, example_input: t
     logger.info("teacher: %d MACs, %d params, val accuracy %.4f",
                 profile.macs, profile.params, profile.val_accuracy)
     return Study(out=out, profile=profile, evaluator=evaluator, test=test_data,
-                 optuna_study=optuna_study, worker=worker)
+                 optuna_study=optuna_study, worker=worker, rung_study=rung_study)
 
 
 def search(teacher: nn.Module, *, train: Data, val: Data, example_input: torch.Tensor,

@@ -25,12 +25,21 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from protege.distill import TeacherOutputs, evaluate
 from protege.estimators import LatencySettings, measure_latency, measure_latency_stats
 from protege.provenance import provenance
+from protege.search import _attrs as attrs
 from protege.search._config import Config
 from protege.search._pareto import pareto_indices, scaled_hypervolume
 from protege.search._profile import (
     TeacherProfile,
 )
 from protege.search._records import Outcome, Pick, TrialRecord, load_records
+from protege.search._rungs import (
+    checkpoint_path,
+    claimed,
+    load_checkpoint,
+    merge_promotions,
+    next_promotion,
+    run_promotion,
+)
 from protege.search._storage import (
     fail_dead_trials,
     storage_errors,
@@ -170,7 +179,8 @@ class Study:
     """
 
     def __init__(self, *, out: Path, profile: TeacherProfile, evaluator: StudentEvaluator,
-                 test: TensorDataset | None, optuna_study: optuna.Study, worker: bool) -> None:
+                 test: TensorDataset | None, optuna_study: optuna.Study, worker: bool,
+                 rung_study: optuna.Study | None = None) -> None:
         if evaluator.teacher is None:
             raise ValueError("a study's evaluator must hold the teacher (its fine-tunes and "
                              "exports need it)")
@@ -179,6 +189,10 @@ class Study:
         self.evaluator = evaluator
         self.test = test
         self.optuna_study = optuna_study
+        self.rung_study = rung_study
+        """``method: rungs``: the promotions' study in the same storage (else None)."""
+        if evaluator.config.method == "rungs" and rung_study is None:
+            raise ValueError("a method: rungs study needs its promotions' study")
         self.worker = worker
         self._stop = False
         self._budget = evaluator.config.trials
@@ -216,8 +230,30 @@ class Study:
 
     @property
     def trials(self) -> tuple[TrialRecord, ...]:
-        """Every trial's record, by number."""
-        return tuple(load_records(self.optuna_study))
+        """Every trial's record, by number (``method: rungs``: each student's record holds
+        its promotions, and its accuracy is that of the highest rung it reached)."""
+        return tuple(self._records())
+
+    def _records(self) -> list[TrialRecord]:
+        records = load_records(self.optuna_study)
+        if self.rung_study is None:
+            return records
+        return merge_promotions(records, self.rung_study.get_trials(deepcopy=False))
+
+    @property
+    def checkpoints(self) -> Path:
+        """``method: rungs``: the folder of each student's weights at each rung."""
+        return self.out / "rungs"
+
+    def hypervolume_by_rung(self) -> list[float]:
+        """``method: rungs``: the hypervolume of the students at each rung, each at its
+        accuracy there (rung 0 first); empty for ``method: trials``."""
+        done = [r for r in self.trials if r.trained and r.rungs]
+        volumes = []
+        for k in range(len(self.config.ladder)):
+            at = [dataclasses.replace(r, accuracy=r.rungs[k]) for r in done if len(r.rungs) > k]
+            volumes.append(front_hypervolume(at, self.profile, self.config.objectives))
+        return volumes
 
     @property
     def front(self) -> tuple[TrialRecord, ...]:
@@ -297,6 +333,8 @@ class Study:
         Returns:
             Whether it stopped because ``deadline`` (``time.monotonic``) passed.
         """
+        if self.rung_study is not None:
+            return self._run_rungs(deadline, callbacks)
         study = self.optuna_study
         guard = FailureGuard(self.config.rules.max_failed_fraction)
         records = load_records(study)
@@ -315,6 +353,64 @@ class Study:
                 write_records(self.out / "trials.jsonl", records)
             if record is None:  # the budget was spent by other workers meanwhile
                 return False
+            for callback in callbacks:
+                callback(self, record)
+            error = guard.add(record)
+            if error is not None:
+                raise error
+        return False
+
+    def _run_rungs(self, deadline: float | None, callbacks: Sequence[TrialCallback],
+                   *, poll: float = 1.0) -> bool:
+        """``method: rungs``: promote a student when the ladder says so (ASHA: highest rung
+        first), else score a new one at rung 0, until the study holds its students and no
+        promotion is due (or time is up, or :meth:`stop`). Workers on one storage run the
+        same loop; a promotion another worker claimed first is left to it.
+
+        Returns:
+            Whether it stopped because ``deadline`` passed.
+        """
+        study, rungs = self.optuna_study, self.rung_study
+        assert rungs is not None
+        config = self.config
+        guard = FailureGuard(config.rules.max_failed_fraction)
+        top = len(config.ladder) - 1
+        while not self._stop:
+            with storage_errors(config.storage):
+                fail_dead_trials(study)
+                fail_dead_trials(rungs)
+                if deadline is not None and time.monotonic() > deadline:
+                    logger.info("timeout reached")
+                    return True
+                records = self._records()
+                promotions = rungs.get_trials(deepcopy=False)
+                due = next_promotion([r for r in records if r.trained and r.rungs],
+                                     claimed(promotions), eta=config.rungs.eta, top=top,
+                                     objectives=config.objectives)
+                record: TrialRecord | None
+                if due is not None:
+                    student = next(r for r in records if r.number == due[0])
+                    outcome = run_promotion(rungs, self.evaluator, student, rung=due[1],
+                                            checkpoints=self.checkpoints)
+                    if outcome is None:
+                        continue  # another worker took it
+                    record = next(r for r in self._records() if r.number == due[0])
+                    if outcome == Outcome.FAILED:  # the guard counts it; not tried again
+                        record = dataclasses.replace(record, outcome=Outcome.FAILED,
+                                                     reason=f"promotion to rung {due[1]} failed")
+                elif _active(records) < self._budget:
+                    record = run_optuna_trial(study, self.evaluator, n_trials=self._budget,
+                                              checkpoints=self.checkpoints)
+                    if record is None:
+                        continue  # other workers spent the students' budget: promote
+                else:
+                    running = [t for s in (study, rungs) for t in
+                               s.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+                    if not running:
+                        return False
+                    time.sleep(poll)  # another worker's rung may make a promotion due
+                    continue
+                write_records(self.out / "trials.jsonl", self._records())
             for callback in callbacks:
                 callback(self, record)
             error = guard.add(record)
@@ -354,9 +450,15 @@ class Study:
         the most accurate) is fine-tuned; with ``finetunes`` > 1 the front is then
         bisected by fine-tuned accuracy (:func:`protege.search.pick.bisect`).
 
+        With ``method: rungs`` the top rung is the fine-tune: the smallest student at the
+        top rung within the limit (else the most accurate there) is returned as trained,
+        not trained again (:meth:`_pick_rung`).
+
         Returns:
             The pick and its module (eval mode), or None when no trial completed.
         """
+        if self.rung_study is not None:
+            return self._pick_rung()
         done = [r for r in self.trials if r.trained]
         chosen = choose(done, floor=accuracy_floor(self.profile, self.config))
         if chosen is None:
@@ -371,6 +473,56 @@ class Study:
         # tried were judged on validation alone.
         if self.test is not None:
             pick = dataclasses.replace(pick, test_accuracy=evaluate(student, self.test))
+        save_student(self.out / "best", student, pick.arch, self.space,
+                     derive_kwargs=self.config.space.derive_kwargs(), trial=pick.trial)
+        return pick, student
+
+    def _pick_rung(self) -> tuple[Pick, nn.Module] | None:
+        """``method: rungs``'s pick: chosen among the students at the highest rung reached;
+        when that is below the top (the study was stopped early), the chosen one is
+        trained on to the top rung first."""
+        rungs = self.rung_study
+        assert rungs is not None
+        floor = accuracy_floor(self.profile, self.config)
+        top = len(self.config.ladder) - 1
+        done = [r for r in self.trials if r.trained and r.rungs]
+        if not done:
+            logger.warning("no trial completed: nothing to pick")
+            return None
+        reached = max(r.rung or 0 for r in done)
+        at = [r for r in done if r.rung == reached]
+        chosen = choose(at, floor=floor)
+        assert chosen is not None
+        record = chosen[0]
+        if reached < top:
+            logger.warning("no student reached the top rung %d; training trial %d on from "
+                           "rung %d", top, record.number, reached)
+            for rung in range(reached + 1, top + 1):
+                if run_promotion(rungs, self.evaluator, record, rung=rung,
+                                 checkpoints=self.checkpoints) != Outcome.TRAINED:
+                    break
+                record = next(r for r in self.trials if r.number == record.number)
+            at = [record]
+        student, _ = load_checkpoint(
+            checkpoint_path(self.checkpoints, record.number, record.rung or 0), self.space,
+            record.arch)
+        student = student.eval()
+        val_accuracy = evaluate(student, self.val)
+        seconds = 0.0
+        for t in rungs.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.user_attrs.get(attrs.CLAIM) == [record.number, record.rung]:
+                seconds = float(t.user_attrs.get(attrs.TRAIN_SECONDS) or 0.0)
+        pick = Pick(
+            trial=record.number, arch=record.arch, macs=record.macs or 0,
+            params=record.params or 0,
+            search_accuracy=record.rungs[-2] if len(record.rungs) > 1 else record.rungs[0],
+            val_accuracy=val_accuracy,
+            test_accuracy=evaluate(student, self.test) if self.test is not None else None,
+            meets_constraints=val_accuracy >= floor, finetune_seconds=round(seconds, 3),
+            finetuned=tuple({"trial": r.number, "macs": r.macs,
+                             "search_accuracy": r.rungs[-2] if len(r.rungs) > 1 else None,
+                             "val_accuracy": r.accuracy, "meets": (r.accuracy or 0.0) >= floor,
+                             "seconds": None} for r in at))
         save_student(self.out / "best", student, pick.arch, self.space,
                      derive_kwargs=self.config.space.derive_kwargs(), trial=pick.trial)
         return pick, student
@@ -452,6 +604,8 @@ class Study:
             "trials": {kind.value: sum(r.outcome == kind for r in records)
                        for kind in Outcome if kind != Outcome.RUNNING},
             "hypervolume": volume,
+            **({"hypervolume_by_rung": self.hypervolume_by_rung(),
+                "ladder": list(self.config.ladder)} if self.rung_study is not None else {}),
             "hypervolume_reference": {"accuracy": profile.chance,
                                       **{name: 1.0 for name in self.config.objectives[1:]}},
             "pick": None,

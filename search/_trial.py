@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -31,6 +32,7 @@ from protege.search import _attrs as attrs
 from protege.search._config import Config
 from protege.search._records import Outcome, TrialRecord, records_of
 from protege.search._rules import TrialRule
+from protege.search._rungs import checkpoint_path, save_checkpoint
 from protege.search._storage import worker_id
 from protege.spaces import Architecture, SearchSpace
 
@@ -139,14 +141,31 @@ class StudentEvaluator:
     def objectives(self, accuracy: float, costs: dict[str, float]) -> tuple[float, ...]:
         return (accuracy, *(costs[name] for name in self.config.objectives[1:]))
 
-    def train(self, student: torch.nn.Module, number: int,
-              report: EpochCallback) -> TrainResult:
+    def train(self, student: torch.nn.Module, number: int, report: EpochCallback, *,
+              epochs: int | None = None,
+              optimizer_state: dict[str, Any] | None = None) -> TrainResult:
+        """Distil ``student`` for the trial's budget, or ``epochs`` going on from
+        ``optimizer_state`` (a rung of ``method: rungs``)."""
         trainer = self.trainer or distill.train_student  # looked up now: a test seam
+        extra: dict[str, Any] = {}
+        if epochs is not None:
+            extra.update(epochs=epochs, optimizer_state=optimizer_state)
         return trainer(
             student.to(device_of(self.accelerator)), self.outputs, self.val,
             config=self.config.distill, seed=self.config.seed + number, report=report,
-            accelerator=self.accelerator, teacher=self.teacher,
+            accelerator=self.accelerator, teacher=self.teacher, **extra,
         )
+
+    def calibrate(self, student: torch.nn.Module) -> float:
+        """Rung 0 of ``method: rungs``: the student's validation accuracy with its
+        BatchNorm statistics recalibrated on ``rungs.calibration_samples`` training
+        samples (the same seeded sample for every student), no gradient step."""
+        inputs = self.outputs.inputs
+        count = min(self.config.rungs.calibration_samples, len(inputs))
+        rows = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(0))[:count]
+        student = student.to(device_of(self.accelerator))
+        distill.recalibrate_batchnorm(student, inputs[rows.sort().values])
+        return distill.evaluate(student, self.val)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -165,6 +184,7 @@ class TrialResult:
         duplicate_of: The earlier trial whose result a reused trial copies.
         features: What the accuracy predictor learns from.
         provenance: What made it (the study's code and config, this trial's machine).
+        rungs: Accuracy at rung 0 (``method: rungs``), else empty.
     """
 
     outcome: Outcome
@@ -177,11 +197,12 @@ class TrialResult:
     duplicate_of: int | None = None
     features: tuple[float, ...] = ()
     provenance: dict[str, Any] | None = None
+    rungs: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data.update(outcome=self.outcome.value, history=list(self.history),
-                    features=list(self.features))
+                    features=list(self.features), rungs=list(self.rungs))
         return data
 
     def record(self, number: int) -> TrialRecord:
@@ -193,18 +214,20 @@ class TrialResult:
             params=int(self.costs["params"]) if "params" in self.costs else None,
             latency_ms=round(latency, 5) if latency is not None else None,
             train_seconds=self.train_seconds, reason=self.reason, history=self.history,
-            duplicate_of=self.duplicate_of, features=self.features, provenance=self.provenance)
+            duplicate_of=self.duplicate_of, features=self.features, provenance=self.provenance,
+            rungs=self.rungs)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialResult:
         return cls(**{**data, "outcome": Outcome(data["outcome"]),
                       "history": tuple(data.get("history") or ()),
-                      "features": tuple(data.get("features") or ())})
+                      "features": tuple(data.get("features") or ()),
+                      "rungs": tuple(data.get("rungs") or ())})
 
 
 def run_trial(evaluator: StudentEvaluator, arch: Architecture, *, number: int,
               finished: Sequence[TrialRecord], on_epoch: EpochCallback | None = None,
-              ) -> TrialResult:
+              checkpoint: Path | None = None) -> TrialResult:
     """Evaluate one architecture: build, cost, check limits, reuse, ask the rules, distil.
 
     Args:
@@ -214,6 +237,8 @@ def run_trial(evaluator: StudentEvaluator, arch: Architecture, *, number: int,
         finished: Records of the trials finished before this one: the rules judge
             against them and an identical trained student is reused from them.
         on_epoch: The backend's progress hook, called after each epoch.
+        checkpoint: With ``method: rungs``, where the student is saved after rung 0
+            (its recalibrated weights), for its promotions to go on from.
 
     Returns:
         The result; an error while building or training is a ``failed`` result with
@@ -247,6 +272,13 @@ def run_trial(evaluator: StudentEvaluator, arch: Architecture, *, number: int,
             why = rule.before_training(finished, features=features, costs=rule_costs)
             if why is not None:
                 return result(Outcome.SKIPPED, reason=why)
+        if evaluator.config.method == "rungs":  # rung 0: recalibrated, no training
+            start = time.perf_counter()
+            accuracy = evaluator.calibrate(student)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, student, None)
+            return result(Outcome.TRAINED, accuracy=accuracy, rungs=(accuracy,),
+                          train_seconds=round(time.perf_counter() - start, 3))
         epochs = evaluator.config.distill.trial_epochs(len(evaluator.outputs.targets))
 
         def report(epoch: int, accuracy: float) -> None:
@@ -307,13 +339,15 @@ def finished_records(trials: Sequence[optuna.trial.FrozenTrial], *,
 
 
 def run_optuna_trial(study: optuna.Study, evaluator: StudentEvaluator, *,
-                     n_trials: int) -> TrialRecord | None:
+                     n_trials: int, checkpoints: Path | None = None) -> TrialRecord | None:
     """One trial of the in-process backend (or of a worker on a shared storage).
 
     Asks the study's sampler for an architecture, runs :func:`run_trial`, stores the
     result and tells the study: a completed student with its objectives; a rejected,
     skipped or stopped one as Optuna's PRUNED and a failed one as FAIL, with the
     outcome in the user attributes either way (Optuna's ask-and-tell interface).
+
+    ``checkpoints`` is the folder of ``method: rungs``'s checkpoints.
 
     Returns:
         The trial's record, or None when other workers had spent the budget of
@@ -338,7 +372,9 @@ def run_optuna_trial(study: optuna.Study, evaluator: StudentEvaluator, *,
         trial.set_user_attr(attrs.HISTORY, list(history))
 
     result = run_trial(evaluator, arch, number=trial.number,
-                       finished=finished_records(trials, before=trial.number), on_epoch=on_epoch)
+                       finished=finished_records(trials, before=trial.number), on_epoch=on_epoch,
+                       checkpoint=None if checkpoints is None
+                       else checkpoint_path(checkpoints, trial.number, 0))
     write_result(trial, result, evaluator)
     if result.outcome.completed:
         assert result.accuracy is not None

@@ -1,0 +1,323 @@
+"""Multi-fidelity search: a ladder of rungs, promotion by non-dominated rank (MO-ASHA).
+
+``method: rungs`` spends a study's compute by fidelity. Every sampled student is scored
+at rung 0 (inherited weights, BatchNorm recalibrated, no gradient step: one trial of
+the sampler's study, told with that score). A student in the top ``1/eta`` of its rung
+by non-dominated rank over (accuracy at that rung, costs), ties broken by crowding
+distance, is promoted: trained on from its previous rung's weights and optimiser state
+to the next rung's epochs. This is asynchronous successive halving (ASHA, Li et al.,
+2020) with the multi-objective promotion of MO-ASHA (Schmucker et al., 2021; Syne
+Tune's ``MOASHA``). The top rung is the final fine-tune.
+
+Promotions are trials of a second study in the same storage
+(:data:`~protege.search._attrs.RUNGS_STUDY_NAME`), so workers on one storage share
+them: any worker may promote any student, and a claim protocol (the lowest trial
+number wins) keeps a student from being promoted to one rung twice. Weights and
+optimiser state live in the run folder's ``rungs/`` (one file per student and rung).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+from torch import nn
+
+from protege.search import _attrs as attrs
+from protege.search._pareto import dominates
+from protege.search._records import Outcome, TrialRecord
+from protege.search._storage import worker_id
+from protege.spaces import Architecture, SearchSpace
+
+__all__ = ["checkpoint_path", "claimed", "crowding_distances", "enqueue_ladder", "load_checkpoint",
+           "merge_promotions", "next_promotion", "nondominated_ranks", "promotion_order",
+           "run_promotion", "save_checkpoint", "uniform_ladder"]
+
+logger = logging.getLogger(__name__)
+
+_CLAIM_WAIT_S = 10.0
+"""How long a claim waits for an earlier promotion trial to name its student and rung."""
+
+
+# -- promotion rule --------------------------------------------------------------------------
+
+
+def nondominated_ranks(points: Sequence[Sequence[float]]) -> list[int]:
+    """Non-dominated sorting (NSGA-II, Deb et al., 2002): 0 for the Pareto front, 1 for
+    the front of what remains, and so on. Points are ``(accuracy, cost, ...)``: accuracy
+    maximised, costs minimised."""
+    ranks = [-1] * len(points)
+    left = set(range(len(points)))
+    rank = 0
+    while left:
+        front = {i for i in left if not any(dominates(points[j], points[i]) for j in left)}
+        for i in front:
+            ranks[i] = rank
+        left -= front
+        rank += 1
+    return ranks
+
+
+def crowding_distances(points: Sequence[Sequence[float]]) -> list[float]:
+    """NSGA-II's crowding distance of each point within ``points`` (one front): the sum
+    over objectives of the normalised gap between its neighbours; ``inf`` at the ends."""
+    n = len(points)
+    distance = [0.0] * n
+    if n <= 2:
+        return [math.inf] * n
+    for m in range(len(points[0])):
+        order = sorted(range(n), key=lambda i: points[i][m])
+        low, high = points[order[0]][m], points[order[-1]][m]
+        distance[order[0]] = distance[order[-1]] = math.inf
+        if high <= low:
+            continue
+        for before, i, after in zip(order, order[1:], order[2:], strict=False):
+            distance[i] += (points[after][m] - points[before][m]) / (high - low)
+    return distance
+
+
+def promotion_order(points: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of ``points`` best first: by non-dominated rank, then by crowding distance
+    within the rank (larger first), then by index (the earlier student)."""
+    ranks = nondominated_ranks(points)
+    crowding = [0.0] * len(points)
+    for rank in set(ranks):
+        members = [i for i, r in enumerate(ranks) if r == rank]
+        for i, d in zip(members, crowding_distances([points[i] for i in members]), strict=True):
+            crowding[i] = d
+    return sorted(range(len(points)), key=lambda i: (ranks[i], -crowding[i], i))
+
+
+def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]], *,
+                   eta: int, top: int, objectives: Sequence[str]) -> tuple[int, int] | None:
+    """The student to promote next and the rung it goes to, or None (sample a new one).
+
+    ASHA's rule, highest rung first: of the ``n`` students with a result at rung ``k``,
+    the best ``n // eta`` by :func:`promotion_order` over (accuracy at ``k``, costs) may
+    go to ``k + 1``; the best of them that is not there yet, nor claimed by a running
+    promotion (``taken``), is promoted.
+
+    Args:
+        students: Records of the study's scored students (``rungs`` filled).
+        taken: ``(student, rung)`` pairs already reached or claimed.
+        eta: Reduction factor.
+        top: Index of the top rung.
+        objectives: The study's objectives; the costs after ``accuracy`` rank students.
+    """
+    for k in range(top - 1, -1, -1):
+        at = [r for r in students if len(r.rungs) > k]
+        keep = len(at) // eta
+        if keep == 0:
+            continue
+        points = [(r.rungs[k], *(float(r.costs()[n] or 0.0) for n in objectives[1:]))
+                  for r in at]
+        for i in promotion_order(points)[:keep]:
+            record = at[i]
+            if len(record.rungs) == k + 1 and (record.number, k + 1) not in taken:
+                return record.number, k + 1
+    return None
+
+
+# -- what the storage holds ------------------------------------------------------------------
+
+
+def _claim_of(trial: optuna.trial.FrozenTrial) -> tuple[int, int] | None:
+    claim = trial.user_attrs.get(attrs.CLAIM)
+    return (int(claim[0]), int(claim[1])) if claim else None
+
+
+def claimed(promotions: Sequence[optuna.trial.FrozenTrial]) -> set[tuple[int, int]]:
+    """``(student, rung)`` of every promotion that finished, is running or failed with an
+    error (not tried again); one whose process died is claimable again."""
+    return {claim for t in promotions
+            if (t.state in (TrialState.RUNNING, TrialState.COMPLETE)
+                or t.user_attrs.get(attrs.GAVE_UP))
+            and not t.user_attrs.get(attrs.LOST_CLAIM)
+            and (claim := _claim_of(t)) is not None}
+
+
+def merge_promotions(records: Sequence[TrialRecord],
+                     promotions: Sequence[optuna.trial.FrozenTrial]) -> list[TrialRecord]:
+    """The sampler's records with each student's promotions folded in.
+
+    A scored student's ``rungs`` are its rung-0 accuracy followed by the accuracy of
+    each finished promotion, rung by rung; its ``accuracy`` is the last of them, and
+    its ``history`` and ``train_seconds`` add up every rung's.
+    """
+    done: dict[int, dict[int, optuna.trial.FrozenTrial]] = {}
+    for t in promotions:
+        claim = _claim_of(t)
+        if claim is not None and t.state == TrialState.COMPLETE and t.values:
+            done.setdefault(claim[0], {})[claim[1]] = t
+    merged = []
+    for record in records:
+        if not record.trained or record.accuracy is None:
+            merged.append(record)
+            continue
+        rungs, history = [record.accuracy], list(record.history)
+        seconds = record.train_seconds or 0.0
+        mine = done.get(record.number, {})
+        while len(rungs) in mine:
+            t = mine[len(rungs)]
+            rungs.append(float(t.values[0]))
+            history += t.user_attrs.get(attrs.HISTORY) or []
+            seconds += float(t.user_attrs.get(attrs.TRAIN_SECONDS) or 0.0)
+        merged.append(dataclasses.replace(record, rungs=tuple(rungs), accuracy=rungs[-1],
+                                          history=tuple(history),
+                                          train_seconds=round(seconds, 3)))
+    return merged
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+
+def checkpoint_path(folder: Path, student: int, rung: int) -> Path:
+    """Where student ``student``'s weights and optimiser state at ``rung`` are kept."""
+    return folder / f"{student}-{rung}.pt"
+
+
+def save_checkpoint(path: Path, student: nn.Module,
+                    optimizer_state: Mapping[str, Any] | None) -> None:
+    """Write the student's weights and optimiser state (atomically: a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    torch.save({"student": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+                "optimizer": optimizer_state}, partial)
+    os.replace(partial, path)
+
+
+def load_checkpoint(path: Path, space: SearchSpace, arch: Architecture,
+                    ) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The student of ``arch`` with the weights saved at ``path``, and the optimiser state.
+
+    Raises:
+        FileNotFoundError: If no checkpoint is there (the run folder lost it).
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    student = space.materialize(arch)
+    student.load_state_dict(state["student"])
+    return student, state["optimizer"]
+
+
+# -- the uniform ladder ----------------------------------------------------------------------
+
+
+def uniform_ladder(space: SearchSpace) -> list[Architecture]:
+    """The students uniform pruning gives: every width choice at the same multiplier (its
+    largest option not above it), from the teacher's widths down to the space's floor;
+    depth and rank as the teacher's. Distinct, largest first; empty without widths."""
+    widths = [name for name in space.choices if name.startswith("width.")]
+    if not widths:
+        return []
+    multipliers = sorted({float(o) for n in widths for o in space.choices[n]}, reverse=True)
+    ladder: list[Architecture] = []
+    for m in multipliers:
+        arch = dict(space.largest())
+        for name in widths:
+            options = [o for o in space.choices[name] if float(o) <= m + 1e-9]
+            arch[name] = max(options) if options else min(space.choices[name])
+        arch = space.repair(arch)
+        if arch not in ladder:
+            ladder.append(arch)
+    return ladder
+
+
+def enqueue_ladder(study: optuna.Study, space: SearchSpace) -> int:
+    """Enqueue :func:`uniform_ladder` as the study's first trials (as option indices, the
+    sampler's parameters); returns how many."""
+    ladder = uniform_ladder(space)
+    for arch in ladder:
+        study.enqueue_trial({name: list(options).index(arch[name])
+                             for name, options in space.choices.items()})
+    return len(ladder)
+
+
+# -- one promotion ---------------------------------------------------------------------------
+
+
+def _claim(study: optuna.Study, student: int, rung: int) -> optuna.Trial | None:
+    """Create a promotion trial claiming ``(student, rung)``; None (the trial failed as a
+    lost claim) when an earlier running or finished trial claims the same.
+
+    The claim is written in one call right after the trial exists, and an earlier trial
+    that has not written its claim yet is waited for (up to :data:`_CLAIM_WAIT_S`): of
+    two workers claiming the same promotion, the later trial always sees the earlier one.
+    """
+    trial = study.ask()
+    trial.set_user_attr(attrs.CLAIM, [student, rung])
+    trial.set_user_attr(attrs.WORKER, worker_id())
+    deadline = time.monotonic() + _CLAIM_WAIT_S
+    while True:
+        earlier = [t for t in study.get_trials(deepcopy=False,
+                                               states=(TrialState.RUNNING, TrialState.COMPLETE))
+                   if t.number < trial.number and not t.user_attrs.get(attrs.LOST_CLAIM)]
+        if any(_claim_of(t) == (student, rung) for t in earlier):
+            trial.set_user_attr(attrs.LOST_CLAIM, True)
+            trial.set_user_attr(attrs.OUTCOME, Outcome.FAILED.value)
+            study.tell(trial, state=TrialState.FAIL)
+            return None
+        unnamed = [t for t in earlier if _claim_of(t) is None]
+        if not unnamed or time.monotonic() > deadline:
+            return trial
+        time.sleep(0.05)
+
+
+def run_promotion(study: optuna.Study, evaluator: Any, record: TrialRecord, *, rung: int,
+                  checkpoints: Path) -> Outcome | None:
+    """Train student ``record`` on from rung ``rung - 1`` to ``rung`` as a trial of the
+    promotions study ``study``: ``trained``, ``failed`` (an error, recorded on the trial
+    with its reason; not tried again), or None when another worker claimed it first.
+
+    The student starts from its checkpoint at ``rung - 1`` (weights and AdamW state),
+    trains ``ladder[rung] - ladder[rung - 1]`` epochs with a new one-cycle schedule (a
+    warm restart), is saved at ``rung`` and the trial is told its validation accuracy.
+    """
+    from protege.search._trial import device_of, failure_reason
+
+    trial = _claim(study, record.number, rung)
+    if trial is None:
+        logger.info("promotion of trial %d to rung %d was claimed by another worker",
+                    record.number, rung)
+        return None
+    ladder = evaluator.config.ladder
+    history: list[float] = []
+
+    def report(epoch: int, accuracy: float) -> None:
+        history.append(accuracy)
+        trial.set_user_attr(attrs.HISTORY, list(history))
+
+    try:
+        student, state = load_checkpoint(checkpoint_path(checkpoints, record.number, rung - 1),
+                                         evaluator.space, record.arch)
+        student = student.to(device_of(evaluator.accelerator))
+        result = evaluator.train(student, record.number + 7919 * rung, report,
+                                 epochs=ladder[rung] - ladder[rung - 1], optimizer_state=state)
+        save_checkpoint(checkpoint_path(checkpoints, record.number, rung), student,
+                        result.optimizer_state)
+    except Exception as exc:
+        reason = failure_reason(exc)
+        logger.warning("promotion of trial %d to rung %d failed: %s", record.number, rung,
+                       reason)
+        logger.debug("promotion failed", exc_info=True)
+        trial.set_user_attr(attrs.REASON, reason)
+        trial.set_user_attr(attrs.OUTCOME, Outcome.FAILED.value)
+        trial.set_user_attr(attrs.GAVE_UP, True)
+        study.tell(trial, state=TrialState.FAIL)
+        return Outcome.FAILED
+    trial.set_user_attr(attrs.HISTORY, list(result.history))
+    trial.set_user_attr(attrs.TRAIN_SECONDS, round(result.seconds, 3))
+    trial.set_user_attr(attrs.OUTCOME, Outcome.TRAINED.value)
+    trial.set_user_attr(attrs.PROVENANCE, evaluator.provenance)
+    study.tell(trial, [result.val_accuracy])
+    logger.info("trial %d promoted to rung %d (%d epochs in all): accuracy %.4f",
+                record.number, rung, ladder[rung], result.val_accuracy)
+    return Outcome.TRAINED
