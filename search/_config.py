@@ -148,9 +148,9 @@ class RungsConfig:
 
     Rung 0 scores a student with the teacher's inherited weights and its BatchNorm
     statistics recalibrated on ``calibration_samples`` training samples (no gradient
-    step). Rung ``k >= 1`` trains it on to ``min_epochs * eta**(k - 1)`` epochs in all,
-    going on from the previous rung's weights and optimiser state, and the top rung
-    trains it to ``top_epochs``: the top rung is the final fine-tune, and the pick is
+    step). Rung ``k >= 1`` trains it on to ``min_epochs * eta**(k - 1)`` epochs in all
+    (:meth:`ladder`), going on from the previous rung's weights and optimiser state, and
+    the top rung trains it to ``top_epochs``: the top rung is the final fine-tune, and the pick is
     the smallest student at the top rung within the accuracy limit (never trained
     again from the teacher). A student moves up when it is in the top ``1/eta`` of its
     rung by non-dominated rank over (accuracy at that rung, costs), ties broken by
@@ -183,15 +183,21 @@ class RungsConfig:
                f"must be >= 2, got {self.calibration_samples}")
 
     def ladder(self, finetune_epochs: int) -> tuple[int, ...]:
-        """Epochs in all at each rung: ``(0, min_epochs, min_epochs * eta, ..., top)``."""
+        """Epochs in all at each rung: ``(0, min_epochs, min_epochs * eta, ..., top)``.
+
+        A geometric rung is kept while the next rung trains at least ``eta`` times as long
+        (``step * eta <= top``), so the top rung is never a short step above the one
+        below: with ``eta`` 3 and 20 fine-tune epochs the ladder is ``(0, 1, 3, 20)``,
+        and about one student in 27 scored at rung 0 reaches the top.
+        """
         top = self.top_epochs if self.top_epochs is not None else finetune_epochs
         top = max(top, self.min_epochs)
         epochs = [0]
         step = self.min_epochs
-        while step < top:
+        while step < top and (step * self.eta <= top or len(epochs) == 1):
             epochs.append(step)
             step *= self.eta
-        return (*epochs, top)
+        return (*epochs, top) if epochs[-1] != top else tuple(epochs)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

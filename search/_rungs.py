@@ -38,9 +38,9 @@ from protege.search._records import Outcome, TrialRecord
 from protege.search._storage import worker_id
 from protege.spaces import Architecture, SearchSpace
 
-__all__ = ["checkpoint_path", "claimed", "crowding_distances", "enqueue_ladder", "load_checkpoint",
-           "merge_promotions", "next_promotion", "nondominated_ranks", "promotion_order",
-           "run_promotion", "save_checkpoint", "uniform_ladder"]
+__all__ = ["Promotion", "checkpoint_path", "claimed", "crowding_distances", "enqueue_ladder",
+           "load_checkpoint", "merge_promotions", "next_promotion", "nondominated_ranks",
+           "promotion_order", "run_promotion", "save_checkpoint", "uniform_ladder"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +97,17 @@ def promotion_order(points: Sequence[Sequence[float]]) -> list[int]:
     return sorted(range(len(points)), key=lambda i: (ranks[i], -crowding[i], i))
 
 
+@dataclasses.dataclass(frozen=True)
+class Promotion:
+    """A student due to go up a rung, and why (with the numbers)."""
+
+    student: int
+    rung: int
+    reason: str
+
+
 def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]], *,
-                   eta: int, top: int, objectives: Sequence[str]) -> tuple[int, int] | None:
+                   eta: int, top: int, objectives: Sequence[str]) -> Promotion | None:
     """The student to promote next and the rung it goes to, or None (sample a new one).
 
     ASHA's rule, highest rung first: of the ``n`` students with a result at rung ``k``,
@@ -120,10 +129,13 @@ def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]],
             continue
         points = [(r.rungs[k], *(float(r.costs()[n] or 0.0) for n in objectives[1:]))
                   for r in at]
-        for i in promotion_order(points)[:keep]:
+        ranks = nondominated_ranks(points)
+        for position, i in enumerate(promotion_order(points)[:keep]):
             record = at[i]
             if len(record.rungs) == k + 1 and (record.number, k + 1) not in taken:
-                return record.number, k + 1
+                return Promotion(record.number, k + 1, (
+                    f"rung {k}: accuracy {record.rungs[k]:.4f}, non-dominated rank {ranks[i]}, "
+                    f"{position + 1} of {len(at)} students (the top {keep} = 1/{eta} go up)"))
     return None
 
 
@@ -150,8 +162,9 @@ def merge_promotions(records: Sequence[TrialRecord],
     """The sampler's records with each student's promotions folded in.
 
     A scored student's ``rungs`` are its rung-0 accuracy followed by the accuracy of
-    each finished promotion, rung by rung; its ``accuracy`` is the last of them, and
-    its ``history`` and ``train_seconds`` add up every rung's.
+    each finished promotion, rung by rung; its ``accuracy`` is the last of them, its
+    ``history`` and ``train_seconds`` add up every rung's, and its ``reason`` says why
+    it went up each time.
     """
     done: dict[int, dict[int, optuna.trial.FrozenTrial]] = {}
     for t in promotions:
@@ -165,15 +178,18 @@ def merge_promotions(records: Sequence[TrialRecord],
             continue
         rungs, history = [record.accuracy], list(record.history)
         seconds = record.train_seconds or 0.0
+        reasons = []
         mine = done.get(record.number, {})
         while len(rungs) in mine:
             t = mine[len(rungs)]
+            reasons.append(f"to rung {len(rungs)}: {t.user_attrs.get(attrs.REASON)}")
             rungs.append(float(t.values[0]))
             history += t.user_attrs.get(attrs.HISTORY) or []
             seconds += float(t.user_attrs.get(attrs.TRAIN_SECONDS) or 0.0)
         merged.append(dataclasses.replace(record, rungs=tuple(rungs), accuracy=rungs[-1],
                                           history=tuple(history),
-                                          train_seconds=round(seconds, 3)))
+                                          train_seconds=round(seconds, 3),
+                                          reason="; ".join(reasons) or record.reason))
     return merged
 
 
@@ -272,10 +288,11 @@ def _claim(study: optuna.Study, student: int, rung: int) -> optuna.Trial | None:
 
 
 def run_promotion(study: optuna.Study, evaluator: Any, record: TrialRecord, *, rung: int,
-                  checkpoints: Path) -> Outcome | None:
+                  checkpoints: Path, reason: str) -> Outcome | None:
     """Train student ``record`` on from rung ``rung - 1`` to ``rung`` as a trial of the
     promotions study ``study``: ``trained``, ``failed`` (an error, recorded on the trial
     with its reason; not tried again), or None when another worker claimed it first.
+    ``reason`` (why it goes up) is kept on the trial.
 
     The student starts from its checkpoint at ``rung - 1`` (weights and AdamW state),
     trains ``ladder[rung] - ladder[rung - 1]`` epochs with a new one-cycle schedule (a
@@ -288,6 +305,7 @@ def run_promotion(study: optuna.Study, evaluator: Any, record: TrialRecord, *, r
         logger.info("promotion of trial %d to rung %d was claimed by another worker",
                     record.number, rung)
         return None
+    trial.set_user_attr(attrs.REASON, reason)
     ladder = evaluator.config.ladder
     history: list[float] = []
 
@@ -304,11 +322,11 @@ def run_promotion(study: optuna.Study, evaluator: Any, record: TrialRecord, *, r
         save_checkpoint(checkpoint_path(checkpoints, record.number, rung), student,
                         result.optimizer_state)
     except Exception as exc:
-        reason = failure_reason(exc)
+        failure = failure_reason(exc)
         logger.warning("promotion of trial %d to rung %d failed: %s", record.number, rung,
-                       reason)
+                       failure)
         logger.debug("promotion failed", exc_info=True)
-        trial.set_user_attr(attrs.REASON, reason)
+        trial.set_user_attr(attrs.REASON, f"{reason}; failed: {failure}")
         trial.set_user_attr(attrs.OUTCOME, Outcome.FAILED.value)
         trial.set_user_attr(attrs.GAVE_UP, True)
         study.tell(trial, state=TrialState.FAIL)

@@ -389,15 +389,16 @@ class Study:
                                      objectives=config.objectives)
                 record: TrialRecord | None
                 if due is not None:
-                    student = next(r for r in records if r.number == due[0])
-                    outcome = run_promotion(rungs, self.evaluator, student, rung=due[1],
-                                            checkpoints=self.checkpoints)
+                    student = next(r for r in records if r.number == due.student)
+                    outcome = run_promotion(rungs, self.evaluator, student, rung=due.rung,
+                                            checkpoints=self.checkpoints, reason=due.reason)
                     if outcome is None:
                         continue  # another worker took it
-                    record = next(r for r in self._records() if r.number == due[0])
+                    record = next(r for r in self._records() if r.number == due.student)
                     if outcome == Outcome.FAILED:  # the guard counts it; not tried again
-                        record = dataclasses.replace(record, outcome=Outcome.FAILED,
-                                                     reason=f"promotion to rung {due[1]} failed")
+                        record = dataclasses.replace(
+                            record, outcome=Outcome.FAILED,
+                            reason=f"promotion to rung {due.rung} failed")
                 elif _active(records) < self._budget:
                     record = run_optuna_trial(study, self.evaluator, n_trials=self._budget,
                                               checkpoints=self.checkpoints)
@@ -498,8 +499,10 @@ class Study:
             logger.warning("no student reached the top rung %d; training trial %d on from "
                            "rung %d", top, record.number, reached)
             for rung in range(reached + 1, top + 1):
+                why = (f"the pick: the study stopped before any student reached rung {top}; "
+                       f"rung {rung - 1}: the smallest within the limit, else the most accurate")
                 if run_promotion(rungs, self.evaluator, record, rung=rung,
-                                 checkpoints=self.checkpoints) != Outcome.TRAINED:
+                                 checkpoints=self.checkpoints, reason=why) != Outcome.TRAINED:
                     break
                 record = next(r for r in self.trials if r.number == record.number)
             at = [record]

@@ -261,6 +261,15 @@ def _hypervolume_blocks(run: RunFolder, teacher: TeacherProfile, out: Path) -> l
         ("p", f"Hypervolume {run.summary.get('hypervolume', float('nan')):.4f} (costs divided "
               f"by the teacher's; reference point: {where})."),
     ]
+    by_rung = run.summary.get("hypervolume_by_rung")
+    if by_rung:  # method: rungs
+        ladder = run.summary.get("ladder") or []
+        rows = [[str(k), str(ladder[k]) if k < len(ladder) else "?",
+                 str(sum((r.rung or 0) >= k for r in run.records if r.rungs)), f"{v:.4f}"]
+                for k, v in enumerate(by_rung)]
+        blocks += [("p", "By rung of the ladder (each student at its accuracy on that rung; "
+                         "the front above takes each at the highest rung it reached):"),
+                   ("table", ["rung", "epochs in all", "students", "hypervolume"], rows)]
     curve = hypervolume_curve(run.records, teacher, run.config.objectives)
     if curve and (name := _plot("hypervolume.png", out, lambda p: plot_hypervolume(p, curve))):
         blocks.append(("img", name, "hypervolume over trials"))

@@ -1,0 +1,212 @@
+"""method: rungs: the ladder, MO-ASHA promotion, the claim protocol, and a whole study."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from tiny_nets import make_tiny_net
+
+import protege
+from protege.search import Config, ConfigError, Outcome, TrialRecord
+from protege.search import _attrs as attrs
+from protege.search._rungs import (
+    _claim,
+    claimed,
+    crowding_distances,
+    next_promotion,
+    nondominated_ranks,
+    promotion_order,
+    uniform_ladder,
+)
+from protege.spaces import derive
+
+FAST = {"epochs": 1, "finetune_epochs": 2, "batch_size": 64}
+
+
+def rungs_config(**overrides) -> Config:
+    data = {"method": "rungs", "n_trials": 8, "strategy": "random",
+            "rungs": {"eta": 2, "min_epochs": 1, "calibration_samples": 64},
+            "constraints": {"max_accuracy_drop": 0.5}, "distill": FAST}
+    data.update(overrides)
+    return Config.from_dict(data)
+
+
+def open_study(tiny_data, out, cfg):
+    return protege.create_study(make_tiny_net(), train=tiny_data["train"],
+                                val=tiny_data["val"], test=tiny_data["test"],
+                                example_input=torch.randn(1, 1, 8, 8), config=cfg, out=out)
+
+
+def student(number: int, rungs: tuple[float, ...], macs: int) -> TrialRecord:
+    return TrialRecord(number=number, outcome=Outcome.TRAINED, arch={}, accuracy=rungs[-1],
+                       macs=macs, params=macs, rungs=rungs)
+
+
+# -- the ladder and the rule ---------------------------------------------------------------
+
+
+def test_ladder_is_geometric_up_to_the_fine_tune():
+    assert Config(method="rungs").resolve().ladder == (0, 1, 3, 20)  # finetune_epochs 20
+    cfg = Config.from_dict({"method": "rungs", "rungs": {"eta": 2, "min_epochs": 2,
+                                                         "top_epochs": 10}})
+    assert cfg.ladder == (0, 2, 4, 10)  # 8 is dropped: the top would be a short step above
+    cfg = Config.from_dict({"method": "rungs", "rungs": {"top_epochs": 27}})
+    assert cfg.ladder == (0, 1, 3, 9, 27)
+    assert Config.from_dict({"method": "rungs", "rungs": {"top_epochs": 1}}).ladder == (0, 1)
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"method": "rungs", "backend": "ray"}, "method"),
+    ({"method": "rungs", "finetunes": 2}, "finetunes"),
+    ({"method": "rungs", "distill": {"max_steps": 10}}, "distill"),
+    ({"method": "oneshot"}, "method"),
+    ({"method": "rungs", "rungs": {"eta": 1}}, "rungs.eta"),
+])
+def test_rungs_config_errors_name_the_key(data, key):
+    with pytest.raises(ConfigError, match=key):
+        Config.from_dict(data)
+
+
+def test_a_rungs_study_samples_more_students_by_default():
+    assert Config(method="rungs").trials > Config().trials
+
+
+def test_nondominated_ranks_and_crowding():
+    # (accuracy up, cost down): 0 and 1 and 3 are on the front, 2 is behind 1, 4 behind 2
+    points = [(0.9, 10.0), (0.8, 5.0), (0.7, 6.0), (0.5, 1.0), (0.6, 7.0)]
+    assert nondominated_ranks(points) == [0, 0, 1, 0, 2]
+    front = [points[i] for i in (0, 1, 3)]
+    distances = crowding_distances(front)
+    assert math.isinf(distances[0]) and math.isinf(distances[2])
+    assert distances[1] == pytest.approx((0.9 - 0.5) / 0.4 + (10.0 - 1.0) / 9.0)
+    assert promotion_order(points)[:3] == [0, 3, 1]  # the front: ends first, then by index
+
+
+def test_next_promotion_takes_the_top_third_of_a_rung():
+    # nine students at rung 0 on one cost: accuracies grow with MACs except 4 and 7
+    accuracy = [0.1, 0.2, 0.3, 0.4, 0.05, 0.6, 0.7, 0.01, 0.9]
+    students = [student(i, (accuracy[i],), 100 * (i + 1)) for i in range(9)]
+    kw = {"eta": 3, "top": 2, "objectives": ("accuracy", "macs")}
+    first = next_promotion(students, set(), **kw)
+    assert first is not None and first.rung == 1
+    assert "rung 0: accuracy" in first.reason and "1 of 9 students (the top 3" in first.reason
+    taken = {(first.student, first.rung)}
+    chosen = [first.student]
+    while (nxt := next_promotion(students, taken, **kw)) is not None:
+        taken.add((nxt.student, nxt.rung))
+        chosen.append(nxt.student)
+    assert len(chosen) == 3  # 9 // 3
+    assert not {4, 7} & set(chosen)  # dominated students never go up
+    assert {0, 8} <= set(chosen)  # the front's ends (cheapest, most accurate) do
+
+
+def test_next_promotion_prefers_the_highest_rung():
+    students = [student(i, (0.5 + i / 100,), 10 * (i + 1)) for i in range(6)]
+    # students 3, 4 and 5 reached rung 1; one of them is due at rung 2 before any new rung-1
+    students[3:] = [student(i, (0.5 + i / 100, 0.7 + i / 100), 10 * (i + 1)) for i in (3, 4, 5)]
+    taken = {(3, 1), (4, 1), (5, 1)}
+    due = next_promotion(students, taken, eta=3, top=2, objectives=("accuracy", "macs"))
+    assert due is not None and due.rung == 2
+
+
+def test_uniform_ladder_goes_from_the_teacher_to_the_floor():
+    space = derive(make_tiny_net(), torch.randn(1, 1, 8, 8), level=1)
+    ladder = uniform_ladder(space)
+    assert ladder[0] == space.largest()
+    widths = [n for n in space.choices if n.startswith("width.")]
+    assert all(ladder[-1][n] == min(space.choices[n]) for n in widths)
+    assert len(ladder) == len({tuple(sorted(a.items())) for a in ladder})  # distinct
+
+
+# -- the claim protocol ----------------------------------------------------------------------
+
+
+def test_the_later_of_two_claims_of_one_promotion_gives_way():
+    study = optuna.create_study(direction="maximize")
+    first = _claim(study, 3, 1)
+    assert first is not None
+    assert _claim(study, 3, 1) is None  # the same student and rung: lost
+    other = _claim(study, 3, 2)
+    assert other is not None  # another rung is another promotion
+    assert claimed(study.get_trials(deepcopy=False)) == {(3, 1), (3, 2)}
+    lost = study.trials[1]
+    assert lost.state == TrialState.FAIL and lost.user_attrs[attrs.LOST_CLAIM]
+    # a promotion whose process died is claimable again; one that failed with an error is not
+    study.tell(first, state=TrialState.FAIL)
+    assert claimed(study.get_trials(deepcopy=False)) == {(3, 2)}
+
+
+# -- a whole study ---------------------------------------------------------------------------
+
+
+def test_a_rungs_study_promotes_continues_and_picks_at_the_top_rung(tiny_data, tmp_path,
+                                                                    monkeypatch):
+    from protege import distill
+
+    calls: list[dict] = []
+    real = distill.train_student
+
+    def recording(student, *args, **kwargs):
+        calls.append({k: kwargs.get(k) for k in ("epochs", "optimizer_state")})
+        return real(student, *args, **kwargs)
+
+    monkeypatch.setattr(distill, "train_student", recording)
+    out = tmp_path / "run"
+    study = open_study(tiny_data, out, rungs_config())
+    assert study.config.ladder == (0, 1, 2)
+    study.optimize()
+    records = [r for r in study.trials if r.trained]
+    assert len(study.trials) == 8 and records
+    assert all(r.rungs and r.accuracy == r.rungs[-1] for r in records)
+    assert all("to rung 1: rung 0: accuracy" in r.reason for r in records if (r.rung or 0) >= 1)
+    top = [r for r in records if r.rung == 2]
+    assert top, "no student reached the top rung"
+    # every promotion went on from the rung below: one epoch each, with its optimiser state
+    # (rung 1 starts from the recalibrated weights, without one)
+    assert all(c["epochs"] == 1 for c in calls)
+    assert sum(c["optimizer_state"] is not None for c in calls) == len(top)
+    promotions = study.rung_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    claims = [tuple(t.user_attrs[attrs.CLAIM]) for t in promotions]
+    assert len(claims) == len(set(claims)) == len(calls)  # no student promoted twice
+    assert all((out / "rungs" / f"{r.number}-{r.rung}.pt").is_file() for r in records)
+    trained_before_pick = len(calls)
+    result = study.finish()
+    assert len(calls) == trained_before_pick  # the top rung is the fine-tune: no retraining
+    pick = result.pick
+    assert pick is not None and pick.trial in {r.number for r in top}
+    record = next(r for r in top if r.number == pick.trial)
+    assert pick.val_accuracy == pytest.approx(record.accuracy)
+    assert pick.test_accuracy is not None
+    summary = (out / "summary.json").read_text()
+    assert '"hypervolume_by_rung"' in summary and '"ladder"' in summary
+    # the uniform ladder was enqueued first
+    ladder = uniform_ladder(study.space)
+    assert [r.arch for r in study.trials[:len(ladder)]] == ladder
+
+
+def test_a_resumed_rungs_study_does_no_work_twice(tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    study = open_study(tiny_data, out, rungs_config(n_trials=6))
+    study.optimize()
+    before = [r.to_dict() for r in study.trials]
+    promotions = len(study.rung_study.trials)
+    again = open_study(tiny_data, out, rungs_config(n_trials=6))
+    again.optimize()
+    assert [r.to_dict() for r in again.trials] == before
+    assert len(again.rung_study.trials) == promotions
+
+
+def test_a_pick_below_the_top_rung_is_trained_on_to_it(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    study = open_study(tiny_data, out, rungs_config(n_trials=1, rungs={
+        "eta": 2, "min_epochs": 1, "calibration_samples": 64, "warm_start": False}))
+    study.optimize()
+    (only,) = study.trials
+    assert only.rung == 0  # one student: nothing to promote
+    pick, _ = study.pick()
+    assert pick.trial == only.number
+    assert next(r for r in study.trials if r.number == only.number).rung == 2
