@@ -35,13 +35,15 @@ progress_logger = logging.getLogger("protege.progress")
 """Progress of long steps (a line per fine-tune epoch), apart from the library's
 diagnostics so a front end can show it at its default verbosity."""
 
-_LIGHTNING_INFO = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero")
+_LIGHTNING_INFO = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+                   # "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]" on every fit on a GPU
+                   "pytorch_lightning.accelerators.cuda", "lightning.pytorch.accelerators.cuda")
 
 
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
-    """Hold back Lightning's per-fit banners (devices, tips, "fit stopped"): a search runs
-    hundreds of fits. Its warnings still show."""
+    """Hold back Lightning's per-fit banners (devices, tips, "fit stopped", the CUDA device
+    line): a search runs hundreds of fits. Its warnings still show."""
     loggers = [logging.getLogger(name) for name in _LIGHTNING_INFO]
     levels = [lg.level for lg in loggers]
     for lg in loggers:

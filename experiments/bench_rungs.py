@@ -35,8 +35,7 @@ from protege.distill import cache_teacher_outputs, evaluate, recalibrate_batchno
 from protege.estimators import count_macs
 from protege.experiments import load_task
 from protege.experiments._results import write_section
-from protege.search import Config
-from protege.search._rungs import uniform_ladder
+from protege.search import Config, uniform_ladder
 from protege.spaces import derive
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rungs.md"

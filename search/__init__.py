@@ -17,6 +17,7 @@ from protege.search._config import (
     Constraints,
     RayConfig,
     RulesConfig,
+    RungsConfig,
     SpaceConfig,
     apply_overrides,
     load_config,
@@ -25,6 +26,7 @@ from protege.search._pareto import hypervolume, pareto_indices
 from protege.search._profile import TeacherProfile
 from protege.search._records import Outcome, Pick, TrialRecord
 from protege.search._rules import CurveRule, GainRule, PredictorRule, TrialRule
+from protege.search._rungs import Promotion, next_promotion, promotion_order, uniform_ladder
 from protege.search._stages import create_study, search
 from protege.search._storage import StorageError
 from protege.search._strategies import STRATEGIES, make_sampler
@@ -57,8 +59,10 @@ __all__ = [
     "Pick",
     "PredictorRule",
     "RayConfig",
+    "Promotion",
     "RulesConfig",
     "RunFolder",
+    "RungsConfig",
     "SearchResult",
     "SpaceConfig",
     "StorageError",
@@ -78,10 +82,13 @@ __all__ = [
     "load_run",
     "load_student",
     "make_sampler",
+    "next_promotion",
     "pareto_indices",
+    "promotion_order",
     "quantize_int8",
     "read_records",
     "run_trial",
     "search",
+    "uniform_ladder",
     "write_report",
 ]

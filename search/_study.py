@@ -482,8 +482,6 @@ class Study:
         """``method: rungs``'s pick: chosen among the students at the highest rung reached;
         when that is below the top (the study was stopped early), the chosen one is
         trained on to the top rung first."""
-        rungs = self.rung_study
-        assert rungs is not None
         floor = accuracy_floor(self.profile, self.config)
         top = len(self.config.ladder) - 1
         done = [r for r in self.trials if r.trained and r.rungs]
@@ -494,18 +492,35 @@ class Study:
         at = [r for r in done if r.rung == reached]
         chosen = choose(at, floor=floor)
         assert chosen is not None
-        record = chosen[0]
         if reached < top:
             logger.warning("no student reached the top rung %d; training trial %d on from "
-                           "rung %d", top, record.number, reached)
-            for rung in range(reached + 1, top + 1):
-                why = (f"the pick: the study stopped before any student reached rung {top}; "
-                       f"rung {rung - 1}: the smallest within the limit, else the most accurate")
-                if run_promotion(rungs, self.evaluator, record, rung=rung,
-                                 checkpoints=self.checkpoints, reason=why) != Outcome.TRAINED:
-                    break
-                record = next(r for r in self.trials if r.number == record.number)
-            at = [record]
+                           "rung %d", top, chosen[0].number, reached)
+        pick, student = self._tune_rung(chosen[0], test=True, why=(
+            f"the pick: the study stopped before any student reached rung {top}; the "
+            "smallest within the limit at the highest rung reached, else the most accurate"))
+        if reached == top:
+            pick = dataclasses.replace(pick, finetuned=tuple(
+                {"trial": r.number, "macs": r.macs,
+                 "search_accuracy": r.rungs[-2] if len(r.rungs) > 1 else None,
+                 "val_accuracy": r.accuracy, "meets": (r.accuracy or 0.0) >= floor,
+                 "seconds": None} for r in at))
+        save_student(self.out / "best", student, pick.arch, self.space,
+                     derive_kwargs=self.config.space.derive_kwargs(), trial=pick.trial)
+        return pick, student
+
+    def _tune_rung(self, record: TrialRecord, *, test: bool,
+                   why: str) -> tuple[Pick, nn.Module]:
+        """``method: rungs``: ``record``'s student at the top rung (trained on to it from
+        the highest rung it reached, if it is not there), scored on validation and, with
+        ``test``, on the test data. Never trained again from the teacher."""
+        rungs = self.rung_study
+        assert rungs is not None
+        top = len(self.config.ladder) - 1
+        for rung in range((record.rung or 0) + 1, top + 1):
+            if run_promotion(rungs, self.evaluator, record, rung=rung,
+                             checkpoints=self.checkpoints, reason=why) != Outcome.TRAINED:
+                break  # it stays at the rung it reached (the reason is on the trial)
+            record = next(r for r in self.trials if r.number == record.number)
         student, _ = load_checkpoint(
             checkpoint_path(self.checkpoints, record.number, record.rung or 0), self.space,
             record.arch)
@@ -520,21 +535,18 @@ class Study:
             params=record.params or 0,
             search_accuracy=record.rungs[-2] if len(record.rungs) > 1 else record.rungs[0],
             val_accuracy=val_accuracy,
-            test_accuracy=evaluate(student, self.test) if self.test is not None else None,
-            meets_constraints=val_accuracy >= floor, finetune_seconds=round(seconds, 3),
-            finetuned=tuple({"trial": r.number, "macs": r.macs,
-                             "search_accuracy": r.rungs[-2] if len(r.rungs) > 1 else None,
-                             "val_accuracy": r.accuracy, "meets": (r.accuracy or 0.0) >= floor,
-                             "seconds": None} for r in at))
-        save_student(self.out / "best", student, pick.arch, self.space,
-                     derive_kwargs=self.config.space.derive_kwargs(), trial=pick.trial)
+            test_accuracy=evaluate(student, self.test) if test and self.test is not None
+            else None,
+            meets_constraints=val_accuracy >= accuracy_floor(self.profile, self.config),
+            finetune_seconds=round(seconds, 3))
         return pick, student
 
     def finetune(self, number: int) -> tuple[Path, nn.Module]:
         """Trial ``number``'s student fine-tuned like the pick, saved in ``trial-<number>/``.
 
         The pick's own folder (``best/``) is returned for the pick's trial, and a trial
-        fine-tuned before is loaded, not trained again.
+        fine-tuned before is loaded, not trained again. With ``method: rungs`` the
+        student is trained on to the top rung from the highest it reached (there: as is).
 
         Raises:
             ValueError: If the study has no such trial, or it never trained.
@@ -554,7 +566,10 @@ class Study:
         if not record.arch or not record.costs()["macs"]:
             raise ValueError(f"{self.out}: trial {number} built no student ({record.outcome}: "
                              f"{record.reason})")
-        pick, student = self._tune(record, test=True)  # asked for by name: measured on test
+        if self.rung_study is not None and record.rungs:  # the top rung is the fine-tune
+            pick, student = self._tune_rung(record, test=True, why="asked for by name")
+        else:  # asked for by name: measured on test
+            pick, student = self._tune(record, test=True)
         save_student(folder, student, record.arch, self.space,
                      derive_kwargs=self.config.space.derive_kwargs(), trial=number)
         write_json(folder / "summary.json", dataclasses.asdict(pick))

@@ -60,3 +60,14 @@ def test_training_goes_on_from_its_optimiser_state(tiny_net, tiny_data, outputs)
     after = [float(s["step"]) for s in second.optimizer_state["state"].values()]
     assert all(s == first.steps + second.steps for s in after)  # AdamW's moments went on
     assert len(second.history) == 2
+
+
+def test_lightning_per_fit_banners_are_held_back_on_gpus_too():
+    # A CUDA run of a search printed "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]" per fit.
+    import logging
+
+    from protege.distill._trainer import _quiet_lightning
+
+    names = ("pytorch_lightning.accelerators.cuda", "pytorch_lightning.utilities.rank_zero")
+    with _quiet_lightning():
+        assert all(not logging.getLogger(n).isEnabledFor(logging.INFO) for n in names)

@@ -210,3 +210,16 @@ def test_a_pick_below_the_top_rung_is_trained_on_to_it(tiny_data, tmp_path):
     pick, _ = study.pick()
     assert pick.trial == only.number
     assert next(r for r in study.trials if r.number == only.number).rung == 2
+
+
+def test_finetune_by_number_trains_a_student_on_to_the_top_rung(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    study = open_study(tiny_data, out, rungs_config(n_trials=4))
+    study.optimize()
+    low = min((r for r in study.trials if r.trained), key=lambda r: (r.rung, r.number))
+    assert low.rung < 2
+    folder, student = study.finetune(low.number)
+    assert folder == out / f"trial-{low.number}" and (folder / "student.pt").is_file()
+    assert next(r for r in study.trials if r.number == low.number).rung == 2
+    again, _ = study.finetune(low.number)  # loaded, not trained again
+    assert again == folder

@@ -25,11 +25,12 @@ distill: {epochs: 1, finetune_epochs: 1, batch_size: 128}
 """
 
 
-def _run_workers(tmp_path: Path, *, storage: str, n_trials: int, workers: int) -> Path:
+def _run_workers(tmp_path: Path, *, storage: str, n_trials: int, workers: int,
+                 config: str = CONFIG) -> Path:
     """One ``protege run`` (the owner) and ``workers - 1`` ``protege worker`` processes."""
     _ = load_task("digits").teacher  # cached once, so no process trains it
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(CONFIG)
+    cfg.write_text(config)
     out = tmp_path / "run"
     common = [str(cfg), "--out", str(out), "--storage", storage, "--set", f"n_trials={n_trials}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -87,3 +88,25 @@ def test_two_workers_on_one_file_storage_finish_exactly_n_trials(kind, tmp_path)
                "sqlite": f"sqlite:///{run / 'study.db'}"}[kind]
     out = _run_workers(tmp_path, storage=storage, n_trials=8, workers=2)
     _check_study(out, storage, 8)
+
+
+@pytest.mark.slow  # about a minute on 2 quiet cores; the claim protocol has a fast unit test
+def test_workers_share_the_rungs_and_promote_no_student_twice(tmp_path):
+    """method: rungs: any worker promotes any student through the promotions' study."""
+    run = tmp_path / "run"
+    storage = f"journal:{run / 'study.journal'}"
+    config = CONFIG + "method: rungs\nrungs: {eta: 2, min_epochs: 1, top_epochs: 2}\n"
+    out = _run_workers(tmp_path, storage=storage, n_trials=12, workers=2, config=config)
+    _check_study(out, storage, 12)
+    rungs = optuna.load_study(study_name=attrs.RUNGS_STUDY_NAME,
+                              storage=open_storage(storage, out))
+    done = [t for t in rungs.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    claims = [tuple(t.user_attrs[attrs.CLAIM]) for t in done]
+    assert claims and len(claims) == len(set(claims))  # no student promoted twice
+    assert {rung for _, rung in claims} == {1, 2}  # every rung of the ladder was reached
+    for student, rung in claims:  # each went on from its own rung below
+        assert rung == 1 or (student, rung - 1) in claims
+        assert (out / "rungs" / f"{student}-{rung}.pt").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["pick"]["trial"], 2) in claims  # picked at the top rung
+    assert summary["ladder"] == [0, 1, 2]
