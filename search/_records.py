@@ -202,9 +202,11 @@ def record_of(trial: FrozenTrial) -> TrialRecord:
 
 
 def records_of(trials: Sequence[FrozenTrial]) -> list[TrialRecord]:
-    """Records of these trials, in their order (budget-spent ones left out)."""
+    """Records of these trials, in their order (budget-spent ones left out, and enqueued
+    ones that have not started: a queue, not trials)."""
     return [record_of(trial) for trial in trials
-            if not trial.user_attrs.get(attrs.BUDGET_SPENT)
+            if trial.state != TrialState.WAITING
+            and not trial.user_attrs.get(attrs.BUDGET_SPENT)
             and not trial.user_attrs.get(attrs.LEGACY_SKIPPED)]
 
 

@@ -235,13 +235,16 @@ SHIPPED = sorted(Path(__file__).parents[2].glob("experiments/compare_*.yaml"))
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_shipped_compare_configs_load_and_name_their_command(path: Path) -> None:
     config = load_compare_config(path)  # every arm's protege config is validated here
-    assert len(config.seeds) >= 2 and config.arms[0].name == "protege"
+    first = config.arms[0]  # the reference of the paired tests: a protege search
+    assert len(config.seeds) >= 2 and first.kind == "search" and first.name.startswith("protege")
     assert f"protege compare experiments/{path.name}" in path.read_text()
 
 
 def test_both_headline_configs_and_their_quick_variants_ship() -> None:
-    assert [p.stem for p in SHIPPED] == ["compare_fashion_mnist", "compare_fashion_mnist_quick",
-                                         "compare_mnist1d", "compare_mnist1d_quick"]
+    assert [p.stem for p in SHIPPED] == [
+        "compare_fashion_mnist", "compare_fashion_mnist_quick", "compare_fashion_mnist_rungs",
+        "compare_mnist1d", "compare_mnist1d_quick", "compare_mnist1d_rungs",
+        "compare_mnist1d_rungs_levels"]
 
 
 def test_paired_test_reports_exact_wilcoxon_and_bootstrap_interval() -> None:

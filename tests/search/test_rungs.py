@@ -223,3 +223,13 @@ def test_finetune_by_number_trains_a_student_on_to_the_top_rung(tiny_data, tmp_p
     assert next(r for r in study.trials if r.number == low.number).rung == 2
     again, _ = study.finetune(low.number)  # loaded, not trained again
     assert again == folder
+
+
+def test_the_enqueued_ladder_holds_no_slot_of_the_budget(tiny_data, tmp_path):
+    # The uniform ladder is enqueued (WAITING) up front: counted as trials, it held every
+    # slot of a budget smaller than itself, and the study ran nothing.
+    study = open_study(tiny_data, tmp_path / "run", rungs_config(n_trials=2))
+    assert len(uniform_ladder(study.space)) > 2
+    study.optimize()
+    assert [r.number for r in study.trials] == [0, 1]
+    assert all(r.trained for r in study.trials)
