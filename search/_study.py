@@ -50,7 +50,13 @@ from protege.search._trial import (
     run_optuna_trial,
 )
 from protege.search.export import export_pick_onnx, save_student, write_json
-from protege.search.pick import accuracy_floor, bisect, choose, finetune_student
+from protege.search.pick import (
+    accuracy_floor,
+    bisect,
+    choose,
+    finetune_student,
+    validation_margin,
+)
 from protege.search.report import write_report
 from protege.search.runfolder import write_records
 from protege.spaces import SearchSpace
@@ -603,6 +609,16 @@ class Study:
                       latency_threads=stats.threads, latency_machine=stats.machine)
         return member
 
+    def _margin(self, student: nn.Module) -> dict[str, float] | None:
+        """How sure the pick is (:func:`protege.search.pick.validation_margin`); None, logged,
+        where it cannot be computed (a report's figure must never cost the run its pick)."""
+        try:
+            return validation_margin(student, self.teacher, self.val,
+                                     max_drop=self.config.constraints.max_accuracy_drop)
+        except Exception as exc:
+            logger.warning("could not compare the pick with the teacher: %s", exc)
+            return None
+
     def finish(self) -> SearchResult:
         """The end of a run: wait for other workers' trials, measure the front, pick and
         fine-tune, export ONNX, write ``pareto.json``, ``summary.json`` and the report."""
@@ -637,6 +653,7 @@ class Study:
                 "accuracy_drop": profile.val_accuracy - pick.val_accuracy,
                 "latency_ms": _cpu_latency(student, self.space.example_input,
                                            self.config.latency.resolve()),
+                "val_margin": self._margin(student),
             }
             summary["onnx"] = self.export(student)
         write_json(self.out / "summary.json", summary)

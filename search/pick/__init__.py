@@ -1,5 +1,11 @@
-"""The pick: which student a study returns, and its final fine-tune."""
+"""The pick: which student a study returns, its final fine-tune, and how sure it is."""
 
-from protege.search.pick._pick import accuracy_floor, bisect, choose, finetune_student
+from protege.search.pick._pick import (
+    accuracy_floor,
+    bisect,
+    choose,
+    finetune_student,
+    validation_margin,
+)
 
-__all__ = ["accuracy_floor", "bisect", "choose", "finetune_student"]
+__all__ = ["accuracy_floor", "bisect", "choose", "finetune_student", "validation_margin"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -23,7 +24,7 @@ from protege.search._profile import TeacherProfile
 from protege.search._records import Pick, TrialRecord
 from protege.spaces import SearchSpace
 
-__all__ = ["accuracy_floor", "bisect", "choose", "finetune_student"]
+__all__ = ["accuracy_floor", "bisect", "choose", "finetune_student", "validation_margin"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,3 +104,45 @@ def finetune_student(record: TrialRecord, *, floor: float, space: SearchSpace,
         finetune_seconds=round(result.seconds, 3),
     )
     return pick, student
+
+
+@torch.no_grad()
+def _correct(model: nn.Module, data: TensorDataset) -> torch.Tensor:
+    """Whether ``model`` gets each sample of ``data`` right: ``(samples,)`` bool."""
+    from protege.common import eval_mode
+    from protege.distill import batch_loader
+
+    device = next(model.parameters(), torch.empty(0)).device
+    right = []
+    with eval_mode(model):
+        for x, y in batch_loader(data, 1024, shuffle=False, seed=0):
+            right.append(model(x.to(device)).argmax(dim=-1).cpu() == y)
+    return torch.cat(right) if right else torch.zeros(0, dtype=torch.bool)
+
+
+def validation_margin(student: nn.Module, teacher: nn.Module, val: TensorDataset, *,
+                      max_drop: float) -> dict[str, float]:
+    """How sure it is that ``student`` is within ``max_drop`` of ``teacher``'s accuracy.
+
+    A paired comparison on the same validation samples: only the samples where exactly
+    one of the two is right carry information (as in McNemar's test). With ``d`` the
+    per-sample difference (student right minus teacher right), the mean difference has
+    standard error ``sd(d) / sqrt(n)`` (normal approximation).
+
+    Returns:
+        ``samples``; ``difference`` (student minus teacher accuracy, a fraction);
+        ``lower_bound``, its one-sided 95 % lower bound; ``p_within``, the approximate
+        probability that the true difference is at least ``-max_drop``; ``max_drop``.
+    """
+    d = (_correct(student, val).double() - _correct(teacher, val).double())
+    n = len(d)
+    difference = float(d.mean()) if n else 0.0
+    se = float(d.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.inf
+    if se == 0.0:
+        p_within = 1.0 if difference >= -max_drop else 0.0
+        lower = difference
+    else:
+        p_within = 0.5 * (1.0 + math.erf((difference + max_drop) / (se * math.sqrt(2.0))))
+        lower = difference - 1.6448536269514722 * se
+    return {"samples": n, "difference": round(difference, 6), "lower_bound": round(lower, 6),
+            "p_within": round(p_within, 4), "max_drop": max_drop}

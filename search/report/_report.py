@@ -309,6 +309,18 @@ def _rule_blocks(run: RunFolder) -> list[Block]:
                   "An estimate: students that were never trained have no measured time.")]
 
 
+def _margin_text(margin: dict[str, Any]) -> str:
+    """How sure the pick is: the paired comparison with the teacher on validation."""
+    return (f"How sure: on the {margin['samples']} validation samples the pick is "
+            f"{100 * margin['difference']:+.2f} points against the teacher (paired: the "
+            f"samples where exactly one of them is right decide it); one-sided 95 % lower "
+            f"bound {100 * margin['lower_bound']:+.2f} points, against the limit of "
+            f"{-100 * margin['max_drop']:+.2f}; the chance that its true drop is within the "
+            f"limit is about {100 * margin['p_within']:.0f} %. A pick checked against the "
+            "limit on this validation set alone is more likely to miss it on new data the "
+            "lower that chance is.")
+
+
 def _pick_blocks(run: RunFolder, pick: Pick | None, teacher: TeacherProfile) -> list[Block]:
     blocks: list[Block] = [("h2", "Pick")]
     if pick is None:
@@ -320,13 +332,25 @@ def _pick_blocks(run: RunFolder, pick: Pick | None, teacher: TeacherProfile) -> 
     speed = (f", {latency:.4f} ms per forward pass against the teacher's "
              f"{teacher.latency_ms:.4f} ({_latency_settings(run)})"
              if latency and teacher.latency_ms else "")
+    ladder = run.config.ladder if run.config.method == "rungs" else None
+    trained = (f"{pick.search_accuracy:.4f} at the rung below the top, {pick.val_accuracy:.4f} at "
+               f"the top rung ({ladder[-1]} epochs in all, going on from its own weights)"
+               if ladder else
+               f"{pick.search_accuracy:.4f} after the brief training, {pick.val_accuracy:.4f} "
+               f"after {run.config.distill.finetune_epochs} fine-tuning epochs")
     blocks.append(("p", f"Trial {pick.trial}: {pick.macs:,} MACs ({pick.macs / teacher.macs:.3f}x "
                         f"the teacher's), {pick.params:,} params{speed}; validation accuracy "
-                        f"{pick.search_accuracy:.4f} after the brief training, "
-                        f"{pick.val_accuracy:.4f} after {run.config.distill.finetune_epochs} "
-                        f"fine-tuning epochs; test accuracy {test}; {verdict}. Saved in "
+                        f"{trained}; test accuracy {test}; {verdict}. Saved in "
                         "`best/` (`arch.json`, `student.pt`)."))
-    if len(pick.finetuned) > 1:
+    margin = (run.summary.get("pick") or {}).get("val_margin")
+    if margin:
+        blocks.append(("p", _margin_text(margin)))
+    if ladder and len(pick.finetuned) > 1:
+        reached = "; ".join(f"trial {f['trial']} ({f['macs'] / teacher.macs:.3f}x MACs): "
+                            f"{f['val_accuracy']:.4f}, {'meets' if f['meets'] else 'misses'}"
+                            for f in pick.finetuned)
+        blocks.append(("p", f"{len(pick.finetuned)} students reached the top rung: {reached}."))
+    elif len(pick.finetuned) > 1:
         tried = "; ".join(f"trial {f['trial']} ({f['macs'] / teacher.macs:.3f}x MACs): "
                           f"{f['search_accuracy']:.4f} → {f['val_accuracy']:.4f}, "
                           f"{'meets' if f['meets'] else 'misses'}" for f in pick.finetuned)

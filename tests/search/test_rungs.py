@@ -233,3 +233,53 @@ def test_the_enqueued_ladder_holds_no_slot_of_the_budget(tiny_data, tmp_path):
     study.optimize()
     assert [r.number for r in study.trials] == [0, 1]
     assert all(r.trained for r in study.trials)
+
+
+def _brute_force_ranks(points):
+    """rank = the length of the longest chain of points dominating it (0: on the front)."""
+    from protege.search._pareto import dominates
+
+    memo: dict[int, int] = {}
+
+    def rank(i: int) -> int:
+        if i not in memo:
+            above = [j for j in range(len(points)) if dominates(points[j], points[i])]
+            memo[i] = 1 + max(map(rank, above)) if above else 0
+        return memo[i]
+
+    return [rank(i) for i in range(len(points))]
+
+
+def test_nondominated_ranks_match_a_brute_force_reference():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        n = int(rng.integers(1, 25))
+        points = [tuple(map(float, p)) for p in rng.integers(0, 6, size=(n, 3))]
+        reference = _brute_force_ranks(points)
+        assert nondominated_ranks(points) == reference
+        order = promotion_order(points)
+        assert sorted(order) == list(range(n))
+        assert [reference[i] for i in order] == sorted(reference)
+
+
+def test_a_study_resumed_mid_ladder_goes_on_from_every_rung(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    cfg = rungs_config(n_trials=8)
+    study = open_study(tiny_data, out, cfg)
+    # stop after the first promotion: students are left at rung 0 and rung 1
+    study.optimize(callbacks=[lambda s, r: s.stop() if (r.rung or 0) >= 1 else None])
+    before = {r.number: r.rungs for r in study.trials if r.trained}
+    assert any(len(v) == 2 for v in before.values())
+    queued = len(study.optuna_study.get_trials(deepcopy=False))
+    again = open_study(tiny_data, out, cfg)
+    assert len(again.optuna_study.get_trials(deepcopy=False)) == queued  # enqueued once
+    again.optimize()
+    after = {r.number: r.rungs for r in again.trials if r.trained}
+    for number, rungs in before.items():  # every rung reached before is kept as it was
+        assert after[number][:len(rungs)] == rungs
+    assert max(len(v) for v in after.values()) == 3  # and the ladder went on to the top
+    ladder = uniform_ladder(again.space)
+    archs = [tuple(sorted(r.arch.items())) for r in again.trials]
+    assert all(archs.count(tuple(sorted(a.items()))) == 1 for a in ladder)
