@@ -164,7 +164,7 @@ class RungsConfig:
         calibration_samples: Training samples rung 0 recalibrates BatchNorm on (forward
             passes only; a comparison counts them as a third of a training pass each).
         warm_start: Enqueue the uniform ladder first: every width choice at the same
-            multiplier, from the teacher down to the space's floor (the students that
+            multiplier below the teacher's, down to the space's floor (the students that
             uniform pruning gives), so the search holds them and promotes them alike.
     """
 
