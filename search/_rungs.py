@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
@@ -37,6 +37,9 @@ from protege.search._pareto import dominates
 from protege.search._records import Outcome, TrialRecord
 from protege.search._storage import worker_id
 from protege.spaces import Architecture, SearchSpace
+
+if TYPE_CHECKING:  # _trial imports this module (checkpoints): no import cycle at run time
+    from protege.search._trial import StudentEvaluator
 
 __all__ = ["Promotion", "checkpoint_path", "claimed", "crowding_distances", "enqueue_ladder",
            "load_checkpoint", "merge_promotions", "next_promotion", "nondominated_ranks",
@@ -292,8 +295,8 @@ def _claim(study: optuna.Study, student: int, rung: int) -> optuna.Trial | None:
         time.sleep(0.05)
 
 
-def run_promotion(study: optuna.Study, evaluator: Any, record: TrialRecord, *, rung: int,
-                  checkpoints: Path, reason: str) -> Outcome | None:
+def run_promotion(study: optuna.Study, evaluator: StudentEvaluator, record: TrialRecord, *,
+                  rung: int, checkpoints: Path, reason: str) -> Outcome | None:
     """Train student ``record`` on from rung ``rung - 1`` to ``rung`` as a trial of the
     promotions study ``study``: ``trained``, ``failed`` (an error, recorded on the trial
     with its reason; not tried again), or None when another worker claimed it first.
