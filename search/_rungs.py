@@ -219,8 +219,12 @@ def load_checkpoint(path: Path, space: SearchSpace, arch: Architecture,
     """The student of ``arch`` with the weights saved at ``path``, and the optimiser state.
 
     Raises:
-        FileNotFoundError: If no checkpoint is there (the run folder lost it).
+        FileNotFoundError: If no checkpoint is there (a worker with another run folder).
     """
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no checkpoint {path}: the workers of a method: rungs study must share its run "
+            "folder (rungs/ holds every student's weights), e.g. on a shared file system")
     state = torch.load(path, map_location="cpu", weights_only=True)
     student = space.materialize(arch)
     student.load_state_dict(state["student"])

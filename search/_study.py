@@ -430,8 +430,11 @@ class Study:
         study = self.optuna_study
         deadline = time.monotonic() + limit
         while True:
-            fail_dead_trials(study)
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            studies = [study] if self.rung_study is None else [study, self.rung_study]
+            running = []
+            for each in studies:  # a ladder's promotions run in the second study
+                fail_dead_trials(each)
+                running += each.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if not running:
                 return
             if time.monotonic() > deadline:

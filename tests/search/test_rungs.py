@@ -285,3 +285,11 @@ def test_a_study_resumed_mid_ladder_goes_on_from_every_rung(tiny_data, tmp_path)
     ladder = uniform_ladder(again.space)
     archs = [tuple(sorted(r.arch.items())) for r in again.trials]
     assert all(archs.count(tuple(sorted(a.items()))) == 1 for a in ladder)
+
+
+def test_a_missing_checkpoint_says_the_workers_must_share_the_run_folder(tmp_path):
+    from protege.search._rungs import load_checkpoint
+
+    space = derive(make_tiny_net(), torch.randn(1, 1, 8, 8), level=1)
+    with pytest.raises(FileNotFoundError, match="share its run folder"):
+        load_checkpoint(tmp_path / "rungs" / "3-1.pt", space, space.smallest())
