@@ -237,9 +237,12 @@ def load_checkpoint(path: Path, space: SearchSpace, arch: Architecture,
 def uniform_ladder(space: SearchSpace) -> list[Architecture]:
     """The students uniform pruning gives: every width choice at the same multiplier (its
     largest option not above it), from the largest below the teacher's widths down to the
-    space's floor; depth and rank as the teacher's. Distinct, largest first; empty without
-    widths. The teacher's own architecture is left out: it compresses nothing, and as the
-    most accurate student it would be promoted to the top rung in every study (measured on
+    narrowest, depth and rank as the teacher's; then the space's floor
+    (``space.smallest()``: fewest blocks, lowest ranks too, where the level has them).
+    Distinct, largest first; empty without widths.
+
+    The teacher's own architecture is left out: it compresses nothing, and as the most
+    accurate student it would be promoted to the top rung in every study (measured on
     Fashion-MNIST: a third of the budget, and picked at 1.0x when nothing smaller met the
     limit)."""
     widths = [name for name in space.choices if name.startswith("width.")]
@@ -256,6 +259,9 @@ def uniform_ladder(space: SearchSpace) -> list[Architecture]:
         arch = space.repair(arch)
         if arch != teacher and arch not in ladder:
             ladder.append(arch)
+    floor = space.smallest()  # with depth and rank choices, below the narrowest student
+    if floor != teacher and floor not in ladder:
+        ladder.append(floor)
     return ladder
 
 

@@ -121,6 +121,9 @@ def test_uniform_ladder_goes_from_the_teacher_to_the_floor():
     assert all(v == below for n, v in ladder[0].items() if n.startswith("width."))
     widths = [n for n in space.choices if n.startswith("width.")]
     assert all(ladder[-1][n] == min(space.choices[n]) for n in widths)
+    assert ladder[-1] == space.smallest()  # down to the space's floor
+    deeper = derive(make_tiny_net(), torch.randn(1, 1, 8, 8), level=3)
+    assert uniform_ladder(deeper)[-1] == deeper.smallest()
     assert len(ladder) == len({tuple(sorted(a.items())) for a in ladder})  # distinct
 
 
