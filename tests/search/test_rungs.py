@@ -193,6 +193,7 @@ def test_a_rungs_study_promotes_continues_and_picks_at_the_top_rung(tiny_data, t
     assert [r.arch for r in study.trials[:len(ladder)]] == ladder
 
 
+@pytest.mark.slow  # the mid-ladder resume below covers most of it in the default suite
 def test_a_resumed_rungs_study_does_no_work_twice(tiny_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     study = open_study(tiny_data, out, rungs_config(n_trials=6))
