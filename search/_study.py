@@ -388,8 +388,8 @@ class Study:
                 if deadline is not None and time.monotonic() > deadline:
                     logger.info("timeout reached")
                     return True
-                records = self._records()
-                promotions = rungs.get_trials(deepcopy=False)
+                promotions = rungs.get_trials(deepcopy=False)  # one read: the records and
+                records = merge_promotions(load_records(study), promotions)  # the claims
                 due = next_promotion([r for r in records if r.trained and r.rungs],
                                      claimed(promotions), eta=config.rungs.eta, top=top,
                                      objectives=config.objectives)
@@ -400,7 +400,8 @@ class Study:
                                             checkpoints=self.checkpoints, reason=due.reason)
                     if outcome is None:
                         continue  # another worker took it
-                    record = next(r for r in self._records() if r.number == due.student)
+                    records = self._records()  # read once: the record and trials.jsonl
+                    record = next(r for r in records if r.number == due.student)
                     if outcome == Outcome.FAILED:  # the guard counts it; not tried again
                         record = dataclasses.replace(
                             record, outcome=Outcome.FAILED,
@@ -410,6 +411,7 @@ class Study:
                                               checkpoints=self.checkpoints)
                     if record is None:
                         continue  # other workers spent the students' budget: promote
+                    records = self._records()
                 else:
                     running = [t for s in (study, rungs) for t in
                                s.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
@@ -417,7 +419,7 @@ class Study:
                         return False
                     time.sleep(poll)  # another worker's rung may make a promotion due
                     continue
-                write_records(self.out / "trials.jsonl", self._records())
+                write_records(self.out / "trials.jsonl", records)
             for callback in callbacks:
                 callback(self, record)
             error = guard.add(record)
