@@ -1,4 +1,5 @@
-"""Knowledge distillation: losses, the teacher-output cache and brief trial training."""
+"""Knowledge distillation: losses, the teacher-output cache, brief trial training and the
+sandwich training of a weight-sharing supernet."""
 
 from protege.distill._cache import TeacherOutputs, as_tensors, cache_teacher_outputs, fingerprint
 from protege.distill._calibrate import recalibrate_batchnorm
@@ -14,6 +15,13 @@ from protege.distill._losses import (
     register_loss,
 )
 from protege.distill._module import Augment, DistillModule, EpochReport
+from protege.distill._sandwich import (
+    SandwichModule,
+    SupernetResult,
+    WeightSharing,
+    calibration_rows,
+    train_supernet,
+)
 from protege.distill._trainer import (
     NoSingleBatches,
     TrainResult,
@@ -35,12 +43,16 @@ __all__ = [
     "HintAdapters",
     "LogitLoss",
     "NoSingleBatches",
+    "SandwichModule",
+    "SupernetResult",
     "TeacherOutputs",
     "TrainResult",
+    "WeightSharing",
     "as_tensors",
     "batch_loader",
     "batch_starts",
     "cache_teacher_outputs",
+    "calibration_rows",
     "ce_loss",
     "dkd_loss",
     "evaluate",
@@ -51,4 +63,5 @@ __all__ = [
     "register_loss",
     "select_hint_layers",
     "train_student",
+    "train_supernet",
 ]

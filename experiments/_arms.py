@@ -82,13 +82,18 @@ class CompareTask:
 
 @dataclasses.dataclass(frozen=True)
 class Student:
-    """A student an arm trained: what the front, the curve and the pick are made of."""
+    """A student an arm trained: what the front, the curve and the pick are made of.
+
+    ``on_front`` False: compute an arm spent that is no point of its front (a one-shot
+    arm's supernet training; ``macs`` is then the mean MACs per sample-pass of it).
+    """
 
     accuracy: float
     macs: int
     seconds: float
     passes: int
     source: str
+    on_front: bool = True
 
 
 def teacher_facts(task: CompareTask) -> dict[str, Any]:

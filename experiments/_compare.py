@@ -22,6 +22,11 @@ spread one epoch at a time). With ``budget.kind: time`` every search arm gets
 ``budget.seconds`` of trials (then its fine-tune) and a sweep trains its students
 in order until ``budget.seconds`` are spent.
 
+A one-shot arm (``method: oneshot``) spends ``B`` less its fine-tunes: scoring every
+student of its ``n_trials`` (a third of a sample-pass per calibration sample each) and,
+with what is left, the supernet's training (``oneshot.epochs`` when the arm sets it);
+each sandwich step's student counts a full sample-pass.
+
 Protocol, the same for every arm: an arm's *front* holds every student it trained,
 at the validation accuracy it ended with (a search trial after its brief
 distillation, the pick after its fine-tune, a sweep student after its share of the
@@ -277,15 +282,18 @@ def _curve(students: Sequence[Student], teacher: Mapping[str, Any]) -> list[dict
     points: list[tuple[float, float]] = []
     curve, seconds, passes = [], 0.0, 0
     for i, s in enumerate(students, start=1):
-        points.append((s.accuracy, s.macs / teacher_macs))
         seconds += s.seconds
         passes += s.passes
+        if not s.on_front:
+            continue
+        points.append((s.accuracy, s.macs / teacher_macs))
         curve.append({"students": i, "seconds": round(seconds, 3), "passes": passes,
                       "hypervolume": hypervolume(points, reference=reference)})
     return curve
 
 
 def _front(students: Sequence[Student], teacher_macs: int) -> list[dict[str, Any]]:
+    students = [s for s in students if s.on_front]
     points = [(s.accuracy, s.macs / teacher_macs) for s in students]
     return [{"accuracy": students[i].accuracy, "macs_ratio": points[i][1],
              "macs": students[i].macs, "source": students[i].source}
@@ -307,7 +315,7 @@ def finish_record(*, arm: Arm, seed: int, students: Sequence[Student], pick: dic
         train_seconds=round(sum(s.seconds for s in students), 3), wall_seconds=round(wall, 3),
         sample_passes=sum(s.passes for s in students), budget=budget,
         mac_passes=sum(s.macs * s.passes for s in students),
-        students_trained=len(students), teacher=teacher, pick=pick,
+        students_trained=sum(s.on_front for s in students), teacher=teacher, pick=pick,
         front=_front(students, macs), curve=curve,
     )
 
@@ -324,7 +332,7 @@ def _student_passes(record: TrialRecord, samples: int, config: Config) -> int:
         return 0
     passes = len(record.history) * samples
     if record.rungs:  # scored at rung 0: a forward pass over the calibration sample
-        passes += min(config.rungs.calibration_samples, samples) // 3
+        passes += min(config.calibration_samples, samples) // 3
     return passes
 
 
@@ -341,6 +349,9 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
         study = create_study(task.teacher, config=dataclasses.replace(
             config, timeout=budget.seconds, n_trials=100_000), **data)
         study.optimize()
+    elif config.method == "oneshot":
+        assert total is not None
+        study = _oneshot_arm(task, config, total=total - finetunes, data=data)
     else:
         assert total is not None
         # The largest step a study takes: a trial, or (rungs) the longest rung.
@@ -381,11 +392,11 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
     # Every student that trained, at the accuracy it ended with (a stopped one: its last
     # epoch; on a ladder, its highest rung, the pick's training to the top rung included).
     trials = study.trials if rungs else result.trials
-    students = [Student(t.accuracy if t.accuracy is not None else t.history[-1], t.macs or 0,
-                        t.train_seconds or 0.0, _student_passes(t, samples, config),
-                        f"trial {t.number}")
-                for t in sorted(trials, key=lambda t: t.number)
-                if t.duplicate_of is None and (t.history or t.rungs)]
+    students = _supernet_students(study) + [
+        Student(t.accuracy if t.accuracy is not None else t.history[-1], t.macs or 0,
+                t.train_seconds or 0.0, _student_passes(t, samples, config), f"trial {t.number}")
+        for t in sorted(trials, key=lambda t: t.number)
+        if t.duplicate_of is None and (t.history or t.rungs)]
     pick = None
     if result.pick is not None:
         p = result.pick
@@ -402,6 +413,42 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
                 "val_accuracy": p.val_accuracy, "test_accuracy": p.test_accuracy,
                 "meets_val_limit": p.meets_constraints, "arch": p.arch}
     return students, pick, teacher
+
+
+def _oneshot_arm(task: CompareTask, config: Config, *, total: int,
+                 data: dict[str, Any]) -> Study:
+    """A one-shot arm's study, optimised within ``total`` sample-passes (the budget less
+    the pick's fine-tunes): the supernet trains for what is left once every student of
+    ``n_trials`` has been scored (``oneshot.epochs`` when the arm sets it), and scoring
+    stops when the next student would overspend."""
+    samples = len(task.train)
+    score = min(config.calibration_samples, samples) // 3
+    per_epoch = samples * (config.oneshot.students + 2)
+    epochs = config.oneshot.epochs or max(1, (total - config.trials * score) // per_epoch)
+    config = dataclasses.replace(config, oneshot=dataclasses.replace(config.oneshot,
+                                                                     epochs=epochs))
+    study = create_study(task.teacher, config=config, **data)
+    scored = _passes(study.trials, samples, config)  # a resumed arm's students, read once
+
+    def spent(study: Study, record: TrialRecord) -> None:
+        nonlocal scored
+        scored += _student_passes(record, samples, config)
+        if total - (study.supernet or {}).get("sample_passes", 0) - scored < score:
+            study.stop()
+
+    study.optimize(callbacks=[spent])
+    return study
+
+
+def _supernet_students(study: Study) -> list[Student]:
+    """A one-shot arm's supernet training, as compute that is no point of the front."""
+    facts = study.supernet
+    if not facts:
+        return []
+    return [Student(facts["history"][-1]["largest"] if facts.get("history") else 0.0,
+                    round(facts["mac_passes"] / max(1, facts["sample_passes"])),
+                    facts["seconds"], facts["sample_passes"], "supernet training",
+                    on_front=False)]
 
 
 class StaleRecord(ValueError):

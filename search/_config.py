@@ -23,8 +23,9 @@ from protege.distill import DistillConfig
 from protege.estimators import LatencySettings
 from protege.search._strategies import STRATEGIES
 
-__all__ = ["METHODS", "SOURCE_KEYS", "Config", "ConfigError", "Constraints", "RayConfig",
-           "RulesConfig", "RungsConfig", "SpaceConfig", "apply_overrides", "load_config"]
+__all__ = ["METHODS", "SOURCE_KEYS", "Config", "ConfigError", "Constraints", "OneShotConfig",
+           "RayConfig", "RulesConfig", "RungsConfig", "SpaceConfig", "apply_overrides",
+           "load_config"]
 
 SOURCE_KEYS = ("task", "teacher", "data")
 """Top-level keys of a run file that say where the teacher and data come from: read by the
@@ -33,15 +34,21 @@ CLI and the experiments layer (``protege.experiments``), never by the controller
 OBJECTIVES = ("accuracy", "macs", "params", "latency")
 """Objectives a study can have: accuracy first (maximised), then the costs (minimised)."""
 INITS = ("inherit", "scratch")
-METHODS = ("trials", "rungs")
+METHODS = ("trials", "rungs", "oneshot")
 """How a study spends its compute: ``trials`` gives every sampled student the same brief
 distillation, then fine-tunes the pick; ``rungs`` screens students at rung 0 and trains
-the promising ones further, rung by rung, up to the fine-tune (:class:`RungsConfig`)."""
+the promising ones further, rung by rung, up to the fine-tune (:class:`RungsConfig`);
+``oneshot`` trains the teacher once as a weight-sharing supernet, scores students as its
+slices with no training, then fine-tunes the pick from the supernet's weights
+(:class:`OneShotConfig`)."""
 LEVEL_TRIALS = {1: 30, 2: 50, 3: 80}
 """Trials a study runs when ``n_trials`` is not given, by space level."""
 LEVEL_STUDENTS = {1: 81, 2: 135, 3: 243}
 """Students a ``method: rungs`` study samples when ``n_trials`` is not given, by level:
 rung 0 costs a calibration pass, so a ladder screens more students than trials train."""
+LEVEL_SCORED = {1: 300, 2: 500, 3: 800}
+"""Students a ``method: oneshot`` study scores when ``n_trials`` is not given, by level:
+scoring a slice of the trained supernet costs a calibration pass and a validation pass."""
 LEVEL_EPOCHS = {1: 4, 2: 5, 3: 6}
 """Epochs of a trial when the config gives no ``distill.epochs``, by space level.
 
@@ -201,6 +208,44 @@ class RungsConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class OneShotConfig:
+    """The weight-sharing supernet of ``method: oneshot`` (``protege.spaces.Supernet``).
+
+    The teacher's copy is trained once per run with the sandwich rule (the largest, the
+    smallest and ``students`` random students each step, their gradients summed; BigNAS,
+    Yu et al., 2020), each distilled from the teacher's cached logits, or with
+    ``inplace`` the smaller ones from the largest's (in-place distillation). Then every
+    sampled student is cut from the trained weights, its BatchNorm statistics
+    recalibrated on ``calibration_samples`` training samples, and scored on validation
+    (no gradient step). The pick (``finetunes`` of them, bisecting the front) is
+    fine-tuned from its supernet weights.
+
+    Width and depth choices are trained as shared weights; rank choices (level 3) are
+    not: a factorised student's factors are the truncated SVD of the trained weights.
+
+    Args:
+        epochs: Epochs of supernet training; None: ``distill.finetune_epochs``. Each
+            epoch costs ``students + 2`` training passes over the data.
+        students: Random students per step besides the largest and the smallest.
+        inplace: Distil the smaller students from the largest student's logits.
+        calibration_samples: Training samples each scored student's BatchNorm is
+            recalibrated on (forward passes only).
+    """
+
+    epochs: int | None = None
+    students: int = 2
+    inplace: bool = False
+    calibration_samples: int = 512
+
+    def __post_init__(self) -> None:
+        _check(self.epochs is None or self.epochs >= 1, "oneshot.epochs",
+               f"must be >= 1 (or null: distill.finetune_epochs), got {self.epochs}")
+        _check(self.students >= 0, "oneshot.students", f"must be >= 0, got {self.students}")
+        _check(self.calibration_samples >= 2, "oneshot.calibration_samples",
+               f"must be >= 2, got {self.calibration_samples}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SpaceConfig:
     """How the search space is derived from the teacher (see ``protege.spaces.derive``).
 
@@ -265,12 +310,16 @@ class Config:
     Args:
         level: Size of the search space (1: width per coupled-channel group).
         method: How compute is spent (:data:`METHODS`): ``trials`` (every student a brief
-            distillation, then the pick fine-tuned) or ``rungs`` (screen at rung 0,
-            promote by non-dominated rank, train on up to the fine-tune: ``rungs:``).
-        strategy: Search strategy, a name in ``protege.search.STRATEGIES``.
+            distillation, then the pick fine-tuned), ``rungs`` (screen at rung 0,
+            promote by non-dominated rank, train on up to the fine-tune: ``rungs:``) or
+            ``oneshot`` (train a weight-sharing supernet once, score its slices, fine-tune
+            the pick from them: ``oneshot:``).
+        strategy: Search strategy, a name in ``protege.search.STRATEGIES``; None: ``nsga2``
+            with ``method: oneshot`` (hundreds of cheap students), else ``tpe``.
         n_trials: Total number of trials (students sampled) in the study, resumed ones
             included; None (or 0) takes the level's preset (:data:`LEVEL_TRIALS`, or
-            :data:`LEVEL_STUDENTS` with ``method: rungs``) in :meth:`resolve`.
+            :data:`LEVEL_STUDENTS` with ``method: rungs``, :data:`LEVEL_SCORED` with
+            ``method: oneshot``) in :meth:`resolve`.
         seed: Seed of the task split, the teacher, the sampler and every trial.
         timeout: Optional wall-clock bound of the search in seconds.
         objectives: ``accuracy`` followed by one or two costs (``macs``, ``params``).
@@ -285,6 +334,7 @@ class Config:
         rules: Rules that skip or stop hopeless students (every backend; with
             ``method: rungs`` the ladder's promotion does their work and they are off).
         rungs: The ladder of ``method: rungs``.
+        oneshot: The supernet of ``method: oneshot``.
         finetunes: Final fine-tunes the pick may spend. 1: fine-tune the smallest
             trial within the accuracy limit (else the most accurate one). ``k`` > 1:
             then bisect the (accuracy, MACs) front by fine-tuned accuracy, below that
@@ -302,7 +352,7 @@ class Config:
 
     level: int = 1
     method: str = "trials"
-    strategy: str = "tpe"
+    strategy: str | None = None
     n_trials: int | None = None
     seed: int = 0
     timeout: float | None = None
@@ -314,6 +364,7 @@ class Config:
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     rules: RulesConfig = dataclasses.field(default_factory=RulesConfig)
     rungs: RungsConfig = dataclasses.field(default_factory=RungsConfig)
+    oneshot: OneShotConfig = dataclasses.field(default_factory=OneShotConfig)
     finetunes: int = 1
     backend: str = "optuna"
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
@@ -321,7 +372,7 @@ class Config:
 
     def __post_init__(self) -> None:
         _check(self.level in (1, 2, 3), "level", f"must be 1, 2 or 3, got {self.level}")
-        _check(self.strategy in STRATEGIES, "strategy",
+        _check(self.strategy is None or self.strategy in STRATEGIES, "strategy",
                f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
         _check(self.n_trials is None or self.n_trials >= 0, "n_trials",
                f"must be >= 1 (or 0 / null for the level's preset), got {self.n_trials}")
@@ -343,10 +394,14 @@ class Config:
         _check(self.init in INITS, "init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
         _check(self.method in METHODS, "method",
                f"must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.method == "rungs":
+        if self.method in ("rungs", "oneshot"):
             _check(self.backend == "optuna", "method",
-                   "rungs runs on the optuna backend (in-process, or workers on one storage); "
-                   "backend: ray runs method: trials")
+                   f"{self.method} runs on the optuna backend (in-process, or workers on one "
+                   "storage); backend: ray runs method: trials")
+        if self.method == "oneshot":
+            _check(self.init == "inherit", "init",
+                   "method: oneshot cuts students from the trained supernet: init must be inherit")
+        if self.method == "rungs":
             _check(self.finetunes == 1, "finetunes",
                    "with method: rungs the top rung is the fine-tune; finetunes must be 1")
             _check(self.distill.max_steps is None and self.distill.max_seconds is None,
@@ -356,8 +411,21 @@ class Config:
     @property
     def trials(self) -> int:
         """The study's budget of trials (the level's preset when ``n_trials`` is unset)."""
-        presets = LEVEL_STUDENTS if self.method == "rungs" else LEVEL_TRIALS
+        presets = {"rungs": LEVEL_STUDENTS, "oneshot": LEVEL_SCORED}.get(self.method,
+                                                                        LEVEL_TRIALS)
         return self.n_trials or presets[self.level]
+
+    @property
+    def calibration_samples(self) -> int:
+        """Training samples a student's BatchNorm is recalibrated on before it is scored
+        without training (rung 0 of ``method: rungs``, every student of ``oneshot``)."""
+        return (self.oneshot if self.method == "oneshot" else self.rungs).calibration_samples
+
+    @property
+    def supernet_epochs(self) -> int:
+        """Epochs of ``method: oneshot``'s supernet training (``oneshot.epochs``, else the
+        fine-tune's)."""
+        return self.oneshot.epochs or self.distill.finetune_epochs or self.distill.budget_epochs
 
     @property
     def ladder(self) -> tuple[int, ...]:
@@ -368,15 +436,17 @@ class Config:
         """This config with every default that depends on other keys filled in.
 
         ``n_trials`` by level (:data:`LEVEL_TRIALS`), ``distill.epochs`` by level
-        (:data:`LEVEL_EPOCHS`), ``distill.temperature`` by ``init``. Idempotent; the
+        (:data:`LEVEL_EPOCHS`), ``distill.temperature`` by ``init``, ``strategy`` by
+        ``method``. Idempotent; the
         controller resolves every config it is given, so ``Config(level=3)`` and
         ``Config.from_dict({"level": 3})`` train alike.
         """
         distill = self.distill
         if distill.epochs is None:
             distill = dataclasses.replace(distill, epochs=LEVEL_EPOCHS[self.level])
+        strategy = self.strategy or ("nsga2" if self.method == "oneshot" else "tpe")
         return dataclasses.replace(self, n_trials=self.trials, distill=distill.for_init(self.init),
-                                   latency=self.latency.resolve())
+                                   latency=self.latency.resolve(), strategy=strategy)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML-able mapping of every key."""

@@ -63,7 +63,9 @@ class TrialRecord:
             the machine that ran it (``protege.provenance``); None in older run folders.
         rungs: In a ``method: rungs`` study, the validation accuracy at each rung the
             student reached (rung 0 first); ``accuracy`` is the last of them, and
-            ``history`` and ``train_seconds`` cover every rung. Empty otherwise.
+            ``history`` and ``train_seconds`` cover every rung. In a ``method: oneshot``
+            study, the one score of its slice of the trained supernet (rung 0). Empty
+            otherwise.
     """
 
     number: int

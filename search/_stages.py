@@ -75,8 +75,8 @@ def _derive(teacher: nn.Module, example_input: torch.Tensor, config: Config) -> 
 
 
 def _rules(config: Config, profile: TeacherProfile) -> tuple[TrialRule, ...]:
-    if config.method == "rungs":  # promotion by the ladder does what the rules did
-        return ()
+    if config.method != "trials":  # the ladder's promotion, or a supernet's scoring, does
+        return ()                  # what the rules did
     rules: list[TrialRule] = []
     settings = config.rules
     if settings.gain:
@@ -121,6 +121,7 @@ def _open_optuna(config: Config, out: Path, *,
         )
         # The sampler's seed depends on what the study holds: set once it is open.
         seed = _sampler_seed(config, len(study.get_trials(deepcopy=False)), worker=worker)
+        assert config.strategy is not None  # resolved (Config.resolve)
         study.sampler = make_sampler(config.strategy, seed=seed, n_trials=config.trials)
         fail_dead_trials(study)
         if study.metric_names is None:  # the dashboard names the objectives

@@ -27,6 +27,7 @@ from protege.estimators import LatencySettings, measure_latency, measure_latency
 from protege.provenance import provenance
 from protege.search import _attrs as attrs
 from protege.search._config import Config
+from protege.search._oneshot import ready_supernet
 from protege.search._pareto import pareto_indices, scaled_hypervolume
 from protege.search._profile import (
     TeacherProfile,
@@ -202,6 +203,10 @@ class Study:
         self.worker = worker
         self._stop = False
         self._budget = evaluator.config.trials
+        self.supernet: dict[str, Any] | None = None
+        """``method: oneshot``: the supernet's training facts (epochs, seconds,
+        sample-passes, accuracy of its largest and smallest students per epoch) once it
+        is trained or loaded; None before, and for the other methods."""
 
     # The study's data, space and settings are the evaluator's: one place holds them.
 
@@ -242,6 +247,10 @@ class Study:
 
     def _records(self) -> list[TrialRecord]:
         records = load_records(self.optuna_study)
+        if self.config.method == "oneshot":  # each student's one score, without training
+            return [dataclasses.replace(r, rungs=(r.accuracy,))
+                    if r.trained and r.accuracy is not None and r.duplicate_of is None else r
+                    for r in records]
         if self.rung_study is None:
             return records
         return merge_promotions(records, self.rung_study.get_trials(deepcopy=False))
@@ -314,6 +323,7 @@ class Study:
             self._budget = self._active() + n_trials
         timeout = timeout if timeout is not None else self.config.timeout
         deadline = time.monotonic() + timeout if timeout is not None else None
+        self._ready_supernet(train=True)
         if self.config.backend == "ray":
             from protege.search._ray import run_ray
 
@@ -329,6 +339,16 @@ class Study:
             # A worker that died mid-trial freed its slot: run it here.
             if self._active() >= self._budget:
                 return
+
+    def _ready_supernet(self, *, train: bool) -> None:
+        """``method: oneshot``: from here on, students are cut from the trained supernet
+        (trained now, once per run folder, when ``train``; else loaded if there is one)."""
+        if self.config.method != "oneshot" or self.supernet is not None:
+            return
+        ready = ready_supernet(self.evaluator, self.out, train=train)
+        if ready is not None:
+            space, self.supernet = ready
+            self.evaluator = dataclasses.replace(self.evaluator, space=space)
 
     def _run_trials(self, deadline: float | None, callbacks: Sequence[TrialCallback]) -> bool:
         """Run trials until the budget is held, time is up or :meth:`stop` was called.
@@ -471,6 +491,7 @@ class Study:
         """
         if self.rung_study is not None:
             return self._pick_rung()
+        self._ready_supernet(train=False)  # oneshot: fine-tuned from the supernet's weights
         done = [r for r in self.trials if r.trained]
         chosen = choose(done, floor=accuracy_floor(self.profile, self.config))
         if chosen is None:
@@ -580,6 +601,7 @@ class Study:
         if self.rung_study is not None and record.rungs:  # the top rung is the fine-tune
             pick, student = self._tune_rung(record, test=True, why="asked for by name")
         else:  # asked for by name: measured on test
+            self._ready_supernet(train=False)
             pick, student = self._tune(record, test=True)
         save_student(folder, student, record.arch, self.space,
                      derive_kwargs=self.config.space.derive_kwargs(), trial=number)
@@ -628,6 +650,7 @@ class Study:
         """The end of a run: wait for other workers' trials, measure the front, pick and
         fine-tune, export ONNX, write ``pareto.json``, ``summary.json`` and the report."""
         self._wait_for_workers()
+        self._ready_supernet(train=False)
         records = list(self.trials)
         write_records(self.out / "trials.jsonl", records)
         profile = self.profile
@@ -645,6 +668,7 @@ class Study:
             "hypervolume": volume,
             **({"hypervolume_by_rung": self.hypervolume_by_rung(),
                 "ladder": list(self.config.ladder)} if self.rung_study is not None else {}),
+            **({"supernet": self.supernet} if self.supernet is not None else {}),
             "hypervolume_reference": {"accuracy": profile.chance,
                                       **{name: 1.0 for name in self.config.objectives[1:]}},
             "pick": None,

@@ -157,14 +157,15 @@ class StudentEvaluator:
         )
 
     def calibrate(self, student: torch.nn.Module) -> float:
-        """Rung 0 of ``method: rungs``: the student's validation accuracy with its
-        BatchNorm statistics recalibrated on ``rungs.calibration_samples`` training
-        samples (the same seeded sample for every student), no gradient step."""
+        """A score with no training (rung 0 of ``method: rungs``, every student of
+        ``oneshot``): the student's validation accuracy with its BatchNorm statistics
+        recalibrated on ``calibration_samples`` training samples (the same seeded sample
+        for every student)."""
         inputs = self.outputs.inputs
-        count = min(self.config.rungs.calibration_samples, len(inputs))
-        rows = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(0))[:count]
+        rows = distill.calibration_rows(len(inputs),
+                                        min(self.config.calibration_samples, len(inputs)))
         student = student.to(device_of(self.accelerator))
-        distill.recalibrate_batchnorm(student, inputs[rows.sort().values])
+        distill.recalibrate_batchnorm(student, inputs[rows])
         return distill.evaluate(student, self.val)
 
 
@@ -184,7 +185,8 @@ class TrialResult:
         duplicate_of: The earlier trial whose result a reused trial copies.
         features: What the accuracy predictor learns from.
         provenance: What made it (the study's code and config, this trial's machine).
-        rungs: Accuracy at rung 0 (``method: rungs``), else empty.
+        rungs: Accuracy at rung 0 (``method: rungs``; with ``oneshot`` the score as a
+            slice of the trained supernet), else empty.
     """
 
     outcome: Outcome
@@ -272,7 +274,7 @@ def run_trial(evaluator: StudentEvaluator, arch: Architecture, *, number: int,
             why = rule.before_training(finished, features=features, costs=rule_costs)
             if why is not None:
                 return result(Outcome.SKIPPED, reason=why)
-        if evaluator.config.method == "rungs":  # rung 0: recalibrated, no training
+        if evaluator.config.method != "trials":  # rung 0 / a supernet's slice: no training
             start = time.perf_counter()
             accuracy = evaluator.calibrate(student)
             if checkpoint is not None:

@@ -2,7 +2,8 @@
 
 ``derive(teacher, example_input, level=...)`` finds the choices (width per group of
 coupled channels, depth per residual block, rank per large layer);
-``SearchSpace.materialize`` builds a student with weights inherited from the teacher.
+``SearchSpace.materialize`` builds a student with weights inherited from the teacher;
+``Supernet`` runs every student as a slice of one set of shared weights (one-shot search).
 """
 
 from protege.spaces._blocks import ResidualBlock, Shortcut
@@ -10,6 +11,7 @@ from protege.spaces._derive import LEVELS, TIME_LIMIT_S, WIDTH_OPTIONS, derive
 from protege.spaces._groups import ChannelGroup, find_channel_groups
 from protege.spaces._lowrank import RANK_OPTIONS, factorize
 from protege.spaces._space import Architecture, SearchSpace
+from protege.spaces._supernet import NotASlice, Supernet
 
 __all__ = [
     "LEVELS",
@@ -18,9 +20,11 @@ __all__ = [
     "WIDTH_OPTIONS",
     "Architecture",
     "ChannelGroup",
+    "NotASlice",
     "ResidualBlock",
     "SearchSpace",
     "Shortcut",
+    "Supernet",
     "derive",
     "factorize",
     "find_channel_groups",

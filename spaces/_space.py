@@ -78,6 +78,29 @@ class SearchSpace:
         return math.prod(len(options) for options in self.choices.values())
 
     @property
+    def teacher(self) -> nn.Module:
+        """The network students are cut from (the space's own: do not modify it)."""
+        return self._teacher
+
+    def with_weights(self, model: nn.Module) -> SearchSpace:
+        """The same space, its students cut from ``model``'s weights instead of the teacher's.
+
+        ``model`` is a network of the teacher's architecture with other weights (a trained
+        :class:`~protege.spaces.Supernet`'s ``net``); it is not copied or modified.
+
+        Raises:
+            ValueError: If ``model``'s tensors do not have the teacher's names and shapes.
+        """
+        mine = {k: tuple(v.shape) for k, v in self._teacher.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if mine != theirs:
+            diff = sorted(set(mine.items()) ^ set(theirs.items()))[:3]
+            raise ValueError(f"the model does not have the teacher's architecture: tensors "
+                             f"differ in name or shape, e.g. {diff}")
+        return SearchSpace(teacher=model, example_input=self.example_input, level=self.level,
+                           parts=self._parts, choices=self.choices)
+
+    @property
     def groups(self) -> dict[str, ChannelGroup]:
         """The coupled-channel group behind each width choice."""
         return dict(self._parts.groups)

@@ -198,6 +198,37 @@ def _teacher_blocks(run: RunFolder, teacher: TeacherProfile) -> list[Block]:
                   f"limits: {', '.join(limits)}.")]
 
 
+def _supernet_blocks(run: RunFolder) -> list[Block]:
+    """``method: oneshot``: the supernet's training, and how its scores held up."""
+    facts = run.summary.get("supernet")
+    if not isinstance(facts, dict):
+        return []
+    rows = [[str(int(h["epoch"])), f"{h['largest']:.4f}", f"{h['smallest']:.4f}"]
+            for h in facts.get("history") or ()]
+    blocks: list[Block] = [
+        ("h2", "Supernet"),
+        ("p", f"The teacher was trained once as a weight-sharing supernet: {facts['epochs']} "
+              f"epochs, {facts['students_per_step']} students a step (the largest, the "
+              f"smallest and {facts['students_per_step'] - 2} random, sandwich rule"
+              f"{', the smaller ones distilled from the largest' if facts.get('inplace') else ''}"
+              f"), {facts['sample_passes']:,} training sample-passes, {facts['seconds']:.0f} s. "
+              "Every student was then scored as a slice of it (BatchNorm recalibrated, no "
+              "training); the pick was fine-tuned from its slice."),
+        ("table", ["epoch", "largest (val)", "smallest (val, recalibrated)"], rows)]
+    tuned = [f for f in (run.pick.finetuned if run.pick is not None else ())
+             if f.get("search_accuracy") is not None]
+    if len(tuned) >= 3:
+        from scipy.stats import kendalltau
+
+        tau = kendalltau([f["search_accuracy"] for f in tuned],
+                         [f["val_accuracy"] for f in tuned]).statistic
+        blocks.append(("p", f"Supernet score against accuracy after fine-tuning, over the "
+                            f"{len(tuned)} fine-tuned students: Kendall tau {tau:.2f} (few "
+                            "students: a rough check; `experiments/results/oneshot.md` has the "
+                            "measured ranking quality)."))
+    return blocks
+
+
 def _trial_blocks(run: RunFolder, out: Path) -> list[Block]:
     kinds = [r.outcome.value for r in run.records]
     counts = ", ".join(f"{kinds.count(k)} {k}" for k in
@@ -384,7 +415,7 @@ def _blocks(run: RunFolder, out: Path) -> list[Block]:
     if teacher is None:
         return [("h1", f"protege run: {_name(run)}"),
                 ("p", f"The search has not finished: {len(run.records)} trials so far.")]
-    return [*_teacher_blocks(run, teacher), *_trial_blocks(run, out),
+    return [*_teacher_blocks(run, teacher), *_supernet_blocks(run), *_trial_blocks(run, out),
             *_front_blocks(run, teacher, out), *_hypervolume_blocks(run, teacher, out),
             *_importance_blocks(run, out), *_rule_blocks(run),
             *_pick_blocks(run, run.pick, teacher)]

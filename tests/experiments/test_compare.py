@@ -154,6 +154,25 @@ def test_a_search_arm_with_several_fine_tunes_reserves_them_in_its_budget(
     assert record.pick is not None and record.students_trained <= 2 + 2
 
 
+def test_a_oneshot_arm_counts_its_supernet_and_stays_within_the_budget(
+        toy_task: CompareTask, tmp_path: Path) -> None:
+    config = _config(seeds=[0], budget={"trials": 6}, arms={"protege_oneshot": {"set": [
+        "method=oneshot", "n_trials=8", "oneshot.calibration_samples=96"]}})
+    [record] = run_compare(config, out=tmp_path / "cmp", task=toy_task)
+    budget = total_budget(config, len(toy_task.train))
+    assert budget == (6 * 1 + 2) * 192
+    # the fine-tune (2 x 192) kept back; 8 students scored at 96 // 3 each; the supernet gets
+    # what is left: (1536 - 384 - 256) // (4 x 192) = 1 epoch of 4 students a step
+    supernet = json.loads((tmp_path / "cmp" / "protege_oneshot" / "seed0" / "run"
+                           / "supernet.json").read_text())
+    assert supernet["epochs"] == 1 and supernet["sample_passes"] == 4 * 192
+    assert record.sample_passes <= budget
+    assert record.sample_passes == 4 * 192 + 2 * 192 + 32 * (record.students_trained - 1)
+    assert record.pick is not None
+    assert record.front and all(point["source"] != "supernet training" for point in record.front)
+    assert len(record.curve) == record.students_trained  # the supernet is compute, not a point
+
+
 @pytest.mark.slow  # two more searches: ~10 s on a quiet 2-core machine
 def test_uniform_arm_and_pruned_trials_spend_the_budget(
         toy_task: CompareTask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -242,9 +261,9 @@ def test_shipped_compare_configs_load_and_name_their_command(path: Path) -> None
 
 def test_both_headline_configs_and_their_quick_variants_ship() -> None:
     assert [p.stem for p in SHIPPED] == [
-        "compare_fashion_mnist", "compare_fashion_mnist_quick", "compare_fashion_mnist_rungs",
-        "compare_mnist1d", "compare_mnist1d_quick", "compare_mnist1d_rungs",
-        "compare_mnist1d_rungs_levels"]
+        "compare_fashion_mnist", "compare_fashion_mnist_oneshot", "compare_fashion_mnist_quick",
+        "compare_fashion_mnist_rungs", "compare_mnist1d", "compare_mnist1d_oneshot",
+        "compare_mnist1d_quick", "compare_mnist1d_rungs", "compare_mnist1d_rungs_levels"]
 
 
 def test_paired_test_reports_exact_wilcoxon_and_bootstrap_interval() -> None:

@@ -242,10 +242,10 @@ def test_init_writes_a_commented_starter_that_reads_back(project, tmp_path, monk
     assert code == 0 and "wrote" in printed
     text = out.read_text()
     assert "num_classes: 3" in text and "width: 8" in text and "# " in text
-    for key in ("max_accuracy_drop: 0.01", "strategy: tpe", "finetune_epochs:", "val_fraction"):
+    for key in ("max_accuracy_drop: 0.01", "strategy: null", "finetune_epochs:", "val_fraction"):
         assert key in text
     config, source = read_run_file(out)
-    assert config.strategy == "tpe" and source.teacher.class_path == "my_models.SmallCNN"
+    assert config.resolve().strategy == "tpe" and source.teacher.class_path == "my_models.SmallCNN"
     assert main(["init", "my_models.SmallCNN", "--out", str(out)]) == 2  # never overwrites
     assert "numpy" not in starter_config("torchvision.models.resnet18")
 

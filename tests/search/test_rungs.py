@@ -63,7 +63,7 @@ def test_ladder_is_geometric_up_to_the_fine_tune():
     ({"method": "rungs", "backend": "ray"}, "method"),
     ({"method": "rungs", "finetunes": 2}, "finetunes"),
     ({"method": "rungs", "distill": {"max_steps": 10}}, "distill"),
-    ({"method": "oneshot"}, "method"),
+    ({"method": "bogus"}, "method"),
     ({"method": "rungs", "rungs": {"eta": 1}}, "rungs.eta"),
 ])
 def test_rungs_config_errors_name_the_key(data, key):

@@ -1,0 +1,163 @@
+"""Benchmark of ``method: oneshot``: how well a trained supernet ranks students.
+
+    flock /tmp/protege-cpu.lock .venv/bin/python experiments/bench_oneshot.py --task mnist1d
+
+Trains the task's supernet (``protege.spaces.Supernet``, sandwich rule, ``--epochs``
+epochs, ``--random`` random students a step) once, then takes ``--students`` students
+spread over the space (``--pool`` random students sorted by MACs, taken at evenly spaced
+quantiles, so small and large ones are both there) and gives each three accuracies on
+validation:
+
+- **supernet**: its slice of the trained supernet, BatchNorm recalibrated on 512
+  training samples, no training (what ``method: oneshot`` scores every student by);
+- **rung 0**: the same from the teacher's weights (what ``method: rungs`` scores at rung 0);
+- **fine-tuned**: the student fine-tuned on its own from the teacher's weights for
+  ``--finetune-epochs`` epochs (the same budget each; what the search wants to rank by).
+
+It reports Kendall's tau (with a 95 % bootstrap interval over students) between each
+score and the fine-tuned accuracy, and rewrites its section of
+``experiments/results/oneshot.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import kendalltau
+from torch.utils.data import TensorDataset
+
+from protege.distill import (
+    DistillConfig,
+    cache_teacher_outputs,
+    calibration_rows,
+    evaluate,
+    recalibrate_batchnorm,
+    train_student,
+    train_supernet,
+)
+from protege.estimators import count_macs
+from protege.experiments import load_task
+from protege.experiments._results import write_section
+from protege.spaces import Supernet, derive
+
+RESULTS = Path(__file__).resolve().parent / "results" / "oneshot.md"
+
+
+def tau_interval(x: list[float], y: list[float], *, rounds: int = 2000,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """Kendall's tau of (x, y) and a 95 % percentile bootstrap interval over the pairs."""
+    tau = float(kendalltau(x, y).statistic)
+    rng = np.random.default_rng(seed)
+    xs, ys = np.asarray(x), np.asarray(y)
+    draws = []
+    for _ in range(rounds):
+        rows = rng.integers(len(xs), size=len(xs))
+        value = kendalltau(xs[rows], ys[rows]).statistic
+        if not np.isnan(value):
+            draws.append(value)
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return tau, float(low), float(high)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="mnist1d")
+    parser.add_argument("--level", type=int, default=1)
+    parser.add_argument("--students", type=int, default=20)
+    parser.add_argument("--pool", type=int, default=400)
+    parser.add_argument("--epochs", type=int, default=20, help="supernet epochs")
+    parser.add_argument("--random", type=int, default=2, help="random students a step")
+    parser.add_argument("--inplace", action="store_true")
+    parser.add_argument("--finetune-epochs", type=int, default=20)
+    parser.add_argument("--train-subset", type=int, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    task = load_task(args.task, seed=0)
+    train = task.train
+    if args.train_subset is not None and args.train_subset < len(train):
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+        keep = order[:args.train_subset].sort().values  # the comparison's subset
+        train = TensorDataset(*(t[keep] for t in train.tensors))
+    config = DistillConfig(finetune_epochs=args.finetune_epochs).for_init("inherit")
+    space = derive(task.teacher, task.example_input, level=args.level)
+    with tempfile.TemporaryDirectory() as cache:
+        outputs = cache_teacher_outputs(task.teacher, train, cache_dir=Path(cache), config=config)
+    calibration = outputs.inputs[calibration_rows(len(outputs.inputs), 512)]
+    supernet = Supernet(space)
+    start = time.perf_counter()
+    trained = train_supernet(supernet, outputs, task.val, config=config, epochs=args.epochs,
+                             students=args.random, inplace=args.inplace)
+    supernet_seconds = time.perf_counter() - start
+    teacher_macs, _ = count_macs(task.teacher, task.example_input)
+    rng = np.random.default_rng(0)
+    pool: dict[str, tuple[int, dict]] = {}
+    for _ in range(args.pool):
+        arch = space.repair(space.sample(rng))
+        pool.setdefault(repr(sorted(arch.items())), (0, arch))
+    sized = sorted(((count_macs(space.materialize(arch), task.example_input)[0], arch)
+                    for _, arch in pool.values()), key=lambda pair: pair[0])
+    picks = np.linspace(0, len(sized) - 1, args.students).round().astype(int)
+    rows, scores, zeros, tuned = [], [], [], []
+    for i, index in enumerate(picks):
+        macs, arch = sized[index]
+        sliced = supernet.student(arch)
+        recalibrate_batchnorm(sliced, calibration)
+        score = evaluate(sliced, task.val)
+        inherited = space.materialize(arch)
+        recalibrate_batchnorm(inherited, calibration)
+        zero = evaluate(inherited, task.val)
+        result = train_student(space.materialize(arch), outputs, task.val,
+                               config=config.for_finetune(), seed=i)
+        scores.append(score)
+        zeros.append(zero)
+        tuned.append(result.val_accuracy)
+        rows.append(f"| {i} | {macs / teacher_macs:.3f} | {100 * score:.2f} | {100 * zero:.2f} "
+                    f"| {100 * result.val_accuracy:.2f} |")
+        print(rows[-1], flush=True)
+    tau_s = tau_interval(scores, tuned)
+    tau_0 = tau_interval(zeros, tuned)
+    last = trained.history[-1]
+    body = [
+        f"Task {task.name} ({len(train)} training samples), level-{args.level} space; "
+        f"supernet: {args.epochs} epochs, the largest, the smallest and {args.random} random "
+        f"students a step{' (in-place distillation)' if args.inplace else ''}, "
+        f"{trained.sample_passes:,} sample-passes, {supernet_seconds:.0f} s; after it the "
+        f"largest student scores {100 * last['largest']:.2f} % and the smallest "
+        f"{100 * last['smallest']:.2f} % on validation. {len(picks)} students at evenly "
+        f"spaced MAC quantiles of {len(sized)} random ones (seed 0); each fine-tuned on its "
+        f"own from the teacher's weights for {args.finetune_epochs} epochs (lr {config.lr}, "
+        f"batch {config.batch_size}, T {config.temperature}). Validation accuracy (%).",
+        "",
+        "| student | MACs / teacher | supernet slice | rung 0 (teacher's weights) "
+        "| fine-tuned on its own |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        "Kendall's tau against the fine-tuned accuracy (95 % bootstrap interval over the "
+        "students):",
+        "",
+        "| score | tau | 95 % interval |",
+        "|---|---|---|",
+        f"| supernet slice | {tau_s[0]:.2f} | {tau_s[1]:.2f} to {tau_s[2]:.2f} |",
+        f"| rung 0 (teacher's weights) | {tau_0[0]:.2f} | {tau_0[1]:.2f} to {tau_0[2]:.2f} |",
+    ]
+    command = "flock /tmp/protege-cpu.lock .venv/bin/python experiments/bench_oneshot.py " + \
+        shlex.join(sys.argv[1:] if argv is None else argv)
+    key = f"tau-{task.name}-level{args.level}-e{args.epochs}{'-inplace' if args.inplace else ''}"
+    write_section(RESULTS, title="One-shot search: how well the supernet ranks students", key=key,
+                  heading=f"Supernet ranking against students fine-tuned on their own "
+                          f"({task.name}, level {args.level}, {args.epochs} supernet epochs"
+                          f"{', in-place' if args.inplace else ''})",
+                  command=command.strip(), body=body)
+    print("\n".join(body))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""method: oneshot: the supernet trained once per run folder, students scored as its slices,
+the pick fine-tuned from its supernet weights."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from tiny_nets import make_tiny_net
+
+import protege
+from protege.search import Config, ConfigError
+from protege.search._oneshot import SUPERNET_FILE, _claim
+
+FAST = {"epochs": 1, "finetune_epochs": 2, "batch_size": 64}
+
+
+def oneshot_config(**overrides) -> Config:
+    data = {"method": "oneshot", "n_trials": 6, "oneshot": {"epochs": 1,
+                                                            "calibration_samples": 64},
+            "constraints": {"max_accuracy_drop": 0.5}, "distill": FAST}
+    data.update(overrides)
+    return Config.from_dict(data)
+
+
+def open_study(tiny_data, out, cfg):
+    return protege.create_study(make_tiny_net(), train=tiny_data["train"],
+                                val=tiny_data["val"], test=tiny_data["test"],
+                                example_input=torch.randn(1, 1, 8, 8), config=cfg, out=out)
+
+
+def test_oneshot_config_defaults_and_errors():
+    cfg = Config(method="oneshot").resolve()
+    assert cfg.strategy == "nsga2" and cfg.n_trials == 300  # hundreds of cheap students
+    assert Config().resolve().strategy == "tpe"
+    assert cfg.supernet_epochs == cfg.distill.finetune_epochs
+    with pytest.raises(ConfigError, match="ray"):
+        Config.from_dict({"method": "oneshot", "backend": "ray"})
+    with pytest.raises(ConfigError, match="init"):
+        Config.from_dict({"method": "oneshot", "init": "scratch"})
+    with pytest.raises(ConfigError, match="oneshot.students"):
+        Config.from_dict({"method": "oneshot", "oneshot": {"students": -1}})
+
+
+def test_a_oneshot_study_scores_slices_and_fine_tunes_from_the_supernet(tiny_data, tmp_path):
+    teacher = make_tiny_net()
+    study = protege.create_study(teacher, train=tiny_data["train"], val=tiny_data["val"],
+                                 test=tiny_data["test"], example_input=torch.randn(1, 1, 8, 8),
+                                 config=oneshot_config(), out=tmp_path)
+    study.optimize()
+    assert (tmp_path / SUPERNET_FILE).is_file()
+    facts = study.supernet
+    assert facts is not None and facts["epochs"] == 1
+    assert facts["sample_passes"] == 192 * 4
+    # students are cut from the trained supernet, not from the teacher
+    assert study.space.teacher is not teacher
+    trained = [r for r in study.trials if r.trained]
+    assert len(study.trials) == 6 and trained
+    assert all(r.rungs == (r.accuracy,) and not r.history
+               for r in trained if r.duplicate_of is None)
+    result = study.finish()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["supernet"]["history"] and summary["pick"] is not None
+    assert result.pick is not None
+    assert "## Supernet" in (tmp_path / "report.md").read_text()
+
+
+def test_a_resumed_oneshot_study_does_not_train_the_supernet_again(tiny_data, tmp_path,
+                                                                     monkeypatch):
+    study = open_study(tiny_data, tmp_path, oneshot_config(n_trials=3))
+    study.optimize()
+    stamp = os.stat(tmp_path / SUPERNET_FILE).st_mtime_ns
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the supernet was trained again")
+
+    monkeypatch.setattr(protege.distill, "train_supernet", refuse)
+    again = open_study(tiny_data, tmp_path, oneshot_config(n_trials=5))
+    again.optimize()
+    assert len(again.trials) == 5
+    assert os.stat(tmp_path / SUPERNET_FILE).st_mtime_ns == stamp
+    assert again.supernet == study.supernet
+
+
+def test_a_dead_process_s_supernet_lock_is_taken_over(tmp_path):
+    lock = tmp_path / "supernet.lock"
+    lock.write_text(f"{os.uname().nodename}:999999999")  # no such process
+    assert _claim(lock)
+    assert lock.read_text().endswith(f":{os.getpid()}")
+    assert not _claim(lock)  # held by a live process (this one)
