@@ -56,11 +56,33 @@ def value_key(value: Any) -> str:
 
 
 class Template:
-    """Kernel list and shapes of any architecture, by arithmetic on probed deltas."""
+    """Kernel list and shapes of any architecture, by arithmetic on probed deltas.
+
+    Every dimension of every kernel's shapes has one *slot* in a flat vector: node
+    ``i``'s shapes are ``nodes[i].lengths`` consecutive runs of slots from
+    ``nodes[i].start``. ``base`` holds the teacher's dimensions; a width choice
+    subtracts from the slots it changes ``delta * cut / removed``, where ``cut`` is
+    the channels its option removes and ``removed`` those of the probe that measured
+    ``delta``.
+
+    Attributes:
+        nodes: Every kernel any student can run: the teacher's first, then those a
+            structural option or an off-block channel count adds.
+        base: The teacher's slot vector (int64).
+        width: Width choice -> (slots it changes, their deltas at the probe, the
+            group's channels, channels the probe removed).
+        removed: (structural choice, option as JSON) -> teacher nodes it removes.
+        added: (choice, option as JSON or :data:`MISALIGNED`) -> nodes it adds.
+        initial: Per node, whether the teacher runs it.
+        block: The runtime's SIMD channel block (:func:`simd_block`).
+        misaligned: Width choice -> reorder nodes that run when its channel count is
+            off the block.
+        structural: Structural choices that remove or add nodes, sorted.
+    """
 
     def __init__(self, state: Mapping[str, Any]) -> None:
         self.nodes = [Node(name=n[0], op=n[1], lengths=tuple(n[2]), start=n[3], choice=n[4],
-                            value=n[5]) for n in state["nodes"]]
+                           value=n[5]) for n in state["nodes"]]
         self.base = np.asarray(state["base"], dtype=np.int64)
         self.width = {name: (np.asarray(w["idx"], dtype=np.int64),
                              np.asarray(w["delta"], dtype=np.float64), int(w["channels"]),
@@ -77,9 +99,33 @@ class Template:
         self.structural = sorted({c for c, _ in self.removed}
                                  | {c for c, v in self.added if v != MISALIGNED})
 
-    def kernels(self, arch: Mapping[str, Any]) -> list[tuple[int, tuple[tuple[int, ...], ...]]]:
-        """(node index, shapes) of every kernel the student ``arch`` runs."""
+    def cut_fraction(self, name: str, value: Any) -> float:
+        """Share of width choice ``name``'s probed cut that option ``value`` makes
+        (0 when it cuts nothing or the probe removed nothing)."""
+        _, _, channels, removed = self.width[name]
+        cut = channels - kept(channels, float(value))
+        return cut / removed if cut and removed else 0.0
+
+    def dims(self, arch: Mapping[str, Any]) -> list[int]:
+        """The slot vector of the student ``arch``: every dimension of every kernel's shapes."""
         dims = self.base.astype(np.float64)
+        for name, (idx, delta, _, _) in self.width.items():
+            fraction = self.cut_fraction(name, arch[name])
+            if fraction:
+                dims[idx] -= delta * fraction
+        return np.maximum(np.rint(dims), 1).astype(np.int64).tolist()
+
+    def shapes(self, index: int, dims: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+        """Shapes of node ``index`` read off the slot vector ``dims``."""
+        node = self.nodes[index]
+        shapes, pos = [], node.start
+        for length in node.lengths:
+            shapes.append(tuple(dims[pos:pos + length]))
+            pos += length
+        return tuple(shapes)
+
+    def active(self, arch: Mapping[str, Any]) -> np.ndarray:
+        """Per node, whether the student ``arch`` runs it (bool)."""
         active = self.initial.copy()
         seen: set[str] = set()
         for name, extra in self.misaligned.items():
@@ -88,26 +134,18 @@ class Template:
                     if self.nodes[i].name not in seen:
                         seen.add(self.nodes[i].name)
                         active[i] = True
-        for name, (idx, delta, channels, removed) in self.width.items():
-            cut = channels - kept(channels, float(arch[name]))
-            if cut and removed:
-                dims[idx] -= delta * (cut / removed)
-        values = np.maximum(np.rint(dims), 1).astype(np.int64).tolist()
         for choice in self.structural:
             key = (choice, value_key(arch[choice]))
             if key in self.removed:
                 active[self.removed[key]] = False
             if key in self.added:
                 active[self.added[key]] = True
-        out = []
-        for i in np.flatnonzero(active).tolist():
-            node = self.nodes[i]
-            shapes, pos = [], node.start
-            for length in node.lengths:
-                shapes.append(tuple(values[pos:pos + length]))
-                pos += length
-            out.append((i, tuple(shapes)))
-        return out
+        return active
+
+    def kernels(self, arch: Mapping[str, Any]) -> list[tuple[int, tuple[tuple[int, ...], ...]]]:
+        """(node index, shapes) of every kernel the student ``arch`` runs, in node order."""
+        dims = self.dims(arch)
+        return [(i, self.shapes(i, dims)) for i in np.flatnonzero(self.active(arch)).tolist()]
 
 
 def _flatten(kernels: Sequence[Kernel]) -> dict[str, tuple[str, tuple[tuple[int, ...], ...]]]:
