@@ -22,6 +22,9 @@ How a space's predictor is built (:meth:`LatencyPredictor.for_space`), once per 
    :attr:`LatencyPredictor.calibration` report (how well a new machine was calibrated).
    As in HELP (Lee et al., NeurIPS 2021), a new device needs only a few measured
    samples to adapt.
+5. **Cost tables** (:mod:`._kernel_costs`): every kernel's cost under every combination
+   of the width options it depends on, computed once when the predictor is made, so a
+   prediction is ``space.repair`` plus a few list look-ups (tens of microseconds).
 
 Everything is cached on disk under the machine's fingerprint with the runtime,
 precision, batch and threads, so a second build on one machine measures nothing.
@@ -45,7 +48,8 @@ from scipy.optimize import nnls
 from torch import nn
 
 from protege.estimators._cache import cache_folder, merge_json, read_json
-from protege.estimators._kernels import Kernel, features, kernel_key, profile_kernels
+from protege.estimators._kernel_costs import KernelCosts
+from protege.estimators._kernels import Kernel, Shapes, features, kernel_key, profile_kernels
 from protege.estimators._runtime import check_settings, default_runtime
 from protege.estimators._template import Template, build_template, kept, simd_block, value_key
 from protege.estimators._timing import (
@@ -133,6 +137,9 @@ class LatencyPredictor:
                     for node in self._template.nodes]
         self._coef = np.asarray([f[0] for f in fallback], dtype=float).reshape(-1, 4)
         self._sd = np.asarray([f[1] for f in fallback], dtype=float)
+        self._costs = (None if space is None else
+                       KernelCosts(template=self._template, choices=space.choices,
+                                   costs=self._node_costs))
 
     @classmethod
     def for_space(
@@ -221,30 +228,34 @@ class LatencyPredictor:
         return self._calibrated(*self._kernel_sum(arch))
 
     def _kernel_sum(self, arch: Mapping[str, Any]) -> tuple[float, float, int]:
-        """(sum of kernel ms, its variance, number of kernels) of ``arch``, uncalibrated."""
-        if self.space is None:
+        """(sum of kernel ms, its variance in ms², number of kernels) of ``arch``, uncalibrated."""
+        if self.space is None or self._costs is None:
             raise ValueError("this predictor has no space to predict an architecture of")
-        arch = self.space.repair(arch)
-        total = 0.0
-        nodes = self._template.nodes
-        missed, first, last = [], [], []
-        kernels = self._template.kernels(arch)
-        for index, shapes in kernels:
-            hit = self._fast.get((nodes[index].op, shapes))
-            if hit is not None:
-                total += hit
-                continue
-            missed.append(index)
-            first.append(math.prod(shapes[0]) if shapes else 0)
-            last.append(math.prod(shapes[-1]) if shapes else 0)
-        variance = 0.0
-        if missed:
-            self.misses += len(missed)
-            f1, f2 = np.asarray(first, dtype=float) / 1e6, np.asarray(last, dtype=float) / 1e6
-            design = np.column_stack([np.ones(len(missed)), f1, f2, f1 * f2])
-            total += float(np.maximum((design * self._coef[missed]).sum(axis=1), 0.0).sum())
-            variance = float((self._sd[missed] ** 2).sum())
-        return total, variance, len(kernels)
+        total, variance, count, misses = self._costs.evaluate(self.space.repair(arch))
+        self.misses += misses
+        return total, variance, count
+
+    def _node_costs(self, index: int, shapes: Sequence[Shapes]
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Costs of template node ``index`` under each of ``shapes``: (ms, variance ms²,
+        whether the table lacked the shapes), three arrays of ``len(shapes)``.
+
+        The table's median where it has the operator and shapes; else the regression of
+        the node's position (or of its operator) on :func:`features`, never negative,
+        with the regression's residual variance.
+        """
+        op = self._template.nodes[index].op
+        hits = [self._fast.get((op, s)) for s in shapes]
+        missed = np.asarray([hit is None for hit in hits], dtype=bool)
+        ms = np.asarray([0.0 if hit is None else hit for hit in hits], dtype=float)
+        if missed.any():
+            gaps = [s for s, hit in zip(shapes, hits, strict=True) if hit is None]
+            first = np.asarray([math.prod(s[0]) if s else 0 for s in gaps], dtype=float) / 1e6
+            last = np.asarray([math.prod(s[-1]) if s else 0 for s in gaps], dtype=float) / 1e6
+            design = np.column_stack([np.ones(len(gaps)), first, last, first * last])
+            ms[missed] = np.maximum((design * self._coef[index]).sum(axis=1), 0.0)
+        variance = np.where(missed, self._sd[index] ** 2, 0.0)
+        return ms, variance, missed
 
     def predict(self, arch: Mapping[str, Any]) -> float:
         """Predicted milliseconds of the student ``arch`` (no model built, no forward pass)."""
