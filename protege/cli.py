@@ -56,6 +56,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from protege._progress import TrialProgress
     from protege.experiments import load_inputs
     from protege.search import load_run
+    from protege.search.pick import pick_cost
 
     overrides = list(args.set)
     if args.storage:
@@ -76,7 +77,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     progress = TrialProgress(
         total=config.trials, teacher_accuracy=study.profile.val_accuracy,
         teacher_macs=study.profile.macs, max_accuracy_drop=config.constraints.max_accuracy_drop,
-        records_file=out / "trials.jsonl")
+        records_file=out / "trials.jsonl", cost=pick_cost(config.objectives))
     study.optimize(callbacks=[] if quiet else [progress])
     if worker:
         print(f"worker done: the study holds {len(study.trials)} trials")
