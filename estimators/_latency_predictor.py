@@ -22,6 +22,9 @@ How a space's predictor is built (:meth:`LatencyPredictor.for_space`), once per 
    :attr:`LatencyPredictor.calibration` report (how well a new machine was calibrated).
    As in HELP (Lee et al., NeurIPS 2021), a new device needs only a few measured
    samples to adapt.
+5. **Cost tables** (:mod:`._kernel_costs`): every kernel's cost under every combination
+   of the width options it depends on, computed once when the predictor is made, so a
+   prediction is ``space.repair`` plus a few list look-ups (tens of microseconds).
 
 Everything is cached on disk under the machine's fingerprint with the runtime,
 precision, batch and threads, so a second build on one machine measures nothing.
@@ -36,7 +39,6 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,8 +48,10 @@ from scipy.optimize import nnls
 from torch import nn
 
 from protege.estimators._cache import cache_folder, merge_json, read_json
-from protege.estimators._kernels import Kernel, features, kernel_key, profile_kernels
+from protege.estimators._kernel_costs import KernelCosts
+from protege.estimators._kernels import Kernel, Shapes, features, kernel_key, profile_kernels
 from protege.estimators._runtime import check_settings, default_runtime
+from protege.estimators._template import Template, build_template, kept, simd_block, value_key
 from protege.estimators._timing import (
     TimingConfig,
     machine_id,
@@ -74,181 +78,6 @@ class _Space(Protocol):
     def repair(self, arch: Mapping[str, Any]) -> dict[str, Any]: ...
 
     def materialize(self, arch: Mapping[str, Any]) -> nn.Module: ...
-
-
-def _kept(channels: int, multiplier: float) -> int:
-    """Channels a width multiplier keeps (the rule of ``protege.spaces``)."""
-    return max(1, min(channels, int(round(channels * multiplier))))
-
-
-@dataclass(frozen=True)
-class _Node:
-    """A kernel of the template: its place in the slot vector and when it runs."""
-
-    name: str
-    op: str
-    lengths: tuple[int, ...]
-    start: int
-    choice: str | None = None
-    value: str | None = None
-
-
-_MISALIGNED = '"misaligned"'
-
-
-def _simd_block() -> int:
-    """Channels per SIMD block of ONNX Runtime's NCHWc kernels here (16 with AVX-512, else 8)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            return 16 if "avx512f" in handle.read() else 8
-    except OSError:
-        return 8
-
-
-def _value_key(value: Any) -> str:
-    return json.dumps(value)
-
-
-class _Template:
-    """Kernel list and shapes of any architecture, by arithmetic on probed deltas."""
-
-    def __init__(self, state: Mapping[str, Any]) -> None:
-        self.nodes = [_Node(name=n[0], op=n[1], lengths=tuple(n[2]), start=n[3], choice=n[4],
-                            value=n[5]) for n in state["nodes"]]
-        self.base = np.asarray(state["base"], dtype=np.int64)
-        self.width = {name: (np.asarray(w["idx"], dtype=np.int64),
-                             np.asarray(w["delta"], dtype=np.float64), int(w["channels"]),
-                             int(w["removed"])) for name, w in state["width"].items()}
-        self.removed = {(c, v): np.asarray(idx, dtype=np.int64)
-                        for c, v, idx in state["removed"]}
-        self.added: dict[tuple[str, str], list[int]] = {}
-        for i, node in enumerate(self.nodes):
-            if node.choice is not None and node.value is not None:
-                self.added.setdefault((node.choice, node.value), []).append(i)
-        self.initial = np.asarray([node.choice is None for node in self.nodes], dtype=bool)
-        self.block = int(state.get("block", 16))
-        self.misaligned = {c: idx for (c, v), idx in self.added.items() if v == _MISALIGNED}
-        self.structural = sorted({c for c, _ in self.removed}
-                                 | {c for c, v in self.added if v != _MISALIGNED})
-
-    def kernels(self, arch: Mapping[str, Any]) -> list[tuple[int, tuple[tuple[int, ...], ...]]]:
-        """(node index, shapes) of every kernel the student ``arch`` runs."""
-        dims = self.base.astype(np.float64)
-        active = self.initial.copy()
-        seen: set[str] = set()
-        for name, extra in self.misaligned.items():
-            if _kept(self.width[name][2], float(arch[name])) % self.block:
-                for i in extra:  # one reorder per tensor, however many groups it touches
-                    if self.nodes[i].name not in seen:
-                        seen.add(self.nodes[i].name)
-                        active[i] = True
-        for name, (idx, delta, channels, removed) in self.width.items():
-            cut = channels - _kept(channels, float(arch[name]))
-            if cut and removed:
-                dims[idx] -= delta * (cut / removed)
-        values = np.maximum(np.rint(dims), 1).astype(np.int64).tolist()
-        for choice in self.structural:
-            key = (choice, _value_key(arch[choice]))
-            if key in self.removed:
-                active[self.removed[key]] = False
-            if key in self.added:
-                active[self.added[key]] = True
-        out = []
-        for i in np.flatnonzero(active).tolist():
-            node = self.nodes[i]
-            shapes, pos = [], node.start
-            for length in node.lengths:
-                shapes.append(tuple(values[pos:pos + length]))
-                pos += length
-            out.append((i, tuple(shapes)))
-        return out
-
-
-def _flatten(kernels: Sequence[Kernel]) -> dict[str, tuple[str, tuple[tuple[int, ...], ...]]]:
-    return {k.name: (k.op, k.shapes) for k in kernels}
-
-
-def _build_template(teacher: Sequence[Kernel], width: Mapping[str, tuple[list[Kernel], int, int]],
-                    structural: Mapping[tuple[str, str], list[Kernel]], *,
-                    block: int) -> dict[str, Any]:
-    """The template's state from the teacher's profile and the probes' profiles.
-
-    Args:
-        teacher: Kernels of the teacher.
-        width: Per width choice: kernels at its smallest option, the group's
-            channels and the channels that option removes.
-        structural: Per (structural choice, option as JSON): kernels of that probe.
-        block: The runtime's SIMD channel block (:func:`_simd_block`).
-    """
-    nodes: list[list[Any]] = []
-    base: list[int] = []
-    slots: dict[str, list[tuple[int, int]]] = {}  # name -> (start, length) per slot
-
-    def add(kernel: Kernel, choice: str | None, value: str | None) -> int:
-        lengths = [len(s) for s in kernel.shapes]
-        start = len(base)
-        nodes.append([kernel.name, kernel.op, lengths, start, choice, value])
-        positions, pos = [], start
-        for shape in kernel.shapes:
-            base.extend(shape)
-            positions.append((pos, len(shape)))
-            pos += len(shape)
-        if choice is None:
-            slots[kernel.name] = positions
-        return len(nodes) - 1
-
-    for kernel in teacher:
-        add(kernel, None, None)
-    teacher_by_name = {k.name: k for k in teacher}
-    deltas: dict[str, dict[int, float]] = {}
-    for name, (kernels, channels, removed) in width.items():
-        delta: dict[int, float] = {}
-        for kernel in kernels:
-            ref = teacher_by_name.get(kernel.name)
-            if ref is None and (channels - removed) % block:
-                # a kernel the runtime adds for a channel count off its SIMD block
-                # (NCHWc reorders): it runs whenever this group's count is off the block
-                add(kernel, name, _MISALIGNED)
-                continue
-            if ref is None or [len(s) for s in ref.shapes] != [len(s) for s in kernel.shapes]:
-                continue
-            for (start, _), a, b in zip(slots[kernel.name], ref.shapes, kernel.shapes,
-                                        strict=True):
-                for j, (da, db) in enumerate(zip(a, b, strict=True)):
-                    if da != db:
-                        delta[start + j] = float(da - db)
-        deltas[name] = delta
-    removed_sets = []
-    for (choice, value), kernels in structural.items():
-        probe = _flatten(kernels)
-        gone = [i for i, node in enumerate(nodes[:len(teacher)])
-                if probe.get(node[0]) != (node[1], teacher_by_name[node[0]].shapes)]
-        removed_sets.append([choice, value, gone])
-        gone_slots: dict[tuple[int, ...], int] = {}
-        for i in gone:
-            for (start, _), shape in zip(slots[nodes[i][0]], teacher_by_name[nodes[i][0]].shapes,
-                                         strict=True):
-                gone_slots.setdefault(shape, start)
-        known = {name: teacher_by_name[name] for name in teacher_by_name}
-        for kernel in kernels:
-            if kernel.name in known and known[kernel.name].shapes == kernel.shapes:
-                continue
-            index = add(kernel, choice, value)
-            pos = nodes[index][3]
-            for shape in kernel.shapes:
-                source = gone_slots.get(shape)
-                if source is not None:  # same shape as a slot it replaces: same widths
-                    for delta in deltas.values():
-                        for j in range(len(shape)):
-                            if source + j in delta:
-                                delta[pos + j] = delta[source + j]
-                pos += len(shape)
-    return {
-        "nodes": nodes, "base": base, "removed": removed_sets, "block": block,
-        "width": {name: {"idx": sorted(delta), "delta": [delta[i] for i in sorted(delta)],
-                         "channels": width[name][1], "removed": width[name][2]}
-                  for name, delta in deltas.items()},
-    }
 
 
 def _fit_rows(rows: Sequence[tuple[tuple[float, ...], float]]) -> tuple[list[float], float]:
@@ -300,7 +129,7 @@ class LatencyPredictor:
         self.build_s = build_s
         self.misses = 0
         self.probes: dict[str, Any] = dict(state["probes"])
-        self._template = _Template(state["template"])
+        self._template = Template(state["template"])
         by_position = {k: (list(v[0]), float(v[1])) for k, v in state["positions"].items()}
         by_op = {k: (list(v[0]), float(v[1])) for k, v in state["ops"].items()}
         self._fast = {(op, _as_shapes(shapes)): float(ms) for op, shapes, ms in state["kernels"]}
@@ -308,6 +137,9 @@ class LatencyPredictor:
                     for node in self._template.nodes]
         self._coef = np.asarray([f[0] for f in fallback], dtype=float).reshape(-1, 4)
         self._sd = np.asarray([f[1] for f in fallback], dtype=float)
+        self._costs = (None if space is None else
+                       KernelCosts(template=self._template, choices=space.choices,
+                                   costs=self._node_costs))
 
     @classmethod
     def for_space(
@@ -396,30 +228,34 @@ class LatencyPredictor:
         return self._calibrated(*self._kernel_sum(arch))
 
     def _kernel_sum(self, arch: Mapping[str, Any]) -> tuple[float, float, int]:
-        """(sum of kernel ms, its variance, number of kernels) of ``arch``, uncalibrated."""
-        if self.space is None:
+        """(sum of kernel ms, its variance in ms², number of kernels) of ``arch``, uncalibrated."""
+        if self.space is None or self._costs is None:
             raise ValueError("this predictor has no space to predict an architecture of")
-        arch = self.space.repair(arch)
-        total = 0.0
-        nodes = self._template.nodes
-        missed, first, last = [], [], []
-        kernels = self._template.kernels(arch)
-        for index, shapes in kernels:
-            hit = self._fast.get((nodes[index].op, shapes))
-            if hit is not None:
-                total += hit
-                continue
-            missed.append(index)
-            first.append(math.prod(shapes[0]) if shapes else 0)
-            last.append(math.prod(shapes[-1]) if shapes else 0)
-        variance = 0.0
-        if missed:
-            self.misses += len(missed)
-            f1, f2 = np.asarray(first, dtype=float) / 1e6, np.asarray(last, dtype=float) / 1e6
-            design = np.column_stack([np.ones(len(missed)), f1, f2, f1 * f2])
-            total += float(np.maximum((design * self._coef[missed]).sum(axis=1), 0.0).sum())
-            variance = float((self._sd[missed] ** 2).sum())
-        return total, variance, len(kernels)
+        total, variance, count, misses = self._costs.evaluate(self.space.repair(arch))
+        self.misses += misses
+        return total, variance, count
+
+    def _node_costs(self, index: int, shapes: Sequence[Shapes]
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Costs of template node ``index`` under each of ``shapes``: (ms, variance ms²,
+        whether the table lacked the shapes), three arrays of ``len(shapes)``.
+
+        The table's median where it has the operator and shapes; else the regression of
+        the node's position (or of its operator) on :func:`features`, never negative,
+        with the regression's residual variance.
+        """
+        op = self._template.nodes[index].op
+        hits = [self._fast.get((op, s)) for s in shapes]
+        missed = np.asarray([hit is None for hit in hits], dtype=bool)
+        ms = np.asarray([0.0 if hit is None else hit for hit in hits], dtype=float)
+        if missed.any():
+            gaps = [s for s, hit in zip(shapes, hits, strict=True) if hit is None]
+            first = np.asarray([math.prod(s[0]) if s else 0 for s in gaps], dtype=float) / 1e6
+            last = np.asarray([math.prod(s[-1]) if s else 0 for s in gaps], dtype=float) / 1e6
+            design = np.column_stack([np.ones(len(gaps)), first, last, first * last])
+            ms[missed] = np.maximum((design * self._coef[index]).sum(axis=1), 0.0)
+        variance = np.where(missed, self._sd[index] ** 2, 0.0)
+        return ms, variance, missed
 
     def predict(self, arch: Mapping[str, Any]) -> float:
         """Predicted milliseconds of the student ``arch`` (no model built, no forward pass)."""
@@ -461,7 +297,7 @@ def _probe_plan(space: _Space) -> tuple[dict[str, dict[str, Any]], dict[tuple[st
             continue
         for value in options:
             if value != teacher[name]:
-                structural[(name, _value_key(value))] = space.repair({**teacher, name: value})
+                structural[(name, value_key(value))] = space.repair({**teacher, name: value})
     return width, structural
 
 
@@ -481,12 +317,12 @@ def _build_state(space: _Space, example_input: torch.Tensor, *, precision: str, 
         kernels = profile(arch)
         profiles.append(kernels)
         channels = int(space.groups[name].channels)
-        width[name] = (kernels, channels, channels - _kept(channels, float(arch[name])))
+        width[name] = (kernels, channels, channels - kept(channels, float(arch[name])))
     structural = {}
     for key, arch in structural_plan.items():
         structural[key] = profile(arch)
         profiles.append(structural[key])
-    template = _build_template(teacher, width, structural, block=_simd_block())
+    template = build_template(teacher, width, structural, block=simd_block())
     rng = np.random.default_rng(seed)
     randoms = [space.repair(space.sample(rng)) for _ in range(probes)]
     for arch in randoms:

@@ -8,12 +8,14 @@ text reads well in a plain log (Lightning's own bars are off during trials).
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from protege.search import Outcome, TrialRecord, pareto_indices, read_records
+from protege.search.pick import choose
 
 __all__ = ["TrialProgress", "clock"]
 
@@ -44,11 +46,15 @@ class TrialProgress:
         records_file: The run's ``trials.jsonl``; when it exists, counts cover the
             whole study (earlier sessions and other workers), not only this process.
         stream: Where lines go.
+        cost: The cost the front and the pick minimise
+            (:func:`protege.search.pick.pick_cost`); ``latency`` also shows each
+            student's predicted latency.
     """
 
     def __init__(self, *, total: int, teacher_accuracy: float | None = None,
                  teacher_macs: int | None = None, max_accuracy_drop: float = 0.0,
-                 records_file: Path | None = None, stream: TextIO | None = None) -> None:
+                 records_file: Path | None = None, stream: TextIO | None = None,
+                 cost: str = "macs") -> None:
         self.total = total
         self.floor = (teacher_accuracy - max_accuracy_drop
                       if teacher_accuracy is not None else None)
@@ -58,6 +64,7 @@ class TrialProgress:
         self.start = time.perf_counter()
         self.here = 0
         self.seen: dict[int, TrialRecord] = {}
+        self.cost = cost
 
     def _records(self, latest: TrialRecord) -> list[TrialRecord]:
         if self.records_file is not None and self.records_file.is_file():
@@ -69,13 +76,21 @@ class TrialProgress:
         return sorted(self.seen.values(), key=lambda r: r.number)
 
     def _best(self, trained: list[TrialRecord]) -> TrialRecord | None:
-        if not trained:
-            return None
-        if self.floor is not None:
-            within = [r for r in trained if (r.accuracy or 0.0) >= self.floor - 1e-12]
-            if within:
-                return min(within, key=lambda r: (r.macs or 0, -(r.accuracy or 0.0)))
-        return max(trained, key=lambda r: (r.accuracy or 0.0, -(r.macs or 0)))
+        """The pick so far: the rule of :func:`protege.search.pick.choose`."""
+        floor = self.floor - 1e-12 if self.floor is not None else math.inf
+        chosen = choose(trained, floor=floor, cost=self.cost)
+        return chosen[0] if chosen is not None else None
+
+    def _cost(self, record: TrialRecord) -> float:
+        value = record.latency_ms if self.cost == "latency" else getattr(record, self.cost)
+        return float(value) if value is not None else math.inf
+
+    def _size(self, record: TrialRecord) -> str:
+        """MACs as a fraction of the teacher's, and the predicted latency in a latency search."""
+        size = _ratio(record.macs, self.teacher_macs)
+        if self.cost == "latency":
+            size += " ?" if record.latency_ms is None else f" {record.latency_ms:.4f} ms"
+        return size
 
     def line(self, record: TrialRecord) -> str:
         """The progress line after ``record`` finished."""
@@ -91,16 +106,16 @@ class TrialProgress:
                 f"{kind:<8}")
         if kind in ("trained", "reused"):
             note = f" (as trial {record.duplicate_of})" if record.duplicate_of is not None else ""
-            what = (f"acc {record.accuracy:.4f} MACs {_ratio(record.macs, self.teacher_macs)} "
+            what = (f"acc {record.accuracy:.4f} MACs {self._size(record)} "
                     f"{record.train_seconds or 0:.1f}s{note}")
         else:
             what = record.reason or ("no reason recorded" if record.outcome == Outcome.FAILED
                                      else "")
         trained = [r for r, k in zip(records, kinds, strict=True)
                    if k == "trained" and r.accuracy is not None]
-        front = pareto_indices([(r.accuracy or 0.0, float(r.macs or 0)) for r in trained])
+        front = pareto_indices([(r.accuracy or 0.0, self._cost(r)) for r in trained])
         best = self._best(trained)
-        pick = (f"best #{best.number} {_ratio(best.macs, self.teacher_macs)} "
+        pick = (f"best #{best.number} {self._size(best)} "
                 f"acc {best.accuracy:.4f}" if best is not None else "best -")
         counts = (f"rejected {kinds.count('rejected')} skipped {kinds.count('skipped')} "
                   f"stopped {kinds.count('stopped')} failed {kinds.count('failed')}")

@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,23 @@ def _millions(value: float) -> str:
     return f"{value / 1e6:.3f}M" if value >= 1e5 else f"{value / 1e3:.1f}K"
 
 
-def _front_table(result) -> str:  # type: ignore[no-untyped-def]
+def _front_table(result, measured: Mapping[int, float]) -> str:  # type: ignore[no-untyped-def]
+    """The front as printed at the end of a run; with the predicted and the measured
+    latency (``measured``: trial -> ms, from ``pareto.json``) when latency was predicted."""
     teacher = result.teacher
-    rows = [("trial", "val acc", "MACs", "MACs/teacher", "params")]
+    latency = any(r.latency_ms is not None for r in result.front)
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    rows = [("trial", "val acc", "MACs", "MACs/teacher", "params",
+             *(("pred. ms", "meas. ms") if latency else ()))]
     rows.append(("teacher", f"{teacher.val_accuracy:.4f}", _millions(teacher.macs), "1.000",
-                 f"{teacher.params}"))
+                 f"{teacher.params}", *(("-", ms(teacher.latency_ms)) if latency else ())))
     for r in result.front:
         rows.append((str(r.number), f"{r.accuracy:.4f}", _millions(r.macs),
-                     f"{r.macs / teacher.macs:.3f}", str(r.params)))
+                     f"{r.macs / teacher.macs:.3f}", str(r.params),
+                     *((ms(r.latency_ms), ms(measured.get(r.number))) if latency else ())))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
              for row in rows]
@@ -47,6 +56,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from protege._progress import TrialProgress
     from protege.experiments import load_inputs
     from protege.search import load_run
+    from protege.search.pick import pick_cost
 
     overrides = list(args.set)
     if args.storage:
@@ -67,7 +77,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     progress = TrialProgress(
         total=config.trials, teacher_accuracy=study.profile.val_accuracy,
         teacher_macs=study.profile.macs, max_accuracy_drop=config.constraints.max_accuracy_drop,
-        records_file=out / "trials.jsonl")
+        records_file=out / "trials.jsonl", cost=pick_cost(config.objectives))
     study.optimize(callbacks=[] if quiet else [progress])
     if worker:
         print(f"worker done: the study holds {len(study.trials)} trials")
@@ -75,10 +85,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not quiet:
         print("picking, fine-tuning and exporting the pick...", flush=True)
     result = study.finish()
+    run = load_run(out)
     if not quiet:
         print(f"\nPareto front ({len(result.front)} of {len(result.trials)} trials), "
               f"hypervolume {result.hypervolume:.4f}:")
-        print(_front_table(result))
+        measured = {int(m["trial"]): float(m["latency_ms_measured"])
+                    for m in run.front if m.get("latency_ms_measured") is not None}
+        print(_front_table(result, measured))
     pick = result.pick
     if pick is None:
         print("no trial completed: nothing was picked", file=sys.stderr)
@@ -88,7 +101,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"{'' if quiet else chr(10)}pick: trial {pick.trial}, "
           f"{pick.macs / result.teacher.macs:.3f}x the teacher's MACs, val accuracy "
           f"{pick.val_accuracy:.4f} after fine-tuning{test} ({verdict})")
-    onnx = load_run(out).summary.get("onnx") or {}
+    onnx = run.summary.get("onnx") or {}
     if not quiet:
         print(f"ONNX: {out / 'best' / 'student.onnx'}, max abs difference against PyTorch "
               f"{onnx['max_abs_diff']:.3g}" if "max_abs_diff" in onnx

@@ -394,10 +394,10 @@ class Config:
         _check(self.init in INITS, "init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
         _check(self.method in METHODS, "method",
                f"must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.method in ("rungs", "oneshot"):
+        if self.method == "rungs":
             _check(self.backend == "optuna", "method",
-                   f"{self.method} runs on the optuna backend (in-process, or workers on one "
-                   "storage); backend: ray runs method: trials")
+                   "rungs runs on the optuna backend (in-process, or workers on one storage); "
+                   "backend: ray runs method: trials and oneshot")
         if self.method == "oneshot":
             _check(self.init == "inherit", "init",
                    "method: oneshot cuts students from the trained supernet: init must be inherit")

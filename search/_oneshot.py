@@ -5,7 +5,8 @@ The supernet (:class:`protege.spaces.Supernet`) is trained with the sandwich rul
 (:func:`protege.distill.train_supernet`) once per run folder, by one process: the
 first to take ``supernet.lock``; other workers on the same storage wait for
 ``supernet.pt`` (workers of a one-shot study share the run folder). A resumed run
-loads ``supernet.pt`` and does not train it again. The trials then score students cut
+loads ``supernet.pt`` and does not train it again; with ``backend: ray`` the driver trains
+it and ships the trained space to Ray's trials. The trials then score students cut
 from the trained weights (BatchNorm recalibrated, validation accuracy), and the pick
 is fine-tuned starting from its supernet weights.
 """

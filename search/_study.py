@@ -56,6 +56,7 @@ from protege.search.pick import (
     bisect,
     choose,
     finetune_student,
+    pick_cost,
     validation_margin,
 )
 from protege.search.report import write_report
@@ -493,7 +494,8 @@ class Study:
             return self._pick_rung()
         self._ready_supernet(train=False)  # oneshot: fine-tuned from the supernet's weights
         done = [r for r in self.trials if r.trained]
-        chosen = choose(done, floor=accuracy_floor(self.profile, self.config))
+        cost = pick_cost(self.config.objectives)
+        chosen = choose(done, floor=accuracy_floor(self.profile, self.config), cost=cost)
         if chosen is None:
             logger.warning("no trial completed: nothing to pick")
             return None
@@ -501,7 +503,8 @@ class Study:
             logger.warning("no student met max_accuracy_drop=%s in its trial; fine-tuning the "
                            "most accurate one (trial %d)",
                            self.config.constraints.max_accuracy_drop, chosen[0].number)
-        pick, student = bisect(chosen[0], done, tune=self._tune, finetunes=self.config.finetunes)
+        pick, student = bisect(chosen[0], done, tune=self._tune, finetunes=self.config.finetunes,
+                               cost=cost)
         # Only the pick is measured on the test set, once: the students the bisection
         # tried were judged on validation alone.
         if self.test is not None:
@@ -522,7 +525,7 @@ class Study:
             return None
         reached = max(r.rung or 0 for r in done)
         at = [r for r in done if r.rung == reached]
-        chosen = choose(at, floor=floor)
+        chosen = choose(at, floor=floor, cost=pick_cost(self.config.objectives))
         assert chosen is not None
         if reached < top:
             logger.warning("no student reached the top rung %d; training trial %d on from "

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -277,3 +278,20 @@ def test_compare_config_mistake_exits_2_with_one_line(tmp_path, capsys):
     assert main(["compare", str(config), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "magic" in err
+
+
+def test_the_printed_front_gives_predicted_and_measured_latency_when_predicted():
+    from types import SimpleNamespace
+
+    from protege.cli import _front_table
+    from protege.search import Outcome, TeacherProfile, TrialRecord
+
+    teacher = TeacherProfile(macs=1000, params=100, val_accuracy=0.95, latency_ms=0.5)
+    front = [TrialRecord(number=3, outcome=Outcome.TRAINED, arch={}, accuracy=0.94, macs=250,
+                         params=20, latency_ms=0.21)]
+    table = _front_table(SimpleNamespace(teacher=teacher, front=front), {3: 0.2})
+    header, _, teacher_row, row = table.splitlines()
+    assert header.endswith("pred. ms  meas. ms") and teacher_row.split()[-2:] == ["-", "0.5000"]
+    assert row.split()[-2:] == ["0.2100", "0.2000"]
+    plain = [dataclasses.replace(front[0], latency_ms=None)]
+    assert "pred. ms" not in _front_table(SimpleNamespace(teacher=teacher, front=plain), {})

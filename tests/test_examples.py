@@ -47,3 +47,11 @@ def test_the_resnet18_on_an_image_folder_example(tmp_path):
     assert code == 0, printed
     assert "teacher torchvision.models.resnet18 (resnet18.pt)" in printed
     assert "input [3, 32, 32] float32" in printed and "pick: trial" in printed
+
+
+def test_the_int8_latency_example_searches_accuracy_against_int8_latency():
+    from protege.search import load_config
+
+    config = load_config(EXAMPLES / "mnist1d_int8_latency.yaml").resolve()
+    assert tuple(config.objectives) == ("accuracy", "latency")
+    assert (config.latency.runtime, config.latency.precision) == ("onnxruntime", "int8")

@@ -5,7 +5,9 @@ from protege.search.pick._pick import (
     bisect,
     choose,
     finetune_student,
+    pick_cost,
     validation_margin,
 )
 
-__all__ = ["accuracy_floor", "bisect", "choose", "finetune_student", "validation_margin"]
+__all__ = ["accuracy_floor", "bisect", "choose", "finetune_student", "pick_cost",
+           "validation_margin"]

@@ -1,4 +1,5 @@
-"""Choosing the student to return: the smallest that meets the limit after its fine-tune.
+"""Choosing the student to return: the cheapest that meets the limit after its fine-tune
+(cheapest by the first cost objective: MACs, parameters or predicted latency).
 
 Brief trials misjudge what a student reaches when fine-tuned, so :func:`bisect` may
 spend several fine-tunes (``Config.finetunes``) to find the smallest student on the
@@ -24,7 +25,8 @@ from protege.search._profile import TeacherProfile
 from protege.search._records import Pick, TrialRecord
 from protege.spaces import SearchSpace
 
-__all__ = ["accuracy_floor", "bisect", "choose", "finetune_student", "validation_margin"]
+__all__ = ["accuracy_floor", "bisect", "choose", "finetune_student", "pick_cost",
+           "validation_margin"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,31 +39,49 @@ def accuracy_floor(teacher: TeacherProfile, config: Config) -> float:
     return teacher.val_accuracy - config.constraints.max_accuracy_drop - 1e-12
 
 
-def choose(done: Sequence[TrialRecord], *, floor: float) -> tuple[TrialRecord, bool] | None:
-    """The smallest completed student at or above ``floor`` (True), else the most accurate
-    one (False); None when nothing completed."""
+def pick_cost(objectives: Sequence[str]) -> str:
+    """The cost a pick minimises: the first cost among the objectives (``macs``,
+    ``params`` or ``latency``, the predicted one), so that a latency search returns the
+    fastest student within the limit, not the one with the fewest MACs."""
+    return next((name for name in objectives[1:] if name != "accuracy"), "macs")
+
+
+def _cost(record: TrialRecord, cost: str) -> tuple[float, float]:
+    """Sort key of ``record`` by ``cost``, ties broken by MACs; unknown costs last."""
+    value = record.latency_ms if cost == "latency" else getattr(record, cost)
+    macs = float(record.macs) if record.macs is not None else math.inf
+    return (float(value) if value is not None else math.inf), macs
+
+
+def choose(done: Sequence[TrialRecord], *, floor: float,
+           cost: str = "macs") -> tuple[TrialRecord, bool] | None:
+    """The cheapest completed student by ``cost`` (:func:`pick_cost`) at or above
+    ``floor`` (True), else the most accurate one (False); None when nothing completed."""
     done = [r for r in done if r.outcome.completed and r.accuracy is not None]
     if not done:
         return None
     within = [r for r in done if (r.accuracy or 0.0) >= floor]
     if within:
-        return min(within, key=lambda r: (r.macs, -(r.accuracy or 0.0), r.number)), True
+        return min(within, key=lambda r: (_cost(r, cost), -(r.accuracy or 0.0), r.number)), True
     return max(done, key=lambda r: (r.accuracy or 0.0, -(r.macs or 0), -r.number)), False
 
 
 def bisect(first: TrialRecord, done: Sequence[TrialRecord], *, tune: Tune,
-           finetunes: int) -> tuple[Pick, nn.Module]:
-    """Fine-tune ``first``, then, while fine-tunes remain, bisect for the smallest student
-    that meets the limit after its own fine-tune, assuming fine-tuned accuracy grows with
-    MACs: below ``first`` (among the smaller members of the (accuracy, MACs) front) when
-    it meets, above it (among every larger student, by MACs: brief accuracy says little
-    about them) when it misses. Returns the smallest that met, else the most accurate.
+           finetunes: int, cost: str = "macs") -> tuple[Pick, nn.Module]:
+    """Fine-tune ``first``, then, while fine-tunes remain, bisect for the cheapest student
+    by ``cost`` that meets the limit after its own fine-tune, assuming fine-tuned accuracy
+    grows with the cost: below ``first`` (among the cheaper members of the (accuracy,
+    cost) front) when it meets, above it (among every costlier student, by cost: brief
+    accuracy says little about them) when it misses. Returns the cheapest that met, else
+    the most accurate.
     """
-    macs = first.macs or 0
-    smaller = [r for r in done if (r.macs or 0) < macs]
-    below = [smaller[i] for i in pareto_indices([(r.accuracy or 0.0, float(r.macs or 0))
-                                                 for r in smaller])]  # by MACs, ascending
-    above = sorted((r for r in done if (r.macs or 0) > macs), key=lambda r: (r.macs, r.number))
+    at_first = _cost(first, cost)
+    cheaper = [r for r in done if _cost(r, cost) < at_first]
+    below = sorted((cheaper[i] for i in pareto_indices([(r.accuracy or 0.0, _cost(r, cost)[0])
+                                                         for r in cheaper])),
+                   key=lambda r: (_cost(r, cost), r.number))
+    above = sorted((r for r in done if _cost(r, cost) > at_first),
+                   key=lambda r: (_cost(r, cost), r.number))
     front = [*below, first, *above]
     at = len(below)
     tried = [tune(first)]
@@ -73,8 +93,9 @@ def bisect(first: TrialRecord, done: Sequence[TrialRecord], *, tune: Tune,
         logger.info("bisecting the front: trial %d (%d MACs) %s the limit after fine-tuning",
                     front[mid].number, front[mid].macs or 0, "meets" if meets else "misses")
         lo, hi = (lo, mid) if meets else (mid + 1, hi)
+    by_number = {r.number: r for r in front}
     met = [t for t in tried if t[0].meets_constraints]
-    best = (min(met, key=lambda t: t[0].macs) if met
+    best = (min(met, key=lambda t: _cost(by_number[t[0].trial], cost)) if met
             else max(tried, key=lambda t: t[0].val_accuracy))
     finetuned = tuple({"trial": p.trial, "macs": p.macs, "search_accuracy": p.search_accuracy,
                        "val_accuracy": p.val_accuracy, "meets": p.meets_constraints,

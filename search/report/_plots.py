@@ -80,21 +80,29 @@ def plot_front(path: Path, *, records: Sequence[TrialRecord], front: Sequence[Tr
 
 def plot_latency(path: Path, *, records: Sequence[TrialRecord], front: Sequence[Mapping[str, Any]],
                  teacher: TeacherProfile, config: Config, pick: Pick | None,
-                 pick_latency_ms: float | None) -> bool:
-    """Accuracy against measured latency (batch 1, this CPU) of the front's members.
+                 pick_latency_ms: float | None, settings: str = "batch 1, 1 thread") -> bool:
+    """Accuracy against the measured latency of the front's members.
 
-    Trials' predicted latencies are drawn too when latency was an objective or a limit.
-    Returns False (and writes nothing) when the run measured no latency.
+    Trials' predicted latencies are drawn too when latency was an objective or a limit,
+    and each front member's prediction is joined to its measurement by a line.
+    ``settings`` names where the latencies were taken (runtime, precision, batch,
+    threads). Returns False (and writes nothing) when the run measured no latency.
     """
     measured = [(m["latency_ms_measured"], m["accuracy"]) for m in front
                 if m.get("latency_ms_measured") is not None]
     if not measured:
         return False
     predicted = [r for r in records if r.outcome == Outcome.TRAINED and r.latency_ms is not None]
+    pairs = [(m["latency_ms_predicted"], m["latency_ms_measured"], m["accuracy"]) for m in front
+             if m.get("latency_ms_predicted") is not None
+             and m.get("latency_ms_measured") is not None]
     with _figure(path) as ax:
         if predicted:
             ax.scatter([r.latency_ms for r in predicted], [r.accuracy for r in predicted],
                        s=14, color="0.6", label="trained students (predicted latency)")
+        for i, (guess, real, accuracy) in enumerate(pairs):
+            ax.plot([guess, real], [accuracy, accuracy], color="tab:blue", lw=0.8, alpha=0.6,
+                    label="front: predicted to measured" if i == 0 else None)
         ax.scatter([m[0] for m in measured], [m[1] for m in measured], s=22,
                    color="tab:blue", label="front's students (measured latency)")
         if teacher.latency_ms is not None:
@@ -107,7 +115,7 @@ def plot_latency(path: Path, *, records: Sequence[TrialRecord], front: Sequence[
         if pick is not None and pick_latency_ms is not None:
             ax.scatter([pick_latency_ms], [pick.search_accuracy], s=120, facecolors="none",
                        edgecolors="tab:green", linewidths=2, label=f"pick (trial {pick.trial})")
-        ax.set_xlabel("latency, ms per sample (batch 1, 1 thread, this CPU)")
+        ax.set_xlabel(f"latency, ms per forward pass ({settings}, this CPU)")
         ax.legend(fontsize=8, loc="lower right")
     return True
 

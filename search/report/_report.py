@@ -11,8 +11,9 @@ import base64
 import html
 import logging
 import re
+import statistics
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -254,22 +255,62 @@ def _pick_latency(run: RunFolder) -> float | None:
     return (run.summary.get("pick") or {}).get("latency_ms")
 
 
+def _front_latency(members: Sequence[Mapping[str, Any]], run: RunFolder) -> str:
+    """Where the front's latencies were measured: the members' own records, else the
+    run's ``latency:`` keys."""
+    m = next((m for m in members if m.get("latency_precision")), None)
+    if m is None:
+        return _latency_settings(run)
+    threads = int(m.get("latency_threads", 1))
+    return (f"{m.get('latency_runtime')} {m['latency_precision']}, batch "
+            f"{m.get('latency_batch')}, {threads} thread{'s' if threads != 1 else ''}")
+
+
+def _measured_cell(member: Mapping[str, Any]) -> str:
+    latency = member.get("latency_ms_measured")
+    if latency is None:
+        return "n/a"
+    repeatability = member.get("latency_repeatability")
+    cell = f"{latency:.4f}" + (f" (±{100 * repeatability:.0f}%)"
+                               if repeatability is not None else "")
+    return cell + (" unusable" if member.get("latency_usable") is False else "")
+
+
+def _prediction_errors(members: Sequence[Mapping[str, Any]]) -> list[float]:
+    """|predicted - measured| / measured (%) of the members that have both."""
+    return [100 * abs(m["latency_ms_predicted"] - m["latency_ms_measured"])
+            / m["latency_ms_measured"] for m in members
+            if m.get("latency_ms_predicted") is not None and m.get("latency_ms_measured")]
+
+
 def _front_blocks(run: RunFolder, teacher: TeacherProfile, out: Path) -> list[Block]:
     by_number = {r.number: r for r in run.records}
     members = [m for m in run.front if m.get("trial") in by_number]
+    predicted = any(m.get("latency_ms_predicted") is not None for m in members)
     rows = []
     for m in members:
-        latency, spread = m.get("latency_ms_measured"), m.get("latency_spread")
-        rows.append([str(m["trial"]), f"{m['accuracy']:.4f}", f"{m['macs']:,}",
-                     f"{m['macs'] / teacher.macs:.3f}", f"{m['params']:,}",
-                     "n/a" if latency is None else f"{latency:.4f}" + (
-                         f" (±{50 * spread:.0f}%)" if spread is not None else "")])
+        row = [str(m["trial"]), f"{m['accuracy']:.4f}", f"{m['macs']:,}",
+               f"{m['macs'] / teacher.macs:.3f}", f"{m['params']:,}"]
+        if predicted:
+            guess = m.get("latency_ms_predicted")
+            row.append("n/a" if guess is None else f"{guess:.4f}")
+        rows.append([*row, _measured_cell(m)])
+    settings = _front_latency(members, run)
+    note = (f"Latency ({settings}, this CPU): measured on every front member when the search "
+            "ended, the smallest of the timing protocol's block medians, ± its repeatability "
+            "(the relative range of the block medians; a figure too noisy to use is marked "
+            "unusable).")
+    errors = _prediction_errors(members)
+    if errors:
+        note += (" Predicted: the latency predictor's figure, which the search used as an "
+                 f"objective or a limit; against measured on the front, median error "
+                 f"{statistics.median(errors):.1f}%, largest {max(errors):.1f}%.")
+    note += (" Fewer MACs need not mean less latency: small networks are bound by per-call "
+             "overhead.")
     blocks: list[Block] = [("h2", "Pareto front"), ("table", [
-        "trial", "val accuracy", "MACs", "MACs / teacher", "params", "latency ms (measured)"],
-        rows), ("p", "Latency: median of 15 timed repeats at batch 1 with 1 thread on this "
-                     "CPU, ± half the 10-90% spread of the repeats (a busy machine widens it). "
-                     "Fewer MACs need not mean less latency: small networks are bound by "
-                     "per-call overhead.")]
+        "trial", "val accuracy", "MACs", "MACs / teacher", "params",
+        *(["latency ms (predicted)"] if predicted else []), "latency ms (measured)"],
+        rows), ("p", note)]
     records = [by_number[m["trial"]] for m in members]
     pick_latency = _pick_latency(run)
     if name := _plot("front.png", out, lambda p: plot_front(
@@ -278,7 +319,7 @@ def _front_blocks(run: RunFolder, teacher: TeacherProfile, out: Path) -> list[Bl
         blocks.append(("img", name, "accuracy against MACs"))
     if name := _plot("latency.png", out, lambda p: plot_latency(
             p, records=run.records, front=members, teacher=teacher, config=run.config,
-            pick=run.pick, pick_latency_ms=pick_latency)):
+            pick=run.pick, pick_latency_ms=pick_latency, settings=settings)):
         blocks.append(("img", name, "accuracy against latency"))
     return blocks
 

@@ -36,8 +36,7 @@ def test_oneshot_config_defaults_and_errors():
     assert cfg.strategy == "nsga2" and cfg.n_trials == 300  # hundreds of cheap students
     assert Config().resolve().strategy == "tpe"
     assert cfg.supernet_epochs == cfg.distill.finetune_epochs
-    with pytest.raises(ConfigError, match="ray"):
-        Config.from_dict({"method": "oneshot", "backend": "ray"})
+    assert Config.from_dict({"method": "oneshot", "backend": "ray"}).backend == "ray"
     with pytest.raises(ConfigError, match="init"):
         Config.from_dict({"method": "oneshot", "init": "scratch"})
     with pytest.raises(ConfigError, match="oneshot.students"):

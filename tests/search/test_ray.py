@@ -78,6 +78,23 @@ def test_ray_and_in_process_run_the_same_study(tmp_path, local_ray):
     assert len(more.trials) == 8
 
 
+@pytest.mark.slow  # a second local Ray: ~25 s
+def test_ray_scores_a_oneshot_study_as_in_process(tmp_path, local_ray):
+    def oneshot(backend: str) -> Config:
+        return Config.from_dict({
+            "method": "oneshot", "n_trials": 5, "seed": 3, "backend": backend,
+            "oneshot": {"epochs": 1, "calibration_samples": 64},
+            "constraints": {"max_accuracy_drop": 0.5},
+            "distill": {"finetune_epochs": 1, "batch_size": 64}, "ray": {"max_concurrent": 1}})
+
+    here = search(tmp_path / "here", oneshot("optuna"))
+    there = search(tmp_path / "ray", oneshot("ray"))  # the driver trains the supernet
+    assert (tmp_path / "ray" / "supernet.pt").is_file()
+    assert [(r.arch, r.accuracy, r.rungs) for r in there.trials] == \
+        [(r.arch, r.accuracy, r.rungs) for r in here.trials]
+    assert there.pick is not None and there.pick.trial == here.pick.trial
+
+
 @pytest.mark.slow
 def test_a_study_runs_on_a_two_node_cluster_whose_nodes_share_no_folder(tmp_path):
     from ray.cluster_utils import Cluster

@@ -122,6 +122,32 @@ def test_report_writes_markdown_html_and_every_plot(tmp_path):
     assert not re.search(r"src='(?!data:)", page)  # every image is embedded
 
 
+def test_the_front_shows_predicted_against_measured_latency(tmp_path):
+    """An int8 latency search: each front member's predicted and measured latency, the
+    measurement's repeatability and the predictor's error on the front."""
+    records = _records()
+    out = _write_run(tmp_path / "run", records)
+    _write_study(out, records)
+    front = json.loads((out / "pareto.json").read_text())
+    for member, guess in zip(front, (0.12, 0.16, 0.5), strict=True):
+        member.update(latency_ms_predicted=guess, latency_repeatability=0.05,
+                      latency_usable=True, latency_runtime="onnxruntime",
+                      latency_precision="int8", latency_batch=8, latency_threads=1)
+    front[2]["latency_usable"] = False
+    (out / "pareto.json").write_text(json.dumps(front))
+    write_report(out)
+    md = (out / "report.md").read_text()
+    assert "| params | latency ms (predicted) | latency ms (measured) |" in md
+    # trial 1: 250 MACs, measured 0.1 + 0.2 * 0.25 = 0.15, predicted 0.16
+    assert "| 1 | 0.7510 | 250 | 0.250 | 50 | 0.1600 | 0.1500 (±5%) |" in md
+    assert "(±5%) unusable |" in md
+    errors = sorted(100 * abs(m["latency_ms_predicted"] - m["latency_ms_measured"])
+                    / m["latency_ms_measured"] for m in front)
+    assert f"median error {errors[1]:.1f}%, largest {errors[2]:.1f}%" in md
+    assert "Latency (onnxruntime int8, batch 8, 1 thread, this CPU)" in md
+    assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_the_report_of_an_unfinished_run_says_so(tmp_path):
     out = _write_run(tmp_path / "run", _records()[:3], finished=False)
     write_report(out)

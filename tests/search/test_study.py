@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import optuna
@@ -317,13 +318,38 @@ def test_bisection_stops_at_its_fine_tune_budget_and_when_the_first_misses():
     assert calls == [6] and len(pick.finetuned) == 1
 
 
+def test_a_latency_search_picks_the_fastest_student_within_the_limit():
+    """objectives [accuracy, latency]: the pick minimises the predicted latency, not MACs."""
+    from protege.search import TrialRecord
+    from protege.search.pick import choose, pick_cost
+
+    assert pick_cost(("accuracy", "latency")) == "latency"
+    assert pick_cost(("accuracy", "params", "latency")) == "params"
+    assert pick_cost(("accuracy", "macs")) == "macs"
+    # trial: (accuracy, MACs, predicted ms); fewer MACs is not faster here
+    records = [TrialRecord(number=i, outcome=Outcome.TRAINED, arch={}, accuracy=a, macs=m,
+                           latency_ms=ms)
+               for i, (a, m, ms) in enumerate([(0.90, 10, 0.9), (0.91, 40, 0.3),
+                                               (0.92, 20, 0.5), (0.80, 5, 0.1)])]
+    assert choose(records, floor=0.85) == (records[0], True)
+    assert choose(records, floor=0.85, cost="latency") == (records[1], True)
+    # the bisection walks the (accuracy, latency) front: latency follows FRONT's MACs
+    # and MACs run the other way, so the fine-tunes are those of the MACs test above
+    by_latency = [dataclasses.replace(r, macs=1000 - (r.macs or 0), latency_ms=r.macs)
+                  for r in FRONT]
+    calls = []
+    pick, _ = bisect(by_latency[6], by_latency, tune=_fake_tune(TUNED, 0.88, calls),
+                     finetunes=4, cost="latency")
+    assert calls == [6, 3, 1, 2] and pick.trial == 3 and pick.meets_constraints
+
+
 def test_finetunes_runs_a_search_that_fine_tunes_several_students(tiny_data, tmp_path,
                                                                    train_calls, monkeypatch):
     # as if no trial met the limit: the largest student is fine-tuned first
     from protege.search import _study as study_module
 
     monkeypatch.setattr(study_module, "choose",  # the pick's policy, replaced here
-                        lambda done, floor: (max(done, key=lambda r: r.macs), False))
+                        lambda done, floor, cost: (max(done, key=lambda r: r.macs), False))
     cfg = config(finetunes=3, n_trials=6, constraints={"max_accuracy_drop": 0.99})
     result = search(tiny_data, tmp_path / "run", cfg)
     tried = result.pick.finetuned
