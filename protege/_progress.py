@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from protege.search import Outcome, TrialRecord, pareto_indices, read_records
-from protege.search.pick import choose
+from protege.search.pick import choose, cost_of
 
 __all__ = ["TrialProgress", "clock"]
 
@@ -81,10 +81,6 @@ class TrialProgress:
         chosen = choose(trained, floor=floor, cost=self.cost)
         return chosen[0] if chosen is not None else None
 
-    def _cost(self, record: TrialRecord) -> float:
-        value = record.latency_ms if self.cost == "latency" else getattr(record, self.cost)
-        return float(value) if value is not None else math.inf
-
     def _size(self, record: TrialRecord) -> str:
         """MACs as a fraction of the teacher's, and the predicted latency in a latency search."""
         size = _ratio(record.macs, self.teacher_macs)
@@ -113,7 +109,7 @@ class TrialProgress:
                                      else "")
         trained = [r for r, k in zip(records, kinds, strict=True)
                    if k == "trained" and r.accuracy is not None]
-        front = pareto_indices([(r.accuracy or 0.0, self._cost(r)) for r in trained])
+        front = pareto_indices([(r.accuracy or 0.0, cost_of(r, self.cost)) for r in trained])
         best = self._best(trained)
         pick = (f"best #{best.number} {self._size(best)} "
                 f"acc {best.accuracy:.4f}" if best is not None else "best -")

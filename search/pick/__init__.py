@@ -4,10 +4,11 @@ from protege.search.pick._pick import (
     accuracy_floor,
     bisect,
     choose,
+    cost_of,
     finetune_student,
     pick_cost,
     validation_margin,
 )
 
-__all__ = ["accuracy_floor", "bisect", "choose", "finetune_student", "pick_cost",
+__all__ = ["accuracy_floor", "bisect", "choose", "cost_of", "finetune_student", "pick_cost",
            "validation_margin"]

@@ -25,7 +25,7 @@ from protege.search._profile import TeacherProfile
 from protege.search._records import Pick, TrialRecord
 from protege.spaces import SearchSpace
 
-__all__ = ["accuracy_floor", "bisect", "choose", "finetune_student", "pick_cost",
+__all__ = ["accuracy_floor", "bisect", "choose", "cost_of", "finetune_student", "pick_cost",
            "validation_margin"]
 
 logger = logging.getLogger(__name__)
@@ -43,14 +43,19 @@ def pick_cost(objectives: Sequence[str]) -> str:
     """The cost a pick minimises: the first cost among the objectives (``macs``,
     ``params`` or ``latency``, the predicted one), so that a latency search returns the
     fastest student within the limit, not the one with the fewest MACs."""
-    return next((name for name in objectives[1:] if name != "accuracy"), "macs")
+    return objectives[1] if len(objectives) > 1 else "macs"  # accuracy comes first
+
+
+def cost_of(record: TrialRecord, cost: str) -> float:
+    """``record``'s value of the cost objective ``cost`` (``TrialRecord.costs``); ``inf``
+    where it was not measured, so such a student sorts last."""
+    value = record.costs()[cost]
+    return float(value) if value is not None else math.inf
 
 
 def _cost(record: TrialRecord, cost: str) -> tuple[float, float]:
     """Sort key of ``record`` by ``cost``, ties broken by MACs; unknown costs last."""
-    value = record.latency_ms if cost == "latency" else getattr(record, cost)
-    macs = float(record.macs) if record.macs is not None else math.inf
-    return (float(value) if value is not None else math.inf), macs
+    return cost_of(record, cost), cost_of(record, "macs")
 
 
 def choose(done: Sequence[TrialRecord], *, floor: float,
