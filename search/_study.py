@@ -248,13 +248,11 @@ class Study:
 
     def _records(self) -> list[TrialRecord]:
         records = load_records(self.optuna_study)
-        if self.config.method == "oneshot":  # each student's one score, without training
-            return [dataclasses.replace(r, rungs=(r.accuracy,))
-                    if r.trained and r.accuracy is not None and r.duplicate_of is None else r
-                    for r in records]
-        if self.rung_study is None:
-            return records
-        return merge_promotions(records, self.rung_study.get_trials(deepcopy=False))
+        if self.rung_study is not None:
+            return merge_promotions(records, self.rung_study.get_trials(deepcopy=False))
+        if self.config.method == "oneshot":  # rung 0 only: each student's score as a slice
+            return merge_promotions(records, ())
+        return records
 
     @property
     def checkpoints(self) -> Path:
