@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -158,15 +157,12 @@ class SandwichModule(pl.LightningModule):
             self.trainer.should_stop = True
 
     def on_train_epoch_end(self) -> None:
-        was = self.supernet.training
         device = next(self.supernet.parameters()).device
-        largest = self.supernet.student(self._largest).to(device)
         smallest = self.supernet.student(self._smallest).to(device)
         recalibrate_batchnorm(smallest, self.calibration)
-        self.history.append({"epoch": float(len(self.history) + 1),
-                             "largest": evaluate(largest, self.val),
+        self.history.append({"epoch": float(len(self.history) + 1),  # the largest: itself
+                             "largest": evaluate(cast(nn.Module, self.supernet), self.val),
                              "smallest": evaluate(smallest, self.val)})
-        self.supernet.train(was)
         progress_logger.info("supernet: epoch %d, val accuracy largest %.4f, smallest %.4f",
                              len(self.history), self.history[-1]["largest"],
                              self.history[-1]["smallest"])
@@ -208,7 +204,7 @@ def train_supernet(
         val: ``(x, y)`` validation data.
         config: Loss and optimiser settings (``batch_size``, ``lr``, ``weight_decay``,
             ``loss``, ``alpha``, ``temperature``); feature hints are not supported.
-        epochs: Passes over the training data.
+        epochs: Passes over the training data (at least 1).
         students: Random students per step besides the largest and the smallest.
         inplace: Distil the smaller students from the largest student's logits.
         seed: Seeds the data order, the random students and the global RNG (dropout).
@@ -217,8 +213,8 @@ def train_supernet(
         accelerator: Lightning accelerator (``cpu``, ``gpu``, ``auto``); one device.
 
     Raises:
-        ValueError: If ``epochs`` or ``students`` is negative, or the config asks for
-            feature hints.
+        ValueError: If ``epochs`` is below 1 or ``students`` is negative, or the config asks
+            for feature hints.
         FloatingPointError: If the loss stops being finite.
     """
     if epochs < 1 or students < 0:
@@ -234,14 +230,11 @@ def train_supernet(
                             calibration=train.inputs[rows])
     supernet.train()
     start = time.perf_counter()
-    with _quiet_lightning(), warnings.catch_warnings():
+    with _quiet_lightning():
         trainer = pl.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1,
                              logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False,
                              num_sanity_val_steps=0, limit_val_batches=0)
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*batch_size.*could not be inferred.*")
-        warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
         trainer.fit(module, train_dataloaders=loader)
     seconds = time.perf_counter() - start
     supernet.train(False)

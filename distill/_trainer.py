@@ -43,13 +43,19 @@ _LIGHTNING_INFO = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.u
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Hold back Lightning's per-fit banners (devices, tips, "fit stopped", the CUDA device
-    line): a search runs hundreds of fits. Its warnings still show."""
+    line) and the warnings every in-memory fit raises (few loader workers, a batch size it
+    cannot infer from tensor batches, a deprecation inside Lightning): a search runs
+    hundreds of fits. Other warnings still show."""
     loggers = [logging.getLogger(name) for name in _LIGHTNING_INFO]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(max(lg.level, logging.WARNING))
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*batch_size.*could not be inferred.*")
+            warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+            yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
@@ -257,7 +263,7 @@ def train_student(
                            optimizer_state=optimizer_state)
     student.train()
     start = time.perf_counter()
-    with _quiet_lightning(), warnings.catch_warnings():
+    with _quiet_lightning():
         trainer = pl.Trainer(
             max_epochs=math.ceil(total_steps / batches),
             accelerator=accelerator,
@@ -268,9 +274,6 @@ def train_student(
             enable_model_summary=False,
             num_sanity_val_steps=0,
         )
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*batch_size.*could not be inferred.*")
-        warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
         trainer.fit(lightning_module, train_dataloaders=train_loader, val_dataloaders=val_loader)
     seconds = time.perf_counter() - start
     student.eval()

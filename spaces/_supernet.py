@@ -107,9 +107,9 @@ class Supernet(nn.Module):
             return self.net(x)
         module, index = self._gather(arch)
         module.train(self.training)
-        shared = {**dict(self.net.named_parameters()), **dict(self.net.named_buffers())}
-        tensors = {name: shared[source].reshape(-1)[positions].view(shape)
-                   for name, (source, positions, shape) in index.items()}
+        shared = self._shared()
+        tensors = {name: shared[name].reshape(-1)[positions].view(shape)
+                   for name, (positions, shape) in index.items()}
         return torch.func.functional_call(module, tensors, (x,), strict=False)
 
     def student(self, arch: Mapping[str, Any]) -> nn.Module:
@@ -120,16 +120,21 @@ class Supernet(nn.Module):
         return self.full_space.with_weights(self.net).materialize(
             {**self.full_space.largest(), **dict(arch)})
 
+    def _shared(self) -> dict[str, torch.Tensor]:
+        """The shared tensors by name: the teacher copy's parameters and buffers."""
+        return {**dict(self.net.named_parameters()), **dict(self.net.named_buffers())}
+
     def _gather(self, arch: Architecture) -> tuple[nn.Module, dict[str, Any]]:
-        """The student's module (its own tensors unused) and, per tensor name, the shared
-        tensor it is cut from, its flat positions there and its shape."""
-        device = next(self.net.parameters(), torch.empty(0)).device
-        key = json.dumps(arch, sort_keys=True) + str(device)
+        """The student's module (its own tensors unused) and, per tensor name, its flat
+        positions in the shared tensor of that name and its shape. Cached per architecture
+        (moving the supernet clears the cache: the positions live on its device)."""
+        key = json.dumps(arch, sort_keys=True)
         if key in self._students:
             self._students.move_to_end(key)
             return self._students[key]
         cut = self._positions.materialize(arch)
-        shared = {**dict(self.net.named_parameters()), **dict(self.net.named_buffers())}
+        shared = self._shared()
+        device = next(self.net.parameters(), torch.empty(0)).device
         index: dict[str, Any] = {}
         for name, tensor in (*cut.named_parameters(), *cut.named_buffers()):
             if not tensor.is_floating_point():
@@ -143,7 +148,7 @@ class Supernet(nn.Module):
                 raise NotASlice(f"{name} of student {arch} is not a slice of the teacher's "
                                 "tensor of that name: its space builds weights a supernet "
                                 "cannot share")
-            index[name] = (name, whole.long().to(device), tuple(tensor.shape))
+            index[name] = (whole.long().to(device), tuple(tensor.shape))
         dtype = next(self.net.parameters(), torch.empty(0)).dtype
         module = cut.to(device=device, dtype=dtype)
         self._students[key] = (module, index)
