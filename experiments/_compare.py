@@ -531,13 +531,19 @@ def prepare_task(config: CompareConfig) -> CompareTask:
     if inputs.test is None:
         raise SourceError("a comparison reports test accuracy: give test data (an image "
                           "folder's test/, data.test_table, or a factory's third split)")
-    train = inputs.train
-    if config.train_subset is not None and config.train_subset < len(train):
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-        keep = order[:config.train_subset].sort().values
-        train = TensorDataset(*(t[keep] for t in train.tensors))
-    return CompareTask(source.task or "custom", inputs.teacher, train, inputs.val, inputs.test,
+    return CompareTask(source.task or "custom", inputs.teacher,
+                       train_subset(inputs.train, config.train_subset), inputs.val, inputs.test,
                        inputs.example_input)
+
+
+def train_subset(train: TensorDataset, samples: int | None) -> TensorDataset:
+    """``samples`` rows of ``train`` drawn with seed 0, in their order (all when None or
+    fewer): the comparisons' ``train_subset``, and the benchmarks that match it."""
+    if samples is None or samples >= len(train):
+        return train
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    keep = order[:samples].sort().values
+    return TensorDataset(*(t[keep] for t in train.tensors))
 
 
 def _job(config_data: dict[str, Any], arm_name: str, seed: int, out: str) -> dict[str, Any]:

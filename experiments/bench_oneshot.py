@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.stats import kendalltau
-from torch.utils.data import TensorDataset
 
 from protege.distill import (
     DistillConfig,
@@ -44,6 +43,7 @@ from protege.distill import (
 )
 from protege.estimators import count_macs
 from protege.experiments import load_task
+from protege.experiments._compare import train_subset
 from protege.experiments._results import write_section
 from protege.spaces import Supernet, derive
 
@@ -80,11 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     task = load_task(args.task, seed=0)
-    train = task.train
-    if args.train_subset is not None and args.train_subset < len(train):
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-        keep = order[:args.train_subset].sort().values  # the comparison's subset
-        train = TensorDataset(*(t[keep] for t in train.tensors))
+    train = train_subset(task.train, args.train_subset)  # the comparison's subset
     config = DistillConfig(finetune_epochs=args.finetune_epochs).for_init("inherit")
     space = derive(task.teacher, task.example_input, level=args.level)
     with tempfile.TemporaryDirectory() as cache:
@@ -97,12 +93,12 @@ def main(argv: list[str] | None = None) -> None:
     supernet_seconds = time.perf_counter() - start
     teacher_macs, _ = count_macs(task.teacher, task.example_input)
     rng = np.random.default_rng(0)
-    pool: dict[str, tuple[int, dict]] = {}
+    pool: dict[str, dict] = {}  # distinct students
     for _ in range(args.pool):
         arch = space.repair(space.sample(rng))
-        pool.setdefault(repr(sorted(arch.items())), (0, arch))
+        pool.setdefault(repr(sorted(arch.items())), arch)
     sized = sorted(((count_macs(space.materialize(arch), task.example_input)[0], arch)
-                    for _, arch in pool.values()), key=lambda pair: pair[0])
+                    for arch in pool.values()), key=lambda pair: pair[0])
     picks = np.linspace(0, len(sized) - 1, args.students).round().astype(int)
     rows, scores, zeros, tuned = [], [], [], []
     for i, index in enumerate(picks):

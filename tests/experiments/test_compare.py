@@ -25,6 +25,7 @@ from protege.experiments import (
     total_budget,
     write_compare_report,
 )
+from protege.experiments._compare import train_subset
 from protege.experiments._compare_report import _covered
 from protege.search import ConfigError, hypervolume
 
@@ -264,6 +265,16 @@ def test_both_headline_configs_and_their_quick_variants_ship() -> None:
         "compare_fashion_mnist", "compare_fashion_mnist_oneshot", "compare_fashion_mnist_quick",
         "compare_fashion_mnist_rungs", "compare_mnist1d", "compare_mnist1d_oneshot",
         "compare_mnist1d_quick", "compare_mnist1d_rungs", "compare_mnist1d_rungs_levels"]
+
+
+def test_train_subset_is_one_fixed_seeded_subset_in_data_order() -> None:
+    data = TensorDataset(torch.arange(50), torch.arange(50) % 3)
+    first, again = train_subset(data, 12), train_subset(data, 12)
+    rows = first.tensors[0]
+    assert len(first) == 12 and torch.equal(rows, again.tensors[0])
+    assert torch.equal(rows, rows.sort().values) and len(set(rows.tolist())) == 12
+    assert torch.equal(first.tensors[1], rows % 3)  # inputs and labels stay aligned
+    assert train_subset(data, None) is data and train_subset(data, 50) is data
 
 
 def test_paired_test_reports_exact_wilcoxon_and_bootstrap_interval() -> None:
