@@ -51,6 +51,29 @@ def make_tiny_net(seed: int = 0) -> TinyNet:
     return net.eval()
 
 
+FAST_DISTILL = {"epochs": 1, "finetune_epochs": 2, "batch_size": 64}
+"""Distillation settings of the tests' whole studies: one-epoch trials, two-epoch fine-tunes."""
+
+
+def tiny_config(data: dict, **overrides):  # type: ignore[no-untyped-def]
+    """A search ``Config`` from ``data`` and ``overrides`` on the tests' fast defaults (any
+    accuracy drop within half allowed, :data:`FAST_DISTILL`)."""
+    from protege.search import Config  # not at import: the spaces tests load no Optuna
+
+    return Config.from_dict({"constraints": {"max_accuracy_drop": 0.5},
+                             "distill": FAST_DISTILL, **data, **overrides})
+
+
+def open_tiny_study(data: dict, out, config, *, teacher: nn.Module | None = None):  # type: ignore[no-untyped-def]
+    """``protege.create_study`` of ``teacher`` (default: :func:`make_tiny_net`) on the
+    ``tiny_data`` fixture's splits, 8x8 single-channel inputs."""
+    import protege
+
+    return protege.create_study(teacher if teacher is not None else make_tiny_net(),
+                                train=data["train"], val=data["val"], test=data["test"],
+                                example_input=torch.randn(1, 1, 8, 8), config=config, out=out)
+
+
 class HeadsAttention(nn.Module):
     """timm's attention: qkv reshaped to (3, heads, head_dim) with a fixed head count."""
 

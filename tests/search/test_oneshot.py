@@ -7,28 +7,16 @@ import json
 import os
 
 import pytest
-import torch
-from tiny_nets import make_tiny_net
+from tiny_nets import make_tiny_net, open_tiny_study, tiny_config
 
 import protege
 from protege.search import Config, ConfigError
 from protege.search._oneshot import SUPERNET_FILE, _claim
 
-FAST = {"epochs": 1, "finetune_epochs": 2, "batch_size": 64}
-
 
 def oneshot_config(**overrides) -> Config:
-    data = {"method": "oneshot", "n_trials": 6, "oneshot": {"epochs": 1,
-                                                            "calibration_samples": 64},
-            "constraints": {"max_accuracy_drop": 0.5}, "distill": FAST}
-    data.update(overrides)
-    return Config.from_dict(data)
-
-
-def open_study(tiny_data, out, cfg):
-    return protege.create_study(make_tiny_net(), train=tiny_data["train"],
-                                val=tiny_data["val"], test=tiny_data["test"],
-                                example_input=torch.randn(1, 1, 8, 8), config=cfg, out=out)
+    return tiny_config({"method": "oneshot", "n_trials": 6,
+                        "oneshot": {"epochs": 1, "calibration_samples": 64}}, **overrides)
 
 
 def test_oneshot_config_defaults_and_errors():
@@ -45,9 +33,7 @@ def test_oneshot_config_defaults_and_errors():
 
 def test_a_oneshot_study_scores_slices_and_fine_tunes_from_the_supernet(tiny_data, tmp_path):
     teacher = make_tiny_net()
-    study = protege.create_study(teacher, train=tiny_data["train"], val=tiny_data["val"],
-                                 test=tiny_data["test"], example_input=torch.randn(1, 1, 8, 8),
-                                 config=oneshot_config(), out=tmp_path)
+    study = open_tiny_study(tiny_data, tmp_path, oneshot_config(), teacher=teacher)
     study.optimize()
     assert (tmp_path / SUPERNET_FILE).is_file()
     facts = study.supernet
@@ -68,7 +54,7 @@ def test_a_oneshot_study_scores_slices_and_fine_tunes_from_the_supernet(tiny_dat
 
 def test_a_resumed_oneshot_study_does_not_train_the_supernet_again(tiny_data, tmp_path,
                                                                      monkeypatch):
-    study = open_study(tiny_data, tmp_path, oneshot_config(n_trials=3))
+    study = open_tiny_study(tiny_data, tmp_path, oneshot_config(n_trials=3))
     study.optimize()
     stamp = os.stat(tmp_path / SUPERNET_FILE).st_mtime_ns
 
@@ -76,7 +62,7 @@ def test_a_resumed_oneshot_study_does_not_train_the_supernet_again(tiny_data, tm
         raise AssertionError("the supernet was trained again")
 
     monkeypatch.setattr(protege.distill, "train_supernet", refuse)
-    again = open_study(tiny_data, tmp_path, oneshot_config(n_trials=5))
+    again = open_tiny_study(tiny_data, tmp_path, oneshot_config(n_trials=5))
     again.optimize()
     assert len(again.trials) == 5
     assert os.stat(tmp_path / SUPERNET_FILE).st_mtime_ns == stamp

@@ -8,9 +8,8 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
-from tiny_nets import make_tiny_net
+from tiny_nets import make_tiny_net, open_tiny_study, tiny_config
 
-import protege
 from protege.search import Config, ConfigError, Outcome, TrialRecord
 from protege.search import _attrs as attrs
 from protege.search._rungs import (
@@ -24,21 +23,11 @@ from protege.search._rungs import (
 )
 from protege.spaces import derive
 
-FAST = {"epochs": 1, "finetune_epochs": 2, "batch_size": 64}
-
 
 def rungs_config(**overrides) -> Config:
-    data = {"method": "rungs", "n_trials": 8, "strategy": "random",
-            "rungs": {"eta": 2, "min_epochs": 1, "calibration_samples": 64},
-            "constraints": {"max_accuracy_drop": 0.5}, "distill": FAST}
-    data.update(overrides)
-    return Config.from_dict(data)
-
-
-def open_study(tiny_data, out, cfg):
-    return protege.create_study(make_tiny_net(), train=tiny_data["train"],
-                                val=tiny_data["val"], test=tiny_data["test"],
-                                example_input=torch.randn(1, 1, 8, 8), config=cfg, out=out)
+    return tiny_config({"method": "rungs", "n_trials": 8, "strategy": "random",
+                        "rungs": {"eta": 2, "min_epochs": 1, "calibration_samples": 64}},
+                       **overrides)
 
 
 def student(number: int, rungs: tuple[float, ...], macs: int) -> TrialRecord:
@@ -161,7 +150,7 @@ def test_a_rungs_study_promotes_continues_and_picks_at_the_top_rung(tiny_data, t
 
     monkeypatch.setattr(distill, "train_student", recording)
     out = tmp_path / "run"
-    study = open_study(tiny_data, out, rungs_config())
+    study = open_tiny_study(tiny_data, out, rungs_config())
     assert study.config.ladder == (0, 1, 2)
     study.optimize()
     records = [r for r in study.trials if r.trained]
@@ -196,11 +185,11 @@ def test_a_rungs_study_promotes_continues_and_picks_at_the_top_rung(tiny_data, t
 @pytest.mark.slow  # the mid-ladder resume below covers most of it in the default suite
 def test_a_resumed_rungs_study_does_no_work_twice(tiny_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    study = open_study(tiny_data, out, rungs_config(n_trials=6))
+    study = open_tiny_study(tiny_data, out, rungs_config(n_trials=6))
     study.optimize()
     before = [r.to_dict() for r in study.trials]
     promotions = len(study.rung_study.trials)
-    again = open_study(tiny_data, out, rungs_config(n_trials=6))
+    again = open_tiny_study(tiny_data, out, rungs_config(n_trials=6))
     again.optimize()
     assert [r.to_dict() for r in again.trials] == before
     assert len(again.rung_study.trials) == promotions
@@ -208,7 +197,7 @@ def test_a_resumed_rungs_study_does_no_work_twice(tiny_data, tmp_path, monkeypat
 
 def test_a_pick_below_the_top_rung_is_trained_on_to_it(tiny_data, tmp_path):
     out = tmp_path / "run"
-    study = open_study(tiny_data, out, rungs_config(n_trials=1, rungs={
+    study = open_tiny_study(tiny_data, out, rungs_config(n_trials=1, rungs={
         "eta": 2, "min_epochs": 1, "calibration_samples": 64, "warm_start": False}))
     study.optimize()
     (only,) = study.trials
@@ -220,7 +209,7 @@ def test_a_pick_below_the_top_rung_is_trained_on_to_it(tiny_data, tmp_path):
 
 def test_finetune_by_number_trains_a_student_on_to_the_top_rung(tiny_data, tmp_path):
     out = tmp_path / "run"
-    study = open_study(tiny_data, out, rungs_config(n_trials=4))
+    study = open_tiny_study(tiny_data, out, rungs_config(n_trials=4))
     study.optimize()
     low = min((r for r in study.trials if r.trained), key=lambda r: (r.rung, r.number))
     assert low.rung < 2
@@ -234,7 +223,7 @@ def test_finetune_by_number_trains_a_student_on_to_the_top_rung(tiny_data, tmp_p
 def test_the_enqueued_ladder_holds_no_slot_of_the_budget(tiny_data, tmp_path):
     # The uniform ladder is enqueued (WAITING) up front: counted as trials, it held every
     # slot of a budget smaller than itself, and the study ran nothing.
-    study = open_study(tiny_data, tmp_path / "run", rungs_config(n_trials=2))
+    study = open_tiny_study(tiny_data, tmp_path / "run", rungs_config(n_trials=2))
     assert len(uniform_ladder(study.space)) > 2
     study.optimize()
     assert [r.number for r in study.trials] == [0, 1]
@@ -273,13 +262,13 @@ def test_nondominated_ranks_match_a_brute_force_reference():
 def test_a_study_resumed_mid_ladder_goes_on_from_every_rung(tiny_data, tmp_path):
     out = tmp_path / "run"
     cfg = rungs_config(n_trials=8)
-    study = open_study(tiny_data, out, cfg)
+    study = open_tiny_study(tiny_data, out, cfg)
     # stop after the first promotion: students are left at rung 0 and rung 1
     study.optimize(callbacks=[lambda s, r: s.stop() if (r.rung or 0) >= 1 else None])
     before = {r.number: r.rungs for r in study.trials if r.trained}
     assert any(len(v) == 2 for v in before.values())
     queued = len(study.optuna_study.get_trials(deepcopy=False))
-    again = open_study(tiny_data, out, cfg)
+    again = open_tiny_study(tiny_data, out, cfg)
     assert len(again.optuna_study.get_trials(deepcopy=False)) == queued  # enqueued once
     again.optimize()
     after = {r.number: r.rungs for r in again.trials if r.trained}
