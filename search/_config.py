@@ -282,7 +282,10 @@ class RayConfig:
         max_concurrent: Trials running at once; None lets Ray fill the CPUs.
         scheduler: ``fifo`` (the default) leaves stopping to protege's rules, as on every
             backend; ``asha`` also lets Ray Tune's ASHA stop trials, on accuracy alone
-            (it favours large students).
+            (it favours large students). ``method: rungs`` needs ``fifo``: its ladder
+            promotes by non-dominated rank (MO-ASHA) on Ray as in-process, and a rung's
+            checkpoints live in the run folder, which every Ray node must reach (one
+            machine, or a shared file system).
     """
 
     address: str | None = None
@@ -394,10 +397,10 @@ class Config:
         _check(self.init in INITS, "init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
         _check(self.method in METHODS, "method",
                f"must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.method == "rungs":
-            _check(self.backend == "optuna", "method",
-                   "rungs runs on the optuna backend (in-process, or workers on one storage); "
-                   "backend: ray runs method: trials and oneshot")
+        if self.method == "rungs" and self.backend == "ray":
+            _check(self.ray.scheduler == "fifo", "ray.scheduler",
+                   "method: rungs promotes by its own ladder (MO-ASHA, the same rule on every "
+                   "backend); Ray's single-metric ASHA would stop its rungs: use fifo")
         if self.method == "oneshot":
             _check(self.init == "inherit", "init",
                    "method: oneshot cuts students from the trained supernet: init must be inherit")

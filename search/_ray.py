@@ -8,10 +8,18 @@ trial runs :func:`~protege.search._trial.run_trial`, so limits, reuse of identic
 students, the rules and the typed outcomes are those of every other backend; a
 rejected student is a rejected record.
 
-Nothing a trial needs travels through a file system: the evaluator (the space, the
-cached teacher outputs, the validation data) goes through Ray's object store
-(``tune.with_parameters``), the architecture and the finished records through the
-trial's config, the result through Tune's reported metrics. Ray adds a per-trial
+``method: rungs`` runs its ladder here too: the driver decides every step by the rule
+of the in-process backend (:meth:`~protege.search._study.Study.due_promotion`: a due
+promotion first, MO-ASHA over accuracy and costs, else a new student at rung 0), claims
+a promotion in the study's storage, and a Ray trial trains the student on from its
+checkpoint (:func:`~protege.search._rungs.train_promotion`); Ray's own ASHA is not used.
+
+Nothing a trial of ``method: trials`` or ``oneshot`` needs travels through a file
+system: the evaluator (the space, the cached teacher outputs, the validation data) goes
+through Ray's object store (``tune.with_parameters``), the architecture and the finished
+records through the trial's config, the result through Tune's reported metrics. A
+ladder's checkpoints (weights and optimiser state at each rung) live in the run folder,
+which its Ray nodes must share with the driver. Ray adds a per-trial
 cost (``experiments/results/search.md``): it pays off on a cluster, not for
 second-long trials on one machine.
 """
@@ -23,15 +31,24 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
 
 from protege.search import _attrs as attrs
-from protege.search._records import Outcome, TrialRecord
+from protege.search._records import Outcome, TrialRecord, load_records
+from protege.search._rungs import (
+    Promotion,
+    PromotionResult,
+    checkpoint_path,
+    claim_promotion,
+    tell_promotion,
+    train_promotion,
+)
 from protege.search._storage import worker_id
-from protege.search._study import FailureGuard, TooManyFailures
+from protege.search._study import FailureGuard, TooManyFailures, _active
 from protege.search._trial import (
     StudentEvaluator,
     TrialResult,
@@ -62,18 +79,30 @@ def _import_ray() -> Any:
 
 
 def _trainable(params: dict[str, Any], evaluator: StudentEvaluator) -> None:
-    """One Ray trial: :func:`run_trial` on the architecture the driver's study asked for."""
+    """One Ray trial: :func:`run_trial` on the architecture the driver's study asked for,
+    or (``method: rungs``) the promotion of a student it names to the next rung."""
     import torch
     from ray import tune
 
     torch.set_num_threads(max(1, int(evaluator.config.ray.cpus_per_trial)))
-    finished = [TrialRecord.from_dict(data) for data in params["finished"]]
 
     def on_epoch(epoch: int, accuracy: float) -> None:
         tune.report({"accuracy": accuracy, "epoch": epoch + 1})
 
-    result = run_trial(evaluator, params["arch"], number=int(params["number"]),
-                       finished=finished, on_epoch=on_epoch)
+    checkpoints = Path(params["checkpoints"]) if params.get("checkpoints") else None
+    if "promote" in params:
+        assert checkpoints is not None
+        promoted = train_promotion(evaluator, TrialRecord.from_dict(params["promote"]),
+                                   rung=int(params["rung"]), checkpoints=checkpoints,
+                                   on_epoch=on_epoch)
+        tune.report({"accuracy": promoted.val_accuracy or 0.0,
+                     _RESULT: json.dumps(promoted.to_dict())})
+        return
+    finished = [TrialRecord.from_dict(data) for data in params["finished"]]
+    number = int(params["number"])
+    result = run_trial(evaluator, params["arch"], number=number, finished=finished,
+                       on_epoch=on_epoch, checkpoint=None if checkpoints is None
+                       else checkpoint_path(checkpoints, number, 0))
     tune.report({"accuracy": result.accuracy or 0.0, _RESULT: json.dumps(result.to_dict())})
 
 
@@ -90,39 +119,82 @@ def _searcher_class() -> type:
             self.budget = budget
             self.deadline = deadline
             self.callbacks = callbacks
-            self.pending: dict[str, optuna.Trial] = {}
+            self.pending: dict[str, tuple[optuna.Trial, Promotion | None]] = {}
+            # method: rungs: the run folder's checkpoints, which every Ray node reads and
+            # writes (one machine, or a shared file system)
+            self.checkpoints = (str(study.checkpoints.resolve())
+                                if study.rung_study is not None else None)
             self.guard = FailureGuard(study.config.rules.max_failed_fraction)
             self.error: TooManyFailures | None = None
 
         def _active(self) -> int:
-            return sum(t.state != TrialState.FAIL for t in
-                       self.study.optuna_study.get_trials(deepcopy=False))
+            # as in-process: failed trials and an enqueued queue (the ladder) hold no slot
+            return _active(load_records(self.study.optuna_study))
 
         def suggest(  # type: ignore[override]  # Tune documents FINISHED, a str
                 self, trial_id: str) -> dict[str, Any] | str | None:
             timed_out = self.deadline is not None and time.monotonic() > self.deadline
             ending = self.study.stopped or timed_out or self.error is not None
+            if not ending and self.study.rung_study is not None:
+                # method: rungs: the ladder's rule, as in-process; a promotion due first
+                records, due = self.study.due_promotion()
+                if due is not None:
+                    return self._promote(trial_id, records, due)
             if ending or self._active() >= self.budget:
-                # Trials still running may fail and free a slot: wait for them.
+                # Trials still running may fail and free a slot (or, on a ladder, make a
+                # promotion due): wait for them.
                 return None if self.pending and not ending else Searcher.FINISHED
             optuna_study = self.study.optuna_study
             trial = optuna_study.ask()
             trial.set_user_attr(attrs.WORKER, worker_id())
             arch = suggest_arch(trial, self.study.space)
             trial.set_user_attr(attrs.ARCH, arch)
-            self.pending[trial_id] = trial
+            self.pending[trial_id] = (trial, None)
             finished = finished_records(optuna_study.get_trials(deepcopy=False),
                                         before=trial.number)
             # the rules need no provenance: left out, it does not grow every trial's config
-            return {"number": trial.number, "arch": arch,
+            return {"number": trial.number, "arch": arch, "checkpoints": self.checkpoints,
                     "finished": [dataclasses.replace(r, provenance=None).to_dict()
                                  for r in finished]}
 
+        def _promote(self, trial_id: str, records: Sequence[TrialRecord],
+                     due: Promotion) -> dict[str, Any] | None:
+            assert self.study.rung_study is not None
+            trial = claim_promotion(self.study.rung_study, due.student, due.rung, due.reason)
+            if trial is None:  # a worker on the same storage took it: ask again later
+                return None
+            trial.set_user_attr(attrs.WORKER, worker_id())
+            self.pending[trial_id] = (trial, due)
+            student = next(r for r in records if r.number == due.student)
+            return {"promote": dataclasses.replace(student, provenance=None).to_dict(),
+                    "rung": due.rung, "checkpoints": self.checkpoints}
+
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                               error: bool = False) -> None:
-            trial = self.pending.pop(trial_id, None)
+            trial, due = self.pending.pop(trial_id, (None, None))
             if trial is None:
                 return
+            if due is not None:
+                record = self._promoted(trial, due, result)
+            else:
+                record = self._scored(trial, result, error)
+            for callback in self.callbacks:
+                callback(self.study, record)
+            if self.error is None:
+                self.error = self.guard.add(record)
+
+        def _promoted(self, trial: optuna.Trial, due: Promotion,
+                      result: dict[str, Any] | None) -> TrialRecord:
+            assert self.study.rung_study is not None
+            promoted = (PromotionResult.from_dict(json.loads(result[_RESULT]))
+                        if result is not None and _RESULT in result
+                        else PromotionResult(failure="the Ray trial died (see the Ray logs)"))
+            outcome = tell_promotion(self.study.rung_study, trial, promoted,
+                                     evaluator=self.study.evaluator)
+            return self.study.promoted_record(self.study.trials, due, outcome)
+
+        def _scored(self, trial: optuna.Trial, result: dict[str, Any] | None,
+                    error: bool) -> TrialRecord:
             arch = trial.user_attrs.get(attrs.ARCH, {})
             if result is not None and _RESULT in result:
                 outcome = TrialResult.from_dict(json.loads(result[_RESULT]))
@@ -142,11 +214,7 @@ def _searcher_class() -> type:
                 self.study.optuna_study.tell(trial, state=TrialState.FAIL
                                              if outcome.outcome == Outcome.FAILED
                                              else TrialState.PRUNED)
-            record = outcome.record(trial.number)
-            for callback in self.callbacks:
-                callback(self.study, record)
-            if self.error is None:
-                self.error = self.guard.add(record)
+            return outcome.record(trial.number)
 
     return StudySearcher
 

@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,9 +41,10 @@ from protege.spaces import Architecture, SearchSpace
 if TYPE_CHECKING:  # _trial imports this module (checkpoints): no import cycle at run time
     from protege.search._trial import StudentEvaluator
 
-__all__ = ["Promotion", "checkpoint_path", "claimed", "crowding_distances", "enqueue_ladder",
-           "load_checkpoint", "merge_promotions", "next_promotion", "nondominated_ranks",
-           "promotion_order", "run_promotion", "save_checkpoint", "uniform_ladder"]
+__all__ = ["Promotion", "PromotionResult", "checkpoint_path", "claim_promotion", "claimed",
+           "crowding_distances", "enqueue_ladder", "load_checkpoint", "merge_promotions",
+           "next_promotion", "nondominated_ranks", "promotion_order", "run_promotion",
+           "save_checkpoint", "tell_promotion", "train_promotion", "uniform_ladder"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]],
 # -- what the storage holds ------------------------------------------------------------------
 
 
-def _claim_of(trial: optuna.trial.FrozenTrial) -> tuple[int, int] | None:
+def _claim_of(trial: optuna.trial.FrozenTrial | optuna.Trial) -> tuple[int, int] | None:
     claim = trial.user_attrs.get(attrs.CLAIM)
     return (int(claim[0]), int(claim[1])) if claim else None
 
@@ -305,37 +306,61 @@ def _claim(study: optuna.Study, student: int, rung: int) -> optuna.Trial | None:
         time.sleep(0.05)
 
 
-def run_promotion(study: optuna.Study, evaluator: StudentEvaluator, record: TrialRecord, *,
-                  rung: int, checkpoints: Path, reason: str) -> Outcome | None:
-    """Train student ``record`` on from rung ``rung - 1`` to ``rung`` as a trial of the
-    promotions study ``study``: ``trained``, ``failed`` (an error, recorded on the trial
-    with its reason; not tried again), or None when another worker claimed it first.
-    ``reason`` (why it goes up) is kept on the trial.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PromotionResult:
+    """What training a student on to a rung made (JSON-able: a Ray trial sends it back).
 
-    The student starts from its checkpoint at ``rung - 1`` (weights and AdamW state),
-    trains ``ladder[rung] - ladder[rung - 1]`` epochs with a new one-cycle schedule (a
-    warm restart), is saved at ``rung`` and the trial is told its validation accuracy.
+    Attributes:
+        val_accuracy: Validation accuracy at the new rung; None when it failed.
+        history: Validation accuracy after each epoch of this rung.
+        train_seconds: Wall time of the training.
+        failure: Why it failed (one line), else None.
     """
-    from protege.search._trial import device_of, failure_reason
 
-    trial = _claim(study, record.number, rung)
+    val_accuracy: float | None = None
+    history: tuple[float, ...] = ()
+    train_seconds: float = 0.0
+    failure: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "history": list(self.history)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PromotionResult:
+        return cls(**{**data, "history": tuple(data.get("history") or ())})
+
+
+def claim_promotion(study: optuna.Study, student: int, rung: int,
+                    reason: str) -> optuna.Trial | None:
+    """A promotion trial of ``study`` (the promotions' study) that holds the claim to
+    ``(student, rung)`` with ``reason`` on it, or None when another worker claimed the
+    same first (see :func:`_claim`)."""
+    trial = _claim(study, student, rung)
     if trial is None:
         logger.info("promotion of trial %d to rung %d was claimed by another worker",
-                    record.number, rung)
+                    student, rung)
         return None
     trial.set_user_attr(attrs.REASON, reason)
+    return trial
+
+
+def train_promotion(evaluator: StudentEvaluator, record: TrialRecord, *, rung: int,
+                    checkpoints: Path,
+                    on_epoch: Callable[[int, float], None] | None = None) -> PromotionResult:
+    """Train student ``record`` on from its checkpoint at rung ``rung - 1`` (weights and
+    AdamW state) for ``ladder[rung] - ladder[rung - 1]`` epochs with a new one-cycle
+    schedule (a warm restart), and save it at ``rung``. An error is a failed result with
+    its one-line reason, never an exception. Runs wherever the trial runs (in-process, a
+    worker, a Ray node: ``checkpoints`` must be the run folder's, shared)."""
+    from protege.search._trial import device_of, failure_reason
+
     ladder = evaluator.config.ladder
-    history: list[float] = []
-
-    def report(epoch: int, accuracy: float) -> None:
-        history.append(accuracy)
-        trial.set_user_attr(attrs.HISTORY, list(history))
-
     try:
         student, state = load_checkpoint(checkpoint_path(checkpoints, record.number, rung - 1),
                                          evaluator.space, record.arch)
         student = student.to(device_of(evaluator.accelerator))
-        result = evaluator.train(student, record.number + 7919 * rung, report,
+        result = evaluator.train(student, record.number + 7919 * rung,
+                                 on_epoch or (lambda epoch, accuracy: None),
                                  epochs=ladder[rung] - ladder[rung - 1], optimizer_state=state)
         save_checkpoint(checkpoint_path(checkpoints, record.number, rung), student,
                         result.optimizer_state)
@@ -344,16 +369,51 @@ def run_promotion(study: optuna.Study, evaluator: StudentEvaluator, record: Tria
         logger.warning("promotion of trial %d to rung %d failed: %s", record.number, rung,
                        failure)
         logger.debug("promotion failed", exc_info=True)
-        trial.set_user_attr(attrs.REASON, f"{reason}; failed: {failure}")
+        return PromotionResult(failure=failure)
+    return PromotionResult(val_accuracy=result.val_accuracy, history=tuple(result.history),
+                           train_seconds=round(result.seconds, 3))
+
+
+def tell_promotion(study: optuna.Study, trial: optuna.Trial, result: PromotionResult, *,
+                   evaluator: StudentEvaluator) -> Outcome:
+    """Store ``result`` on the promotion ``trial`` (history, seconds, outcome, provenance)
+    and tell ``study``: ``trained``, or ``failed`` (its reason on the trial; the student
+    is not promoted there again)."""
+    student, rung = _claim_of(trial) or (-1, -1)
+    if result.failure is not None or result.val_accuracy is None:
+        reason = trial.user_attrs.get(attrs.REASON)
+        trial.set_user_attr(attrs.REASON, f"{reason}; failed: {result.failure}")
         trial.set_user_attr(attrs.OUTCOME, Outcome.FAILED.value)
         trial.set_user_attr(attrs.GAVE_UP, True)
         study.tell(trial, state=TrialState.FAIL)
         return Outcome.FAILED
     trial.set_user_attr(attrs.HISTORY, list(result.history))
-    trial.set_user_attr(attrs.TRAIN_SECONDS, round(result.seconds, 3))
+    trial.set_user_attr(attrs.TRAIN_SECONDS, result.train_seconds)
     trial.set_user_attr(attrs.OUTCOME, Outcome.TRAINED.value)
     trial.set_user_attr(attrs.PROVENANCE, evaluator.provenance)
     study.tell(trial, [result.val_accuracy])
     logger.info("trial %d promoted to rung %d (%d epochs in all): accuracy %.4f",
-                record.number, rung, ladder[rung], result.val_accuracy)
+                student, rung, evaluator.config.ladder[rung], result.val_accuracy)
     return Outcome.TRAINED
+
+
+def run_promotion(study: optuna.Study, evaluator: StudentEvaluator, record: TrialRecord, *,
+                  rung: int, checkpoints: Path, reason: str) -> Outcome | None:
+    """Train student ``record`` on from rung ``rung - 1`` to ``rung`` as a trial of the
+    promotions study ``study`` (:func:`claim_promotion`, :func:`train_promotion`,
+    :func:`tell_promotion` in this process): ``trained``, ``failed`` (an error, recorded
+    on the trial with its reason; not tried again), or None when another worker claimed
+    it first. ``reason`` (why it goes up) is kept on the trial.
+    """
+    trial = claim_promotion(study, record.number, rung, reason)
+    if trial is None:
+        return None
+    history: list[float] = []
+
+    def on_epoch(epoch: int, accuracy: float) -> None:
+        history.append(accuracy)
+        trial.set_user_attr(attrs.HISTORY, list(history))
+
+    result = train_promotion(evaluator, record, rung=rung, checkpoints=checkpoints,
+                             on_epoch=on_epoch)
+    return tell_promotion(study, trial, result, evaluator=evaluator)

@@ -34,6 +34,7 @@ from protege.search._profile import (
 )
 from protege.search._records import Outcome, Pick, TrialRecord, load_records
 from protege.search._rungs import (
+    Promotion,
     checkpoint_path,
     claimed,
     load_checkpoint,
@@ -385,6 +386,29 @@ class Study:
                 raise error
         return False
 
+    def due_promotion(self) -> tuple[list[TrialRecord], Promotion | None]:
+        """``method: rungs``: every trial's record (promotions folded in) and the promotion
+        the ladder says is due next (MO-ASHA, highest rung first; one not yet reached nor
+        claimed), else None: the one rule of every backend."""
+        assert self.rung_study is not None
+        promotions = self.rung_study.get_trials(deepcopy=False)  # one read: the records
+        records = merge_promotions(load_records(self.optuna_study), promotions)  # and claims
+        due = next_promotion([r for r in records if r.trained and r.rungs],
+                             claimed(promotions), eta=self.config.rungs.eta,
+                             top=len(self.config.ladder) - 1, objectives=self.config.objectives)
+        return records, due
+
+    @staticmethod
+    def promoted_record(records: Sequence[TrialRecord], due: Promotion,
+                        outcome: Outcome) -> TrialRecord:
+        """The promoted student's record for the callbacks and the failure guard: failed
+        when its promotion failed (it is not tried again)."""
+        record = next(r for r in records if r.number == due.student)
+        if outcome == Outcome.FAILED:
+            record = dataclasses.replace(record, outcome=Outcome.FAILED,
+                                         reason=f"promotion to rung {due.rung} failed")
+        return record
+
     def _run_rungs(self, deadline: float | None, callbacks: Sequence[TrialCallback],
                    *, poll: float = 1.0) -> bool:
         """``method: rungs``: promote a student when the ladder says so (ASHA: highest rung
@@ -399,7 +423,6 @@ class Study:
         assert rungs is not None
         config = self.config
         guard = FailureGuard(config.rules.max_failed_fraction)
-        top = len(config.ladder) - 1
         while not self._stop:
             with storage_errors(config.storage):
                 fail_dead_trials(study)
@@ -407,11 +430,7 @@ class Study:
                 if deadline is not None and time.monotonic() > deadline:
                     logger.info("timeout reached")
                     return True
-                promotions = rungs.get_trials(deepcopy=False)  # one read: the records and
-                records = merge_promotions(load_records(study), promotions)  # the claims
-                due = next_promotion([r for r in records if r.trained and r.rungs],
-                                     claimed(promotions), eta=config.rungs.eta, top=top,
-                                     objectives=config.objectives)
+                records, due = self.due_promotion()
                 record: TrialRecord | None
                 if due is not None:
                     student = next(r for r in records if r.number == due.student)
@@ -420,11 +439,7 @@ class Study:
                     if outcome is None:
                         continue  # another worker took it
                     records = self._records()  # read once: the record and trials.jsonl
-                    record = next(r for r in records if r.number == due.student)
-                    if outcome == Outcome.FAILED:  # the guard counts it; not tried again
-                        record = dataclasses.replace(
-                            record, outcome=Outcome.FAILED,
-                            reason=f"promotion to rung {due.rung} failed")
+                    record = self.promoted_record(records, due, outcome)
                 elif _active(records) < self._budget:
                     record = run_optuna_trial(study, self.evaluator, n_trials=self._budget,
                                               checkpoints=self.checkpoints)

@@ -8,13 +8,16 @@ import os
 import tempfile
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 from torch import nn
 from torch.utils.data import TensorDataset
 
 import protege
 from protege.search import Config, Outcome
+from protege.search import _attrs as attrs
 
 ray = pytest.importorskip("ray")
 
@@ -93,6 +96,33 @@ def test_ray_scores_a_oneshot_study_as_in_process(tmp_path, local_ray):
     assert [(r.arch, r.accuracy, r.rungs) for r in there.trials] == \
         [(r.arch, r.accuracy, r.rungs) for r in here.trials]
     assert there.pick is not None and there.pick.trial == here.pick.trial
+
+
+@pytest.mark.slow  # a second local Ray: ~30 s
+def test_ray_runs_a_ladder_as_in_process(tmp_path, local_ray):
+    def rungs(backend: str) -> Config:
+        return Config.from_dict({
+            "method": "rungs", "n_trials": 7, "strategy": "random", "seed": 3,
+            "backend": backend, "constraints": {"max_accuracy_drop": 0.5},
+            "rungs": {"eta": 2, "min_epochs": 1, "calibration_samples": 64},
+            "distill": {"finetune_epochs": 2, "batch_size": 64}, "ray": {"max_concurrent": 1}})
+
+    here = search(tmp_path / "here", rungs("optuna"))
+    there = search(tmp_path / "ray", rungs("ray"))
+    # the same students, promoted to the same rungs by the same rule (MO-ASHA), each
+    # rung going on from the student's own checkpoint in the run folder
+    assert [(r.number, r.arch, r.rungs) for r in there.trials] == \
+        [(r.number, r.arch, r.rungs) for r in here.trials]
+    assert max(len(r.rungs) for r in there.trials) == 3  # someone reached the top rung
+    assert any("to rung 1: rung 0: accuracy" in (r.reason or "") for r in there.trials)
+    assert there.pick is not None and there.pick.trial == here.pick.trial
+    assert there.pick.val_accuracy == pytest.approx(here.pick.val_accuracy)
+    assert (tmp_path / "ray" / "rungs" / f"{there.pick.trial}-2.pt").is_file()
+    promotions = optuna.load_study(study_name=attrs.RUNGS_STUDY_NAME,
+                                   storage=f"sqlite:///{tmp_path / 'ray' / 'study.db'}")
+    claims = [tuple(t.user_attrs[attrs.CLAIM])
+              for t in promotions.get_trials(states=(TrialState.COMPLETE,))]
+    assert claims and len(claims) == len(set(claims))  # no student promoted twice
 
 
 @pytest.mark.slow

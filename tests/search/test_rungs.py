@@ -49,7 +49,7 @@ def test_ladder_is_geometric_up_to_the_fine_tune():
 
 
 @pytest.mark.parametrize("data, key", [
-    ({"method": "rungs", "backend": "ray"}, "method"),
+    ({"method": "rungs", "backend": "ray", "ray": {"scheduler": "asha"}}, "ray.scheduler"),
     ({"method": "rungs", "finetunes": 2}, "finetunes"),
     ({"method": "rungs", "distill": {"max_steps": 10}}, "distill"),
     ({"method": "bogus"}, "method"),
