@@ -354,15 +354,16 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
         study = _oneshot_arm(task, config, total=total - finetunes, data=data)
     else:
         assert total is not None
-        # The largest step a study takes: a trial, or (rungs) the longest rung.
+        # The step a study takes: a trial, or (rungs) the shortest rung.
         ladder = config.ladder
-        step = (max(b - a for a, b in zip(ladder, ladder[1:], strict=False)) if rungs
+        step = (min(b - a for a, b in zip(ladder, ladder[1:], strict=False)) if rungs
                 else config.distill.budget_epochs) * samples
         # Trials run until their compute leaves less than one more step of the budget,
         # or until the study holds _CAP times the nominal trials (rules and duplicates
         # may save compute): one study, one sampler, stopped by a callback. A ladder's
         # students cost little at rung 0: it runs until the compute is spent, keeping
-        # back what the pick's training to the top rung would still cost.
+        # back what the pick's training to the top rung would still cost, and passing
+        # over promotions the rest cannot pay for (a lower rung's, that fits, is taken).
         cap = 100_000 if rungs else _CAP * max(1, (total - finetunes) // step)
         study = create_study(task.teacher, config=dataclasses.replace(config, n_trials=cap),
                              **data)
@@ -380,12 +381,15 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
             nonlocal spend
             if rungs:  # a promotion adds to a student seen before: count them all again
                 spend = left(study.trials)
+                study.limit_promotions(spend // samples)
             else:
                 spend -= _student_passes(record, samples, config)
             if spend < step:
                 study.stop()
 
         if spend >= step:
+            if rungs:
+                study.limit_promotions(spend // samples)
             study.optimize(callbacks=[spent])
     result = study.finish()
     teacher = teacher_facts(task)

@@ -111,13 +111,15 @@ class Promotion:
 
 
 def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]], *,
-                   eta: int, top: int, objectives: Sequence[str]) -> Promotion | None:
+                   eta: int, top: int, objectives: Sequence[str],
+                   affordable: Callable[[int], bool] | None = None) -> Promotion | None:
     """The student to promote next and the rung it goes to, or None (sample a new one).
 
     ASHA's rule, highest rung first: of the ``n`` students with a result at rung ``k``,
     the best ``n // eta`` by :func:`promotion_order` over (accuracy at ``k``, costs) may
     go to ``k + 1``; the best of them that is not there yet, nor claimed by a running
-    promotion (``taken``), is promoted.
+    promotion (``taken``), is promoted. A rung that ``affordable(k + 1)`` says the
+    budget left cannot pay for is passed over (a lower rung's promotion may still fit).
 
     Args:
         students: Records of the study's scored students (``rungs`` filled).
@@ -125,8 +127,11 @@ def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]],
         eta: Reduction factor.
         top: Index of the top rung.
         objectives: The study's objectives; the costs after ``accuracy`` rank students.
+        affordable: Whether a promotion to a rung fits the compute left; None: all do.
     """
     for k in range(top - 1, -1, -1):
+        if affordable is not None and not affordable(k + 1):
+            continue
         at = [r for r in students if len(r.rungs) > k]
         keep = len(at) // eta
         if keep == 0:

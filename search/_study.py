@@ -205,6 +205,7 @@ class Study:
         self.worker = worker
         self._stop = False
         self._budget = evaluator.config.trials
+        self._promotion_epochs: int | None = None
         self.supernet: dict[str, Any] | None = None
         """``method: oneshot``: the supernet's training facts (epochs, seconds,
         sample-passes, accuracy of its largest and smallest students per epoch) once it
@@ -393,10 +394,20 @@ class Study:
         assert self.rung_study is not None
         promotions = self.rung_study.get_trials(deepcopy=False)  # one read: the records
         records = merge_promotions(load_records(self.optuna_study), promotions)  # and claims
+        ladder, limit = self.config.ladder, self._promotion_epochs
         due = next_promotion([r for r in records if r.trained and r.rungs],
                              claimed(promotions), eta=self.config.rungs.eta,
-                             top=len(self.config.ladder) - 1, objectives=self.config.objectives)
+                             top=len(ladder) - 1, objectives=self.config.objectives,
+                             affordable=None if limit is None
+                             else lambda rung: ladder[rung] - ladder[rung - 1] <= limit)
         return records, due
+
+    def limit_promotions(self, epochs: int | None) -> None:
+        """``method: rungs``: from now on, pass over promotions that train more than
+        ``epochs`` epochs (a compute budget running out: a lower rung's promotion that
+        fits is taken instead, and new students are still scored at rung 0); None lifts
+        the limit. ``protege compare`` uses it to spend an arm's whole budget."""
+        self._promotion_epochs = epochs
 
     @staticmethod
     def promoted_record(records: Sequence[TrialRecord], due: Promotion,

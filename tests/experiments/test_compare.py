@@ -174,6 +174,27 @@ def test_a_oneshot_arm_counts_its_supernet_and_stays_within_the_budget(
     assert len(record.curve) == record.students_trained  # the supernet is compute, not a point
 
 
+def test_a_ladder_arm_spends_its_budget_to_within_its_shortest_rung(
+        toy_task: CompareTask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ladder (0, 1, 2, 4): the top rung trains 2 epochs, rung 1 one. A ladder that stopped
+    # when the budget left could not pay for its longest rung left up to 2 epochs unspent;
+    # it passes over promotions that do not fit and takes the ones that do.
+    config = _config(seeds=[0], budget={"trials": 6},
+                     search={"distill": {"epochs": 1, "finetune_epochs": 4}},
+                     arms={"protege_rungs": {"set": [
+                         "method=rungs", "strategy=random", "rungs.eta=2",
+                         "rungs.calibration_samples=96"]}})
+    meter = _Meter(monkeypatch)
+    [record] = run_compare(config, out=tmp_path / "cmp", task=toy_task)
+    budget = total_budget(config, len(toy_task.train))
+    assert budget == (6 * 1 + 4) * 192
+    trained = meter.take()
+    rung0 = record.sample_passes - trained  # 96 // 3 for each student scored at rung 0
+    assert rung0 == 32 * record.students_trained
+    assert budget - 192 < record.sample_passes <= budget
+    assert record.pick is not None
+
+
 @pytest.mark.slow  # two more searches: ~10 s on a quiet 2-core machine
 def test_uniform_arm_and_pruned_trials_spend_the_budget(
         toy_task: CompareTask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

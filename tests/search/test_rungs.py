@@ -102,6 +102,17 @@ def test_next_promotion_prefers_the_highest_rung():
     assert due is not None and due.rung == 2
 
 
+def test_next_promotion_passes_over_a_rung_the_budget_cannot_pay_for():
+    # three students at rung 1 (one due to rung 2) and six at rung 0 (two due to rung 1)
+    students = [student(i, (0.5 + i / 100, 0.7 + i / 100), 10 + i) for i in range(3)]
+    students += [student(i, (0.1 * (i - 2),), 10 * i) for i in range(3, 9)]
+    kwargs = dict(eta=3, top=2, objectives=("accuracy", "macs"))
+    assert next_promotion(students, set(), **kwargs).rung == 2
+    cheap = next_promotion(students, set(), affordable=lambda rung: rung < 2, **kwargs)
+    assert cheap is not None and cheap.rung == 1
+    assert next_promotion(students, set(), affordable=lambda rung: False, **kwargs) is None
+
+
 def test_uniform_ladder_goes_from_the_teacher_to_the_floor():
     space = derive(make_tiny_net(), torch.randn(1, 1, 8, 8), level=1)
     ladder = uniform_ladder(space)
