@@ -45,6 +45,11 @@ class TeacherProfile:
             batch and threads; where the machine was too noisy to measure it (logged),
             the predictor's figure when latency is an objective or a limit, else None.
         classes: Number of classes (the width of its logits).
+        latency_predicted_ms: The latency predictor's figure for the teacher's own
+            architecture, when latency is an objective or a limit, else None. Students'
+            latencies in a search are predicted: hypervolumes and the gain rule divide them
+            by this, the same predictor's figure, so a bias of the predictor cancels
+            instead of shifting every ratio (measured against predicted would).
     """
 
     macs: int
@@ -53,6 +58,7 @@ class TeacherProfile:
     test_accuracy: float | None = None
     latency_ms: float | None = None
     classes: int | None = None
+    latency_predicted_ms: float | None = None
 
     @property
     def chance(self) -> float:
@@ -60,10 +66,14 @@ class TeacherProfile:
         return 1.0 / self.classes if self.classes else 0.0
 
     def costs(self) -> dict[str, float]:
-        """The teacher's value of each cost objective (latency only when measured)."""
+        """The teacher's value of each cost objective, the scale of the students' costs
+        (latency: the predictor's figure where there is one, as the students' are; else
+        the measured one; absent when neither is known)."""
         costs = {"macs": float(self.macs), "params": float(self.params)}
-        if self.latency_ms is not None:
-            costs["latency"] = float(self.latency_ms)
+        latency = (self.latency_predicted_ms if self.latency_predicted_ms is not None
+                   else self.latency_ms)
+        if latency is not None:
+            costs["latency"] = float(latency)
         return costs
 
 

@@ -169,10 +169,12 @@ def _estimators(teacher: nn.Module, example_input: torch.Tensor, space: SearchSp
         measured = measure_latency(teacher, example_input, runtime=settings.runtime,
                                    precision=settings.precision,
                                    batch_size=settings.batch_size, threads=settings.threads)
-        if math.isnan(measured):  # too noisy to measure here: the costs need a figure
-            measured = latency.predict(space.largest())
+        predicted = float(latency.predict(space.largest()))
+        if math.isnan(measured):  # too noisy to measure here: the report needs a figure
+            measured = predicted
             logger.warning("teacher latency taken from the predictor: %.4g ms", measured)
-        profile = dataclasses.replace(profile, latency_ms=measured)
+        profile = dataclasses.replace(profile, latency_ms=measured,
+                                      latency_predicted_ms=predicted)
     check_feasible(space, example_input, limits, latency, teacher_macs=profile.macs,
                    teacher_params=profile.params)
     return limits, latency, profile

@@ -245,13 +245,21 @@ def _trial_blocks(run: RunFolder, out: Path) -> list[Block]:
     return blocks
 
 
-def _pick_latency(run: RunFolder) -> float | None:
-    """The pick's latency: its trial's measurement on the front (timed with the others),
-    else the one taken after fine-tuning."""
+def _pick_member(run: RunFolder) -> Mapping[str, Any] | None:
+    """The pick's entry on the front, when it is there and was timed with the others."""
     for member in run.front:
         if run.pick is not None and member.get("trial") == run.pick.trial:
             if member.get("latency_ms_measured") is not None:
-                return float(member["latency_ms_measured"])
+                return member
+    return None
+
+
+def _pick_latency(run: RunFolder) -> float | None:
+    """The pick's latency: its trial's measurement on the front (timed with the others),
+    else the one taken after fine-tuning."""
+    member = _pick_member(run)
+    if member is not None:
+        return float(member["latency_ms_measured"])
     return (run.summary.get("pick") or {}).get("latency_ms")
 
 
@@ -404,6 +412,12 @@ def _pick_blocks(run: RunFolder, pick: Pick | None, teacher: TeacherProfile) -> 
     speed = (f", {latency:.4f} ms per forward pass against the teacher's "
              f"{teacher.latency_ms:.4f} ({_latency_settings(run)})"
              if latency and teacher.latency_ms else "")
+    member = _pick_member(run)
+    if speed and member is not None and member.get("latency_usable") is False:
+        spread = member.get("latency_repeatability")
+        speed += (" (**unusable**: its repeated measurements spread "
+                  f"{'±%.0f %%' % (100 * spread) if spread is not None else 'too much'}, more "
+                  "than the figure can be trusted to; measure on a quieter machine)")
     ladder = run.config.ladder if run.config.method == "rungs" else None
     trained = (f"{pick.search_accuracy:.4f} at the rung below the top, {pick.val_accuracy:.4f} at "
                f"the top rung ({ladder[-1]} epochs in all, going on from its own weights)"

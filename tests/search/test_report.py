@@ -146,6 +146,14 @@ def test_the_front_shows_predicted_against_measured_latency(tmp_path):
     assert f"median error {errors[1]:.1f}%, largest {errors[2]:.1f}%" in md
     assert "Latency (onnxruntime int8, batch 8, 1 thread, this CPU)" in md
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "**unusable**" not in md  # the pick (trial 1) was measured cleanly
+    front[1]["latency_usable"] = False
+    (out / "pareto.json").write_text(json.dumps(front))
+    write_report(out)
+    md = (out / "report.md").read_text()
+    pick = next(line for line in md.splitlines() if line.startswith("Trial 1: "))
+    assert "0.1500 ms per forward pass" in pick
+    assert "(**unusable**: its repeated measurements spread ±5 %" in pick
 
 
 def test_the_report_of_an_unfinished_run_says_so(tmp_path):

@@ -210,6 +210,8 @@ def test_latency_as_objective_and_limit(tiny_data, tmp_path, precision, monkeypa
     assert seen and set(seen) == {precision}
     assert all(r.latency_ms is not None and r.latency_ms > 0 for r in result.trials)
     assert result.teacher.latency_ms is not None and result.teacher.latency_ms > 0
+    assert result.teacher.latency_predicted_ms is not None  # the scale of the students'
+    assert result.teacher.latency_predicted_ms > 0
     front = json.loads((tmp_path / "run" / "pareto.json").read_text())
     assert front and all(m["latency_ms_predicted"] > 0 and m["latency_ms_measured"] > 0
                          for m in front)
@@ -316,6 +318,27 @@ def test_bisection_stops_at_its_fine_tune_budget_and_when_the_first_misses():
     pick, _ = bisect(FRONT[6], FRONT, tune=_fake_tune(TUNED, 0.88, calls),
                                    finetunes=1)
     assert calls == [6] and len(pick.finetuned) == 1
+
+
+def test_predicted_latencies_are_scaled_by_the_teachers_predicted_latency():
+    """A latency hypervolume divides each student's predicted latency by the same
+    predictor's figure for the teacher, not by the teacher's measurement: a predictor that
+    reads 2x low would otherwise halve every ratio."""
+    from protege.search import TeacherProfile, TrialRecord
+    from protege.search._pareto import scaled_hypervolume
+    from protege.search._study import front_hypervolume
+
+    teacher = TeacherProfile(macs=100, params=10, val_accuracy=0.9, classes=10,
+                             latency_ms=2.0, latency_predicted_ms=1.0)
+    assert teacher.costs()["latency"] == 1.0
+    assert dataclasses.replace(teacher, latency_predicted_ms=None).costs()["latency"] == 2.0
+    record = TrialRecord(number=0, outcome=Outcome.TRAINED, arch={}, accuracy=0.5, macs=50,
+                         params=5, latency_ms=0.5)
+    volume = front_hypervolume([record], teacher, ["accuracy", "latency"])
+    assert volume == pytest.approx(scaled_hypervolume(
+        [(0.5, {"latency": 0.5})], teacher_costs={"latency": 1.0}, chance=0.1))
+    assert volume != pytest.approx(scaled_hypervolume(
+        [(0.5, {"latency": 0.5})], teacher_costs={"latency": 2.0}, chance=0.1))
 
 
 def test_a_latency_search_picks_the_fastest_student_within_the_limit():
