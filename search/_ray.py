@@ -163,7 +163,6 @@ def _searcher_class() -> type:
             trial = claim_promotion(self.study.rung_study, due.student, due.rung, due.reason)
             if trial is None:  # a worker on the same storage took it: ask again later
                 return None
-            trial.set_user_attr(attrs.WORKER, worker_id())
             self.pending[trial_id] = (trial, due)
             student = next(r for r in records if r.number == due.student)
             return {"promote": dataclasses.replace(student, provenance=None).to_dict(),
