@@ -127,20 +127,23 @@ def _searcher_class() -> type:
             self.guard = FailureGuard(study.config.rules.max_failed_fraction)
             self.error: TooManyFailures | None = None
 
-        def _active(self) -> int:
+        def _active(self, records: Sequence[TrialRecord] | None = None) -> int:
             # as in-process: failed trials and an enqueued queue (the ladder) hold no slot
-            return _active(load_records(self.study.optuna_study))
+            if records is None:
+                records = load_records(self.study.optuna_study)
+            return _active(records)
 
         def suggest(  # type: ignore[override]  # Tune documents FINISHED, a str
                 self, trial_id: str) -> dict[str, Any] | str | None:
             timed_out = self.deadline is not None and time.monotonic() > self.deadline
             ending = self.study.stopped or timed_out or self.error is not None
+            records = None
             if not ending and self.study.rung_study is not None:
                 # method: rungs: the ladder's rule, as in-process; a promotion due first
-                records, due = self.study.due_promotion()
+                records, due = self.study.due_promotion()  # one read serves the budget too
                 if due is not None:
                     return self._promote(trial_id, records, due)
-            if ending or self._active() >= self.budget:
+            if ending or self._active(records) >= self.budget:
                 # Trials still running may fail and free a slot (or, on a ladder, make a
                 # promotion due): wait for them.
                 return None if self.pending and not ending else Searcher.FINISHED

@@ -384,7 +384,9 @@ def tell_promotion(study: optuna.Study, trial: optuna.Trial, result: PromotionRe
     """Store ``result`` on the promotion ``trial`` (history, seconds, outcome, provenance)
     and tell ``study``: ``trained``, or ``failed`` (its reason on the trial; the student
     is not promoted there again)."""
-    student, rung = _claim_of(trial) or (-1, -1)
+    claim = _claim_of(trial)
+    assert claim is not None, "a promotion trial holds its claim (claim_promotion)"
+    student, rung = claim
     if result.failure is not None or result.val_accuracy is None:
         reason = trial.user_attrs.get(attrs.REASON)
         trial.set_user_attr(attrs.REASON, f"{reason}; failed: {result.failure}")
