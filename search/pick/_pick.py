@@ -61,14 +61,16 @@ def _cost(record: TrialRecord, cost: str) -> tuple[float, float]:
 def choose(done: Sequence[TrialRecord], *, floor: float,
            cost: str = "macs") -> tuple[TrialRecord, bool] | None:
     """The cheapest completed student by ``cost`` (:func:`pick_cost`) at or above
-    ``floor`` (True), else the most accurate one (False); None when nothing completed."""
+    ``floor`` (True), else the most accurate one, the cheapest by ``cost`` among equally
+    accurate ones (False); None when nothing completed."""
     done = [r for r in done if r.outcome.completed and r.accuracy is not None]
     if not done:
         return None
     within = [r for r in done if (r.accuracy or 0.0) >= floor]
     if within:
         return min(within, key=lambda r: (_cost(r, cost), -(r.accuracy or 0.0), r.number)), True
-    return max(done, key=lambda r: (r.accuracy or 0.0, -(r.macs or 0), -r.number)), False
+    return max(done, key=lambda r: (r.accuracy or 0.0, -cost_of(r, cost), -cost_of(r, "macs"),
+                                    -r.number)), False
 
 
 def bisect(first: TrialRecord, done: Sequence[TrialRecord], *, tune: Tune,

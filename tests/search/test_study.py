@@ -356,6 +356,11 @@ def test_a_latency_search_picks_the_fastest_student_within_the_limit():
                                                (0.92, 20, 0.5), (0.80, 5, 0.1)])]
     assert choose(records, floor=0.85) == (records[0], True)
     assert choose(records, floor=0.85, cost="latency") == (records[1], True)
+    # nothing within the limit: the most accurate, and among equals the fastest
+    tied = [dataclasses.replace(r, accuracy=0.80) for r in records]
+    assert choose(tied, floor=0.95, cost="latency") == (tied[3], False)
+    assert choose(tied[:3], floor=0.95, cost="latency") == (tied[1], False)
+    assert choose(tied[:3], floor=0.95) == (tied[0], False)
     # the bisection walks the (accuracy, latency) front: latency follows FRONT's MACs
     # and MACs run the other way, so the fine-tunes are those of the MACs test above
     by_latency = [dataclasses.replace(r, macs=1000 - (r.macs or 0), latency_ms=r.macs)
