@@ -13,10 +13,13 @@ from torch.utils.data import TensorDataset
 
 from protege.common import require as _check
 
-__all__ = ["ARM_KINDS", "Arm", "Budget", "CompareTask", "Student", "teacher_facts"]
+__all__ = ["ARM_KINDS", "BUDGET_KINDS", "Arm", "Budget", "CompareTask", "Student", "teacher_facts"]
 
 ARM_KINDS = ("search", "torch_pruning", "uniform")
 """What an arm can be: a protege search, or one of the two baselines."""
+
+BUDGET_KINDS = ("compute", "mac_passes", "time")
+"""What a comparison's budget counts: sample-passes, MAC-passes or seconds of training."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -24,9 +27,13 @@ class Budget:
     """What every arm of a seed may spend.
 
     Args:
-        kind: ``compute`` (training sample-passes) or ``time`` (seconds of training).
+        kind: ``compute`` (training sample-passes), ``mac_passes`` (training
+            sample-passes weighted by the student's forward MACs: an epoch of a 10x
+            smaller student costs a tenth of the teacher's) or ``time`` (seconds of
+            training).
         trials: Compute budget in trials of the base config: ``(trials x
-            distill.epochs + distill.finetune_epochs) x training samples``.
+            distill.epochs + distill.finetune_epochs) x training samples`` sample-passes;
+            with ``mac_passes``, that many sample-passes of the teacher, times its MACs.
         seconds: Time budget of each arm (``kind: time``).
     """
 
@@ -34,9 +41,14 @@ class Budget:
     trials: int = 40
     seconds: float | None = None
 
+    @property
+    def per_mac(self) -> bool:
+        """Whether compute is counted in MAC-passes (else sample-passes, or seconds)."""
+        return self.kind == "mac_passes"
+
     def __post_init__(self) -> None:
-        _check(self.kind in ("compute", "time"), "budget.kind",
-               f"must be compute or time, got {self.kind!r}")
+        _check(self.kind in BUDGET_KINDS, "budget.kind",
+               f"must be one of {', '.join(BUDGET_KINDS)}, got {self.kind!r}")
         _check(self.trials >= 1, "budget.trials", f"must be >= 1, got {self.trials}")
         _check(self.kind != "time" or (self.seconds or 0) > 0, "budget.seconds",
                "must be positive with budget.kind: time")

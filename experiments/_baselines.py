@@ -3,8 +3,11 @@
 Both train a sweep of ``k`` students with the arm's distillation settings (the same
 KD loss as the search arms) and share the arm's budget out between them: under a
 compute budget ``B`` every student gets ``B / (k x samples)`` epochs (the remainder
-one epoch at a time to the first students); under a time budget every student gets
-``distill.finetune_epochs`` until the seconds are spent.
+one epoch at a time to the first students); under a budget in MAC-passes every student
+gets an equal share of ``B`` as whole epochs at its own MACs (what a student's whole
+epochs leave over goes to the students after it), so the smaller ones train longer;
+under a time budget every student gets ``distill.finetune_epochs`` until the seconds
+are spent.
 
 - ``torch_pruning``: a copy of the teacher pruned by ``torch_pruning``'s
   ``MagnitudePruner`` (L2 magnitude importance, the same ratio in every layer, the
@@ -111,7 +114,9 @@ def run_baseline(task: CompareTask, arm: Arm, config: Config, *, budget: Budget,
             k = max(1, round(total / (samples * finetune)))
             low, high = SWEEP_RANGE
             ratios = [round(low + (high - low) * i / max(1, k - 1), 4) for i in range(k)]
-        epochs: Sequence[int] = split_epochs(total // samples, len(ratios))
+        epochs: Sequence[int | None] = (
+            [None] * len(ratios) if budget.per_mac  # set below, once its MACs are known
+            else split_epochs(total // samples, len(ratios)))
     else:
         if not ratios:
             low, high = SWEEP_RANGE
@@ -120,12 +125,21 @@ def run_baseline(task: CompareTask, arm: Arm, config: Config, *, budget: Budget,
     students: list[Student] = []
     models: list[nn.Module] = []
     start = time.perf_counter()
-    for ratio, n_epochs in zip(ratios, epochs, strict=True):
+    left = total
+    for i, (ratio, n_epochs) in enumerate(zip(ratios, epochs, strict=True)):
         if total is None and time.perf_counter() - start >= (budget.seconds or 0):
             logger.info("%s: time budget spent after %d students", arm.name, len(students))
             break
         student = build(ratio)
         macs, _ = count_macs(student, task.example_input)
+        if n_epochs is None:  # MAC-passes: an equal share of what is left, in whole epochs
+            assert left is not None
+            n_epochs = left // (len(ratios) - i) // (samples * macs)
+            if n_epochs < 1:
+                raise ValueError(f"arms.{arm.name}: a share of the budget cannot train its "
+                                 f"ratio-{ratio} student for one epoch; raise budget.trials "
+                                 "or give fewer ratios")
+            left -= n_epochs * samples * macs
         result = distill.train_student(student, outputs, task.val, config=config.distill,
                                        epochs=n_epochs, seed=config.seed, teacher=task.teacher)
         logger.info("%s ratio %s: %.3fx MACs, val %.4f (%d epochs, %.1fs)", arm.name, ratio,

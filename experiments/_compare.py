@@ -22,6 +22,15 @@ spread one epoch at a time). With ``budget.kind: time`` every search arm gets
 ``budget.seconds`` of trials (then its fine-tune) and a sweep trains its students
 in order until ``budget.seconds`` are spent.
 
+With ``budget.kind: mac_passes`` the same ``B`` is counted in MAC-passes: ``B`` times
+the teacher's forward MACs, and every student pays its own MACs per sample-pass (an
+epoch of a 10x smaller student costs a tenth of the teacher's). A search arm keeps back
+the fine-tune of the student it would pick now (every fine-tune at the largest trained
+student's MACs when ``finetunes`` > 1) and rejects, before training, a student whose
+trial the rest cannot pay for; a ladder passes over the promotions the rest cannot pay
+for; a sweep shares ``B`` out in equal MAC-passes, so its smaller students train for
+more epochs. One-shot arms are not budgeted in MAC-passes.
+
 A one-shot arm (``method: oneshot``) spends ``B`` less its fine-tunes: scoring every
 student of its ``n_trials`` (a third of a sample-pass per calibration sample each) and,
 with what is left, the supernet's training (``oneshot.epochs`` when the arm sets it);
@@ -55,6 +64,7 @@ from torch.utils.data import TensorDataset
 
 from protege.common import atomic_write, read_yaml
 from protege.common import require as _check
+from protege.estimators import count_macs
 from protege.experiments._arms import (
     ARM_KINDS,
     Arm,
@@ -74,6 +84,8 @@ from protege.search import (
     hypervolume,
     pareto_indices,
 )
+from protege.search.pick import accuracy_floor, choose, pick_cost
+from protege.spaces import derive
 
 __all__ = [
     "ARM_KINDS",
@@ -150,7 +162,10 @@ class CompareConfig:
         for arm in self.arms:
             arm_config = self.arm_config(arm, self.seeds[0])  # every arm's config is valid
             distill = arm_config.distill
-            if arm.kind == "search" and self.budget.kind == "compute":
+            if arm.kind == "search" and self.budget.kind != "time":
+                _check(not (self.budget.per_mac and arm_config.method == "oneshot"),
+                       f"arms.{arm.name}", "a one-shot arm is not budgeted in MAC-passes; "
+                       "use budget.kind: compute")
                 reserved = arm_config.finetunes * (distill.finetune_epochs or distill.budget_epochs)
                 _check(budget_epochs - reserved >= distill.budget_epochs, f"arms.{arm.name}",
                        f"its {arm_config.finetunes} fine-tunes ({reserved} epochs) leave no "
@@ -235,12 +250,22 @@ def load_compare_config(source: str | Path | Mapping[str, Any],
     )
 
 
-def total_budget(config: CompareConfig, train_samples: int) -> int:
-    """The compute budget ``B`` in sample-passes (``kind: compute``)."""
+def total_budget(config: CompareConfig, train_samples: int, *,
+                 teacher_macs: int | None = None) -> int:
+    """The compute budget ``B``: in sample-passes (``kind: compute``), or in MAC-passes
+    (``kind: mac_passes``: the same sample-passes times ``teacher_macs``).
+
+    Raises:
+        ValueError: ``kind: mac_passes`` without ``teacher_macs``.
+    """
     base = config.base_config(config.seeds[0]).distill
     epochs = (config.budget.trials * base.budget_epochs
               + (base.finetune_epochs or base.budget_epochs))
-    return epochs * train_samples
+    if not config.budget.per_mac:
+        return epochs * train_samples
+    if teacher_macs is None:
+        raise ValueError("a budget in MAC-passes needs the teacher's MACs")
+    return epochs * train_samples * teacher_macs
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -268,6 +293,10 @@ class ArmRecord:
     """What made it: commit, dirty tree, versions, the arm's config hash, machine."""
     mac_passes: int | None = None
     """Training compute by model size: each student's forward MACs x its sample-passes."""
+    budget_kind: str | None = None
+    """What ``budget`` counts: ``compute`` (sample-passes) or ``mac_passes``; None: time."""
+    train_samples: int | None = None
+    """Training samples of the arm (one epoch is this many sample-passes)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -354,43 +383,8 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
         study = _oneshot_arm(task, config, total=total - finetunes, data=data)
     else:
         assert total is not None
-        # The step a study takes: a trial, or (rungs) the shortest rung.
-        ladder = config.ladder
-        step = (min(b - a for a, b in zip(ladder, ladder[1:], strict=False)) if rungs
-                else config.distill.budget_epochs) * samples
-        # Trials run until their compute leaves less than one more step of the budget,
-        # or until the study holds _CAP times the nominal trials (rules and duplicates
-        # may save compute): one study, one sampler, stopped by a callback. A ladder's
-        # students cost little at rung 0: it runs until the compute is spent, keeping
-        # back what the pick's training to the top rung would still cost, and passing
-        # over promotions the rest cannot pay for (a lower rung's, that fits, is taken).
-        cap = 100_000 if rungs else _CAP * max(1, (total - finetunes) // step)
-        study = create_study(task.teacher, config=dataclasses.replace(config, n_trials=cap),
-                             **data)
-
-        def left(trials: Sequence[TrialRecord]) -> int:
-            used = _passes(trials, samples, config)
-            if not rungs:
-                return total - finetunes - used
-            reached = max((t.rung or 0 for t in trials if t.rungs), default=0)
-            return total - used - (ladder[-1] - ladder[reached]) * samples
-
-        spend = left(study.trials)  # a resumed arm's earlier trials, read once
-
-        def spent(study: Study, record: TrialRecord) -> None:
-            nonlocal spend
-            if rungs:  # a promotion adds to a student seen before: count them all again
-                spend = left(study.trials)
-                study.limit_promotions(spend // samples)
-            else:
-                spend -= _student_passes(record, samples, config)
-            if spend < step:
-                study.stop()
-
-        if spend >= step:
-            if rungs:
-                study.limit_promotions(spend // samples)
-            study.optimize(callbacks=[spent])
+        study = _budgeted_study(task, config, total=total, per_mac=budget.per_mac,
+                                data=data)
     result = study.finish()
     teacher = teacher_facts(task)
     # Every student that trained, at the accuracy it ended with (a stopped one: its last
@@ -417,6 +411,94 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
                 "val_accuracy": p.val_accuracy, "test_accuracy": p.test_accuracy,
                 "meets_val_limit": p.meets_constraints, "arch": p.arch}
     return students, pick, teacher
+
+
+def _budgeted_study(task: CompareTask, config: Config, *, total: int, per_mac: bool,
+                    data: dict[str, Any]) -> Study:
+    """A search arm's study (trials or a ladder), optimised until its compute ``total``
+    (sample-passes, or MAC-passes with ``per_mac``) is spent, the pick's training kept back.
+
+    Trials run until their compute leaves less than one more step of the budget (a trial;
+    on a ladder, its shortest rung) of the smallest student the space holds, or until the
+    study holds :data:`_CAP` times the nominal trials (rules and duplicates may save
+    compute): one study, one sampler, stopped by a callback. What the pick's fine-tunes
+    will cost is kept back: in sample-passes a fixed amount; in MAC-passes that of the
+    student the pick would fine-tune now (the largest trained one with ``finetunes`` > 1),
+    and a student whose trial would leave too little for the fine-tune of whichever
+    student is then the pick is rejected before it trains. A ladder's students cost
+    little at rung 0: it runs until the compute is spent, keeping back what training the
+    student it would pick now to the top rung still costs, and passing over promotions
+    the rest cannot pay for (another that fits is taken).
+    """
+    samples = len(task.train)
+    rungs = config.method == "rungs"
+    ladder = config.ladder
+    step = (min(b - a for a, b in zip(ladder, ladder[1:], strict=False)) if rungs
+            else config.distill.budget_epochs) * samples
+    finetune = (config.distill.finetune_epochs or config.distill.budget_epochs) * samples
+    reserved = 0 if rungs else finetune * config.finetunes  # the pick's, in sample-passes
+    unit = count_macs(task.teacher, task.example_input)[0] if per_mac else 1
+    smallest = 1
+    if per_mac:  # the space's smallest student
+        smallest = derive(task.teacher, task.example_input, level=config.level,
+                          **config.space.derive_kwargs()).macs_bounds()[0]
+    # as many trials as the budget buys of the smallest student, _CAP times over
+    cap = 100_000 if rungs else _CAP * max(1, (total - reserved * unit) // (step * smallest))
+    study = create_study(task.teacher, config=dataclasses.replace(config, n_trials=cap), **data)
+    floor = accuracy_floor(study.profile, config)
+    cost = pick_cost(config.objectives)
+
+    def macs(record: TrialRecord) -> int:
+        return (record.macs or 0) if per_mac else 1
+
+    def candidate(records: Sequence[TrialRecord]) -> int | None:
+        """The MACs (1 in sample-passes) of the student whose training the pick needs."""
+        if not records:
+            return None
+        if not rungs and config.finetunes > 1:
+            return max(macs(r) for r in records)
+        chosen = choose(records, floor=floor, cost=cost)
+        return macs(chosen[0]) if chosen is not None else None
+
+    def settle(study: Study) -> bool:
+        """Limit what the study may still train to what the compute left pays for; True
+        while one more step of the smallest student fits."""
+        trials = study.trials
+        left = total - sum(_student_passes(t, samples, config) * macs(t) for t in trials)
+        if rungs:
+            scored = [t for t in trials if t.trained and t.rungs]
+            reached = max((t.rung or 0 for t in scored), default=0)
+            top = candidate([t for t in scored if t.rung == reached]) or 0
+
+            def affordable(record: TrialRecord, rung: int) -> bool:
+                m = macs(record)
+                after = (m if rung > reached else max(top, m) if rung == reached else top)
+                return ((ladder[rung] - ladder[rung - 1]) * samples * m
+                        + (ladder[-1] - ladder[max(rung, reached)]) * samples * after <= left)
+
+            study.limit_promotions(affordable)
+            free = left - (ladder[-1] - ladder[reached]) * samples * top
+            if per_mac:  # scoring a new student at rung 0 must not eat into the pick's share
+                study.limit_macs(free / max(1, min(config.calibration_samples, samples) // 3))
+            return free >= step * smallest
+        pick = candidate([t for t in trials if t.trained])
+        if not per_mac:
+            return left - reserved >= step
+        # the next student (m MACs) may become the pick: step m + reserved max(pick, m) fit
+        most = left / (step + reserved)  # it does, and is larger than the pick now
+        if pick is not None and left >= reserved * pick:  # it does not, and is no larger
+            most = max(most, min(pick, (left - reserved * pick) / step))
+        study.limit_macs(most)
+        return most >= smallest
+
+    if settle(study):  # a resumed arm's earlier trials count too
+
+        def spent(study: Study, record: TrialRecord) -> None:
+            if not settle(study):
+                study.stop()
+
+        study.optimize(callbacks=[spent])
+    return study
 
 
 def _oneshot_arm(task: CompareTask, config: Config, *, total: int,
@@ -503,7 +585,10 @@ def run_arm(task: CompareTask, config: CompareConfig, arm: Arm, seed: int, *,
         return finished
     start = time.perf_counter()
     arm_config = config.arm_config(arm, seed)
-    total = total_budget(config, len(task.train)) if config.budget.kind == "compute" else None
+    total = None
+    if config.budget.kind != "time":
+        total = total_budget(config, len(task.train),
+                             teacher_macs=count_macs(task.teacher, task.example_input)[0])
     if arm.kind == "search":
         students, pick, teacher = _search_arm(task, arm, arm_config, budget=config.budget,
                                               total=total, out=out / "run")
@@ -512,7 +597,9 @@ def run_arm(task: CompareTask, config: CompareConfig, arm: Arm, seed: int, *,
                                                total=total, out=out)
     record = finish_record(arm=arm, seed=seed, students=students, pick=pick, teacher=teacher,
                            budget=total, wall=time.perf_counter() - start)
-    record = dataclasses.replace(record, provenance=arm_provenance(config, arm, seed))
+    record = dataclasses.replace(
+        record, provenance=arm_provenance(config, arm, seed), train_samples=len(task.train),
+        budget_kind=None if total is None else config.budget.kind)
     with atomic_write(done) as handle:
         json.dump(record.to_dict(), handle, indent=1)
     return record

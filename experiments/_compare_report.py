@@ -208,6 +208,25 @@ def _gmac(row: dict[str, Any]) -> float:
     return math.nan if value is None else value / 1e9
 
 
+def _spent(row: dict[str, Any]) -> float:
+    """The share of its budget the arm spent, in the budget's unit (NaN: a time budget)."""
+    budget = row.get("budget")
+    if not budget:
+        return math.nan
+    used = row.get("mac_passes") if row.get("budget_kind") == "mac_passes" else row["sample_passes"]
+    return math.nan if used is None else used / budget
+
+
+def _unspent_epochs(row: dict[str, Any]) -> float:
+    """What the budget an arm left unspent would have bought: epochs of its pick (NaN
+    where the record does not say its training samples)."""
+    spent, samples, pick = _spent(row), row.get("train_samples"), row.get("pick")
+    if math.isnan(spent) or not samples or not pick:
+        return math.nan
+    unit = pick["macs"] if row.get("budget_kind") == "mac_passes" else 1
+    return (1.0 - spent) * row["budget"] / (samples * unit)
+
+
 def _made_by(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The distinct code versions of the records, in the order first seen."""
     seen: list[str] = []
@@ -228,6 +247,11 @@ def _markdown(arms: dict[str, list[dict[str, Any]]], *, teacher: dict[str, Any],
     if budget.kind == "compute":
         spent = (f"compute: {first['budget']} training sample-passes per arm and seed "
                  f"({budget.trials} trials of the base config plus one fine-tune)")
+    elif budget.kind == "mac_passes":
+        spent = (f"compute in MAC-passes: {first['budget'] / 1e9:.4g} G per arm and seed, "
+                 f"the teacher's {teacher['macs']} MACs × the sample-passes of "
+                 f"{budget.trials} trials of the base config plus one fine-tune; a student "
+                 "pays its own MACs per sample-pass")
     else:
         spent = f"time: {budget.seconds:g} s of training per arm and seed"
     lines = [
@@ -272,11 +296,13 @@ def _markdown(arms: dict[str, list[dict[str, Any]]], *, teacher: dict[str, Any],
         "dominated by the arm's (val accuracy, MACs ratio) points, reference (chance "
         "accuracy, 1). Compute in two units: sample-passes (epochs × training samples) and "
         "MAC-passes (each student's forward MACs × its sample-passes: a small student's "
-        "epoch costs less); the budget is counted in sample-passes.", "",
+        f"epoch costs less); the budget is counted in "
+        f"{ {'compute': 'sample-passes', 'mac_passes': 'MAC-passes'}.get(budget.kind, 'seconds') }"
+        ", and \"spent\" is the share of it each arm used.", "",
         "| arm | kind | pick: × fewer MACs | pick test acc % | test Δ (pts) | met val limit "
         "| within 1 pt (test) | hypervolume | students | sample-passes | MAC-passes (G) "
-        "| train s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| spent % | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm, rows in arms.items():
         red = [_reduction(r) for r in rows]
@@ -292,7 +318,19 @@ def _markdown(arms: dict[str, list[dict[str, Any]]], *, teacher: dict[str, Any],
             f"{_ms([float(r['students_trained']) for r in rows], '{:.0f}')} | "
             f"{_ms([float(r['sample_passes']) for r in rows], '{:.0f}')} | "
             f"{_ms([_gmac(r) for r in rows], '{:.3g}')} | "
+            f"{_ms([100 * _spent(r) for r in rows], '{:.0f}')} | "
             f"{_ms([r['train_seconds'] for r in rows], '{:.0f}')} |")
+    unspent = [(arm, float(np.mean([1 - _spent(r) for r in rows])),
+                [_unspent_epochs(r) for r in rows]) for arm, rows in arms.items()]
+    unspent = [u for u in unspent if not math.isnan(u[1]) and u[1] >= 0.02]
+    if unspent:
+        lines += ["", "Budget left unspent (2 % or more; what it would have bought, in epochs "
+                  "of the arm's pick" + (" at the pick's MACs" if budget.kind == "mac_passes"
+                                         else "") + "):", ""]
+        lines += [f"- {arm}: {100 * share:.0f} % unspent"
+                  + ("" if all(math.isnan(e) for e in epochs)
+                     else f", {_ms(epochs, '{:.1f}')} epochs of its pick")
+                  for arm, share, epochs in unspent]
     lines += ["", f"Paired tests against `{reference}` (differences {reference} − arm, over "
               "the seeds both ran; bootstrap 95 % CI of the mean difference, exact Wilcoxon "
               "signed-rank p; with n seeds the smallest possible p is 2/2^n):", "",

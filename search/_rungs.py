@@ -112,14 +112,16 @@ class Promotion:
 
 def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]], *,
                    eta: int, top: int, objectives: Sequence[str],
-                   affordable: Callable[[int], bool] | None = None) -> Promotion | None:
+                   affordable: Callable[[TrialRecord, int], bool] | None = None,
+                   ) -> Promotion | None:
     """The student to promote next and the rung it goes to, or None (sample a new one).
 
     ASHA's rule, highest rung first: of the ``n`` students with a result at rung ``k``,
     the best ``n // eta`` by :func:`promotion_order` over (accuracy at ``k``, costs) may
     go to ``k + 1``; the best of them that is not there yet, nor claimed by a running
-    promotion (``taken``), is promoted. A rung that ``affordable(k + 1)`` says the
-    budget left cannot pay for is passed over (a lower rung's promotion may still fit).
+    promotion (``taken``), is promoted. A promotion that ``affordable(record, k + 1)``
+    says the budget left cannot pay for is passed over: another of the top ``n // eta``
+    (a smaller student's) or a lower rung's may still fit.
 
     Args:
         students: Records of the study's scored students (``rungs`` filled).
@@ -127,11 +129,10 @@ def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]],
         eta: Reduction factor.
         top: Index of the top rung.
         objectives: The study's objectives; the costs after ``accuracy`` rank students.
-        affordable: Whether a promotion to a rung fits the compute left; None: all do.
+        affordable: Whether a student's promotion to a rung fits the compute left;
+            None: all do.
     """
     for k in range(top - 1, -1, -1):
-        if affordable is not None and not affordable(k + 1):
-            continue
         at = [r for r in students if len(r.rungs) > k]
         keep = len(at) // eta
         if keep == 0:
@@ -141,7 +142,8 @@ def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]],
         ranks = nondominated_ranks(points)
         for position, i in enumerate(promotion_order(points)[:keep]):
             record = at[i]
-            if len(record.rungs) == k + 1 and (record.number, k + 1) not in taken:
+            if (len(record.rungs) == k + 1 and (record.number, k + 1) not in taken
+                    and (affordable is None or affordable(record, k + 1))):
                 return Promotion(record.number, k + 1, (
                     f"rung {k}: accuracy {record.rungs[k]:.4f}, non-dominated rank {ranks[i]}, "
                     f"{position + 1} of {len(at)} students (the top {keep} = 1/{eta} go up)"))

@@ -205,7 +205,8 @@ class Study:
         self.worker = worker
         self._stop = False
         self._budget = evaluator.config.trials
-        self._promotion_epochs: int | None = None
+        self._affordable: Callable[[TrialRecord, int], bool] | None = None
+        self._config_limits = evaluator.limits
         self.supernet: dict[str, Any] | None = None
         """``method: oneshot``: the supernet's training facts (epochs, seconds,
         sample-passes, accuracy of its largest and smallest students per epoch) once it
@@ -394,20 +395,29 @@ class Study:
         assert self.rung_study is not None
         promotions = self.rung_study.get_trials(deepcopy=False)  # one read: the records
         records = merge_promotions(load_records(self.optuna_study), promotions)  # and claims
-        ladder, limit = self.config.ladder, self._promotion_epochs
         due = next_promotion([r for r in records if r.trained and r.rungs],
                              claimed(promotions), eta=self.config.rungs.eta,
-                             top=len(ladder) - 1, objectives=self.config.objectives,
-                             affordable=None if limit is None
-                             else lambda rung: ladder[rung] - ladder[rung - 1] <= limit)
+                             top=len(self.config.ladder) - 1, objectives=self.config.objectives,
+                             affordable=self._affordable)
         return records, due
 
-    def limit_promotions(self, epochs: int | None) -> None:
-        """``method: rungs``: from now on, pass over promotions that train more than
-        ``epochs`` epochs (a compute budget running out: a lower rung's promotion that
-        fits is taken instead, and new students are still scored at rung 0); None lifts
-        the limit. ``protege compare`` uses it to spend an arm's whole budget."""
-        self._promotion_epochs = epochs
+    def limit_promotions(self, affordable: Callable[[TrialRecord, int], bool] | None) -> None:
+        """``method: rungs``: from now on, pass over the promotions that ``affordable(record,
+        rung)`` says the compute left cannot pay for (a compute budget running out: a
+        cheaper student's or a lower rung's promotion that fits is taken instead, and new
+        students are still scored at rung 0); None lifts the limit. ``protege compare``
+        uses it to spend an arm's whole budget, in sample-passes or in MAC-passes."""
+        self._affordable = affordable
+
+    def limit_macs(self, macs: float | None) -> None:
+        """From now on, reject students of more than ``macs`` forward MACs before they
+        train (they cost nothing, like any student over a hard limit); the config's own
+        ``constraints.max_macs`` still holds, and None restores it alone. ``protege
+        compare`` uses it so that no trial overspends a budget counted in MAC-passes."""
+        limits = self._config_limits
+        if macs is not None:
+            limits = dataclasses.replace(limits, max_macs=min(limits.max_macs, macs))
+        self.evaluator = dataclasses.replace(self.evaluator, limits=limits)
 
     @staticmethod
     def promoted_record(records: Sequence[TrialRecord], due: Promotion,

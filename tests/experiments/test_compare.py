@@ -15,6 +15,7 @@ from tiny_nets import make_tiny_net
 from torch.utils.data import TensorDataset
 
 import protege.distill
+from protege.estimators import count_macs
 from protege.experiments import (
     CompareTask,
     StaleRecord,
@@ -28,6 +29,7 @@ from protege.experiments import (
 from protege.experiments._compare import train_subset
 from protege.experiments._compare_report import _covered
 from protege.search import ConfigError, hypervolume
+from protege.spaces import derive
 
 FIELDS = ("arm", "seed", "hypervolume", "best_macs_ratio_within_1pt",
           "best_test_accuracy_within_1pt", "train_seconds", "front")
@@ -193,6 +195,68 @@ def test_a_ladder_arm_spends_its_budget_to_within_its_shortest_rung(
     assert rung0 == 32 * record.students_trained
     assert budget - 192 < record.sample_passes <= budget
     assert record.pick is not None
+
+
+def _mac_budget_run(toy_task: CompareTask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                    arms: dict[str, Any]) -> tuple[list[Any], dict[str, list[int]], int, int]:
+    config = _config(seeds=[0], budget={"kind": "mac_passes", "trials": 4}, arms=arms)
+    meter = _Meter(monkeypatch)
+    calls: dict[str, list[int]] = {}
+
+    def progress(record: Any) -> None:
+        calls[record.arm] = list(meter.spent)
+        meter.take()
+
+    records = run_compare(config, out=tmp_path / "cmp", task=toy_task, progress=progress)
+    teacher_macs = count_macs(toy_task.teacher, toy_task.example_input)[0]
+    budget = total_budget(config, 192, teacher_macs=teacher_macs)
+    assert budget == (4 * 1 + 2) * 192 * teacher_macs
+    for record in records:
+        assert record.budget == budget and record.budget_kind == "mac_passes"
+        assert record.mac_passes <= budget  # no arm overspends
+        assert record.pick is not None
+    smallest = derive(toy_task.teacher, toy_task.example_input, level=1).macs_bounds()[0]
+    text = write_compare_report(records, config=config, command="protege compare toy.yaml",
+                                results_dir=tmp_path / "results")["md"].read_text()
+    assert "compute in MAC-passes" in text and "the budget is counted in MAC-passes" in text
+    return records, calls, budget, smallest
+
+
+def test_a_budget_in_mac_passes_charges_each_student_its_own_macs(
+        toy_task: CompareTask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (ladder, sweep), calls, budget, smallest = _mac_budget_run(toy_task, tmp_path, monkeypatch, {
+        "protege_rungs": {"set": ["method=rungs", "strategy=random", "rungs.eta=2",
+                                  "rungs.calibration_samples=96"]},
+        "torch_pruning": {"kind": "torch_pruning", "ratios": [0.2, 0.6]}})
+    # a ladder stops only when not even one more epoch of the smallest student fits
+    # (training its pick to the top rung kept back); smaller students cost less, so it
+    # trains more than the 6 teacher-sized epochs the budget is made of
+    assert budget - 192 * smallest < ladder.mac_passes
+    assert ladder.sample_passes > (4 * 1 + 2) * 192
+    # the sweep shares the budget in equal MAC-passes: the smaller student trains longer
+    teacher_macs = budget // ((4 * 1 + 2) * 192)
+    assert len(calls["torch_pruning"]) == 2
+    first, second = calls["torch_pruning"]  # ratio 0.2, then 0.6 (fewer MACs)
+    assert second > first
+    assert budget - 2 * 192 * teacher_macs < sweep.mac_passes
+
+
+@pytest.mark.slow  # ~200 proposals, most rejected as too large for what is left: ~1 min
+def test_a_search_arm_keeps_back_its_picks_fine_tune_in_mac_passes(
+        toy_task: CompareTask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    [search], _, budget, smallest = _mac_budget_run(toy_task, tmp_path, monkeypatch, {
+        "protege": {"set": ["strategy=random", "rules.gain=false", "rules.curve=false"]}})
+    # it stops when not even one more epoch of the smallest student fits with the pick's
+    # fine-tune, or when its sampler proposes only students too large for what is left,
+    # up to the study's cap of proposals: here within two epochs of the smallest student
+    assert budget - 2 * 192 * smallest < search.mac_passes
+    assert search.sample_passes > (4 * 1 + 2) * 192
+
+
+def test_a_one_shot_arm_is_not_budgeted_in_mac_passes() -> None:
+    with pytest.raises(ConfigError, match="one-shot arm is not budgeted in MAC-passes"):
+        _config(budget={"kind": "mac_passes", "trials": 4},
+                arms={"protege_oneshot": {"set": ["method=oneshot"]}})
 
 
 @pytest.mark.slow  # two more searches: ~10 s on a quiet 2-core machine

@@ -108,9 +108,26 @@ def test_next_promotion_passes_over_a_rung_the_budget_cannot_pay_for():
     students += [student(i, (0.1 * (i - 2),), 10 * i) for i in range(3, 9)]
     kwargs = dict(eta=3, top=2, objectives=("accuracy", "macs"))
     assert next_promotion(students, set(), **kwargs).rung == 2
-    cheap = next_promotion(students, set(), affordable=lambda rung: rung < 2, **kwargs)
+    cheap = next_promotion(students, set(), affordable=lambda r, rung: rung < 2, **kwargs)
     assert cheap is not None and cheap.rung == 1
-    assert next_promotion(students, set(), affordable=lambda rung: False, **kwargs) is None
+    assert next_promotion(students, set(), affordable=lambda r, rung: False, **kwargs) is None
+
+
+def test_next_promotion_passes_over_a_student_the_budget_cannot_pay_for():
+    # a budget in MAC-passes: of the two due at rung 1 (the top 1/eta of six), the larger
+    # is too costly to train, so the other one goes up instead; no student outside the two
+    students = [student(i, (0.1 * (i + 1),), 10 * (i + 1)) for i in range(6)]
+    kwargs = dict(eta=3, top=2, objectives=("accuracy", "macs"))
+    first = next_promotion(students, set(), **kwargs)
+    second = next_promotion(students, {(first.student, 1)}, **kwargs)
+    big, small = sorted((first.student, second.student), key=lambda n: -students[n].macs)
+    assert big != small
+    fits = next_promotion(students, set(), **kwargs,
+                          affordable=lambda r, rung: r.macs < students[big].macs)
+    assert fits is not None and (fits.student, fits.rung) == (small, 1)
+    assert next_promotion(students, set(), **kwargs,
+                          affordable=lambda r, rung: r.macs < students[small].macs) is None
+
 
 
 def test_uniform_ladder_goes_from_the_teacher_to_the_floor():
