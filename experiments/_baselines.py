@@ -111,7 +111,8 @@ def run_baseline(task: CompareTask, arm: Arm, config: Config, *, budget: Budget,
     ratios, build = _sweep(task, arm, config, config.seed)
     if total is not None:
         if arm.kind == "torch_pruning" and not ratios:
-            k = max(1, round(total / (samples * finetune)))
+            passes = total // teacher_macs if budget.per_mac else total  # sample-passes
+            k = max(1, round(passes / (samples * finetune)))
             low, high = SWEEP_RANGE
             ratios = [round(low + (high - low) * i / max(1, k - 1), 4) for i in range(k)]
         epochs: Sequence[int | None] = (
