@@ -161,7 +161,7 @@ class RungsConfig:
     the smallest student at the top rung within the accuracy limit (never trained
     again from the teacher). A student moves up when it is in the top ``1/eta`` of its
     rung by non-dominated rank over (accuracy at that rung, costs), ties broken by
-    crowding distance (NSGA-II's).
+    crowding distance (NSGA-II's) or by hypervolume contribution (``tie_break``).
 
     Args:
         eta: Reduction factor: a rung keeps ``1/eta`` of the students below it, and
@@ -173,6 +173,10 @@ class RungsConfig:
         warm_start: Enqueue the uniform ladder first: every width choice at the same
             multiplier below the teacher's, down to the space's floor (the students that
             uniform pruning gives), so the search holds them and promotes them alike.
+        tie_break: How students of one non-dominated rank are ordered for promotion:
+            ``crowding`` (NSGA-II's crowding distance: a front's ends first, so the
+            largest, most accurate student goes up first) or ``hypervolume`` (exclusive
+            hypervolume contribution: a front's knees first).
     """
 
     eta: int = 3
@@ -180,9 +184,12 @@ class RungsConfig:
     top_epochs: int | None = None
     calibration_samples: int = 512
     warm_start: bool = True
+    tie_break: str = "crowding"
 
     def __post_init__(self) -> None:
         _check(self.eta >= 2, "rungs.eta", f"must be >= 2, got {self.eta}")
+        _check(self.tie_break in ("crowding", "hypervolume"), "rungs.tie_break",
+               f"must be crowding or hypervolume, got {self.tie_break!r}")
         _check(self.min_epochs >= 1, "rungs.min_epochs", f"must be >= 1, got {self.min_epochs}")
         _check(self.top_epochs is None or self.top_epochs >= self.min_epochs, "rungs.top_epochs",
                f"must be >= rungs.min_epochs ({self.min_epochs}), got {self.top_epochs}")

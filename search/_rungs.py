@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from protege.search import _attrs as attrs
-from protege.search._pareto import dominates
+from protege.search._pareto import dominates, hypervolume
 from protege.search._records import Outcome, TrialRecord
 from protege.search._storage import worker_id
 from protege.spaces import Architecture, SearchSpace
@@ -41,9 +41,10 @@ from protege.spaces import Architecture, SearchSpace
 if TYPE_CHECKING:  # _trial imports this module (checkpoints): no import cycle at run time
     from protege.search._trial import StudentEvaluator
 
-__all__ = ["Promotion", "PromotionResult", "checkpoint_path", "claim_promotion", "claimed",
-           "crowding_distances", "enqueue_ladder", "load_checkpoint", "merge_promotions",
-           "next_promotion", "nondominated_ranks", "promotion_order", "run_promotion",
+__all__ = ["TIE_BREAKS", "Promotion", "PromotionResult", "checkpoint_path", "claim_promotion",
+           "claimed", "crowding_distances", "enqueue_ladder", "hypervolume_contributions",
+           "load_checkpoint", "merge_promotions", "next_promotion", "nondominated_ranks",
+           "promotion_order", "run_promotion",
            "save_checkpoint", "tell_promotion", "train_promotion", "uniform_ladder"]
 
 logger = logging.getLogger(__name__)
@@ -89,16 +90,57 @@ def crowding_distances(points: Sequence[Sequence[float]]) -> list[float]:
     return distance
 
 
-def promotion_order(points: Sequence[Sequence[float]]) -> list[int]:
-    """Indices of ``points`` best first: by non-dominated rank, then by crowding distance
-    within the rank (larger first), then by index (the earlier student)."""
+TIE_BREAKS = ("crowding", "hypervolume")
+"""How students of one non-dominated rank are ordered for promotion."""
+
+
+def hypervolume_contributions(points: Sequence[Sequence[float]], *,
+                              reference: Sequence[float]) -> list[float]:
+    """Each point's exclusive hypervolume contribution: the volume (against
+    ``reference``) that only it dominates, ``HV(all) - HV(all but it)``. Points are
+    ``(accuracy, cost, ...)``: accuracy maximised, costs minimised."""
+    whole = hypervolume(points, reference=reference)
+    return [whole - hypervolume([p for j, p in enumerate(points) if j != i],
+                                reference=reference) for i in range(len(points))]
+
+
+def _reference(points: Sequence[Sequence[float]]) -> tuple[float, ...]:
+    """The nadir of ``points`` (lowest accuracy, highest costs) moved out by a tenth of
+    each objective's range, so that the extreme points keep a (small) contribution."""
+    columns = list(zip(*points, strict=True))
+    spans = [max(c) - min(c) for c in columns]
+    return (min(columns[0]) - 0.1 * spans[0] - 1e-12,
+            *(max(c) + 0.1 * span + 1e-12 for c, span in zip(columns[1:], spans[1:],
+                                                            strict=True)))
+
+
+def promotion_order(points: Sequence[Sequence[float]], *,
+                    tie_break: str = "crowding") -> list[int]:
+    """Indices of ``points`` best first: by non-dominated rank, then within the rank by
+    ``tie_break`` (larger first), then by index (the earlier student).
+
+    ``crowding``: NSGA-II's crowding distance (Deb et al., 2002), which puts the ends of
+    a front first. ``hypervolume``: the exclusive hypervolume contribution within the
+    rank (as SMS-EMOA, Beume et al., 2007), against the nadir of all ``points`` moved out
+    by a tenth of each range; it puts the knees of a front first, and a front's ends
+    (the largest, most accurate student; the smallest, least accurate) last.
+
+    Raises:
+        ValueError: An unknown ``tie_break``.
+    """
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {', '.join(TIE_BREAKS)}, got {tie_break!r}")
     ranks = nondominated_ranks(points)
-    crowding = [0.0] * len(points)
+    score = [0.0] * len(points)
+    reference = _reference(points) if points and tie_break == "hypervolume" else ()
     for rank in set(ranks):
         members = [i for i, r in enumerate(ranks) if r == rank]
-        for i, d in zip(members, crowding_distances([points[i] for i in members]), strict=True):
-            crowding[i] = d
-    return sorted(range(len(points)), key=lambda i: (ranks[i], -crowding[i], i))
+        front = [points[i] for i in members]
+        values = (crowding_distances(front) if tie_break == "crowding"
+                  else hypervolume_contributions(front, reference=reference))
+        for i, d in zip(members, values, strict=True):
+            score[i] = d
+    return sorted(range(len(points)), key=lambda i: (ranks[i], -score[i], i))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +155,7 @@ class Promotion:
 def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]], *,
                    eta: int, top: int, objectives: Sequence[str],
                    affordable: Callable[[TrialRecord, int], bool] | None = None,
-                   ) -> Promotion | None:
+                   tie_break: str = "crowding") -> Promotion | None:
     """The student to promote next and the rung it goes to, or None (sample a new one).
 
     ASHA's rule, highest rung first: of the ``n`` students with a result at rung ``k``,
@@ -131,6 +173,8 @@ def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]],
         objectives: The study's objectives; the costs after ``accuracy`` rank students.
         affordable: Whether a student's promotion to a rung fits the compute left;
             None: all do.
+        tie_break: How students of one non-dominated rank are ordered
+            (:func:`promotion_order`).
     """
     for k in range(top - 1, -1, -1):
         at = [r for r in students if len(r.rungs) > k]
@@ -140,7 +184,7 @@ def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]],
         points = [(r.rungs[k], *(float(r.costs()[n] or 0.0) for n in objectives[1:]))
                   for r in at]
         ranks = nondominated_ranks(points)
-        for position, i in enumerate(promotion_order(points)[:keep]):
+        for position, i in enumerate(promotion_order(points, tie_break=tie_break)[:keep]):
             record = at[i]
             if (len(record.rungs) == k + 1 and (record.number, k + 1) not in taken
                     and (affordable is None or affordable(record, k + 1))):

@@ -398,7 +398,8 @@ class Study:
         due = next_promotion([r for r in records if r.trained and r.rungs],
                              claimed(promotions), eta=self.config.rungs.eta,
                              top=len(self.config.ladder) - 1, objectives=self.config.objectives,
-                             affordable=self._affordable)
+                             affordable=self._affordable,
+                             tie_break=self.config.rungs.tie_break)
         return records, due
 
     def limit_promotions(self, affordable: Callable[[TrialRecord, int], bool] | None) -> None:

@@ -16,6 +16,7 @@ from protege.search._rungs import (
     _claim,
     claimed,
     crowding_distances,
+    hypervolume_contributions,
     next_promotion,
     nondominated_ranks,
     promotion_order,
@@ -271,6 +272,23 @@ def _brute_force_ranks(points):
         return memo[i]
 
     return [rank(i) for i in range(len(points))]
+
+
+def test_hypervolume_tie_break_puts_a_fronts_knee_before_its_ends():
+    # one front, cheapest and least accurate first: crowding puts both ends first, the
+    # hypervolume contribution the knee (a big accuracy gain for little cost)
+    front = [(0.50, 1.0), (0.90, 2.0), (0.92, 6.0), (0.93, 10.0)]
+    assert promotion_order(front)[:2] == [0, 3]
+    assert promotion_order(front, tie_break="hypervolume")[0] == 1
+    contributions = hypervolume_contributions(front, reference=(0.4, 11.0))
+    # brute force: the area only this point dominates
+    assert contributions[1] == pytest.approx((0.90 - 0.50) * (6.0 - 2.0))
+    assert contributions[3] == pytest.approx((0.93 - 0.92) * (11.0 - 10.0))
+    # the rank still comes first: a dominated student never goes before the front
+    points = [*front, (0.80, 5.0)]
+    assert promotion_order(points, tie_break="hypervolume")[-1] == 4
+    with pytest.raises(ValueError, match="tie_break"):
+        promotion_order(front, tie_break="knee")
 
 
 def test_nondominated_ranks_match_a_brute_force_reference():
