@@ -85,7 +85,6 @@ from protege.search import (
     pareto_indices,
 )
 from protege.search.pick import accuracy_floor, choose, pick_cost
-from protege.spaces import derive
 
 __all__ = [
     "ARM_KINDS",
@@ -366,7 +365,8 @@ def _student_passes(record: TrialRecord, samples: int, config: Config) -> int:
 
 
 def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, total: int | None,
-                out: Path) -> tuple[list[Student], dict[str, Any] | None, dict[str, Any]]:
+                teacher_macs: int, out: Path,
+                ) -> tuple[list[Student], dict[str, Any] | None, dict[str, Any]]:
     samples = len(task.train)
     data: dict[str, Any] = dict(train=task.train, val=task.val, test=task.test,
                                 example_input=task.example_input, out=out)
@@ -383,8 +383,8 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
         study = _oneshot_arm(task, config, total=total - finetunes, data=data)
     else:
         assert total is not None
-        study = _budgeted_study(task, config, total=total, per_mac=budget.per_mac,
-                                data=data)
+        study = _budgeted_study(task, config, total=total,
+                                unit=teacher_macs if budget.per_mac else None, data=data)
     result = study.finish()
     teacher = teacher_facts(task)
     # Every student that trained, at the accuracy it ended with (a stopped one: its last
@@ -413,38 +413,61 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
     return students, pick, teacher
 
 
-def _budgeted_study(task: CompareTask, config: Config, *, total: int, per_mac: bool,
+def ladder_fits(ladder: Sequence[int], *, samples: int, left: float, reached: int,
+                pick_macs: int, macs: int, rung: int) -> bool:
+    """Whether the compute ``left`` pays for promoting a student of ``macs`` MACs to
+    ``rung`` and still for training the ladder's pick to the top rung afterwards.
+
+    ``reached`` is the highest rung any student holds and ``pick_macs`` the MACs of the
+    student the ladder would pick there now (in sample-passes, both MACs are 1). A
+    promotion to a new highest rung makes its student the one the pick's reserve is kept
+    for, so it is paid from that reserve and not counted twice; a student joining the
+    highest rung may become the pick, so the reserve grows to its MACs if they are larger.
+
+    Args:
+        ladder: Epochs in all at each rung (``Config.ladder``).
+        samples: Training samples (one epoch is this many sample-passes).
+        left: Budget not yet spent (sample-passes, or MAC-passes).
+    """
+    after = macs if rung > reached else max(pick_macs, macs) if rung == reached else pick_macs
+    return ((ladder[rung] - ladder[rung - 1]) * samples * macs
+            + (ladder[-1] - ladder[max(rung, reached)]) * samples * after <= left)
+
+
+def _budgeted_study(task: CompareTask, config: Config, *, total: int, unit: int | None,
                     data: dict[str, Any]) -> Study:
     """A search arm's study (trials or a ladder), optimised until its compute ``total``
-    (sample-passes, or MAC-passes with ``per_mac``) is spent, the pick's training kept back.
+    is spent, the pick's training kept back: sample-passes, or MAC-passes when ``unit``
+    (the teacher's MACs, the unit of ``total``'s sample-passes) is given.
 
     Trials run until their compute leaves less than one more step of the budget (a trial;
     on a ladder, its shortest rung) of the smallest student the space holds, or until the
-    study holds :data:`_CAP` times the nominal trials (rules and duplicates may save
-    compute): one study, one sampler, stopped by a callback. What the pick's fine-tunes
-    will cost is kept back: in sample-passes a fixed amount; in MAC-passes that of the
-    student the pick would fine-tune now (the largest trained one with ``finetunes`` > 1),
-    and a student whose trial would leave too little for the fine-tune of whichever
-    student is then the pick is rejected before it trains. A ladder's students cost
-    little at rung 0: it runs until the compute is spent, keeping back what training the
-    student it would pick now to the top rung still costs, and passing over promotions
-    the rest cannot pay for (another that fits is taken).
+    study holds :data:`_CAP` times the trials the budget buys (rules and duplicates may
+    save compute): one study, one sampler, stopped by a callback. What the pick's
+    fine-tunes will cost is kept back: in sample-passes a fixed amount; in MAC-passes that
+    of the student the pick would fine-tune now (the largest trained one with
+    ``finetunes`` > 1), and a student whose trial would leave too little for the fine-tune
+    of whichever student is then the pick is rejected before it trains. A ladder's
+    students cost little at rung 0: it runs until the compute is spent, keeping back what
+    training the student it would pick now to the top rung still costs, and passing over
+    promotions the rest cannot pay for (:func:`ladder_fits`; another that fits is taken).
     """
     samples = len(task.train)
+    per_mac = unit is not None
     rungs = config.method == "rungs"
     ladder = config.ladder
     step = (min(b - a for a, b in zip(ladder, ladder[1:], strict=False)) if rungs
             else config.distill.budget_epochs) * samples
     finetune = (config.distill.finetune_epochs or config.distill.budget_epochs) * samples
     reserved = 0 if rungs else finetune * config.finetunes  # the pick's, in sample-passes
-    unit = count_macs(task.teacher, task.example_input)[0] if per_mac else 1
-    smallest = 1
-    if per_mac:  # the space's smallest student
-        smallest = derive(task.teacher, task.example_input, level=config.level,
-                          **config.space.derive_kwargs()).macs_bounds()[0]
-    # as many trials as the budget buys of the smallest student, _CAP times over
-    cap = 100_000 if rungs else _CAP * max(1, (total - reserved * unit) // (step * smallest))
+    # In sample-passes the cap on proposals is known now and sizes the sampler's start-up;
+    # in MAC-passes it depends on the space's smallest student, known once the study has
+    # derived it, and is checked by the callback.
+    cap = 100_000 if rungs or per_mac else _CAP * max(1, (total - reserved) // step)
     study = create_study(task.teacher, config=dataclasses.replace(config, n_trials=cap), **data)
+    smallest = study.space.macs_bounds()[0] if per_mac else 1
+    if per_mac and not rungs:
+        cap = _CAP * max(1, (total - reserved * (unit or 1)) // (step * smallest))
     floor = accuracy_floor(study.profile, config)
     cost = pick_cost(config.objectives)
 
@@ -460,43 +483,58 @@ def _budgeted_study(task: CompareTask, config: Config, *, total: int, per_mac: b
         chosen = choose(records, floor=floor, cost=cost)
         return macs(chosen[0]) if chosen is not None else None
 
-    def settle(study: Study) -> bool:
-        """Limit what the study may still train to what the compute left pays for; True
-        while one more step of the smallest student fits."""
+    def settle_ladder(study: Study) -> bool:
+        """Limit the ladder's promotions (and, in MAC-passes, its new students) to what
+        the compute left pays for; True while one more step of the smallest student fits.
+        A promotion adds to a student seen before: every student is counted again."""
         trials = study.trials
         left = total - sum(_student_passes(t, samples, config) * macs(t) for t in trials)
-        if rungs:
-            scored = [t for t in trials if t.trained and t.rungs]
-            reached = max((t.rung or 0 for t in scored), default=0)
-            top = candidate([t for t in scored if t.rung == reached]) or 0
+        scored = [t for t in trials if t.trained and t.rungs]
+        reached = max((t.rung or 0 for t in scored), default=0)
+        top = candidate([t for t in scored if t.rung == reached]) or 0
+        study.limit_promotions(lambda record, rung: ladder_fits(
+            ladder, samples=samples, left=left, reached=reached, pick_macs=top,
+            macs=macs(record), rung=rung))
+        free = left - (ladder[-1] - ladder[reached]) * samples * top
+        if per_mac:  # scoring a new student at rung 0 must not eat into the pick's share
+            study.limit_macs(free / max(1, min(config.calibration_samples, samples) // 3))
+        return free >= step * smallest
 
-            def affordable(record: TrialRecord, rung: int) -> bool:
-                m = macs(record)
-                after = (m if rung > reached else max(top, m) if rung == reached else top)
-                return ((ladder[rung] - ladder[rung - 1]) * samples * m
-                        + (ladder[-1] - ladder[max(rung, reached)]) * samples * after <= left)
+    # Trials: what they spent and what they trained, kept up to date from the callback's
+    # records (a resumed arm's earlier trials read once), not read from the storage again.
+    earlier = study.trials
+    used = sum(_student_passes(t, samples, config) * macs(t) for t in earlier)
+    trained = [t for t in earlier if t.trained]
+    proposed = len(earlier)
 
-            study.limit_promotions(affordable)
-            free = left - (ladder[-1] - ladder[reached]) * samples * top
-            if per_mac:  # scoring a new student at rung 0 must not eat into the pick's share
-                study.limit_macs(free / max(1, min(config.calibration_samples, samples) // 3))
-            return free >= step * smallest
-        pick = candidate([t for t in trials if t.trained])
+    def settle_trials(study: Study) -> bool:
+        """Limit the next trial to what the compute left pays for, the pick's fine-tune
+        kept back; True while one more trial of the smallest student fits."""
+        left = total - used
         if not per_mac:
             return left - reserved >= step
+        pick = candidate(trained)
         # the next student (m MACs) may become the pick: step m + reserved max(pick, m) fit
         most = left / (step + reserved)  # it does, and is larger than the pick now
         if pick is not None and left >= reserved * pick:  # it does not, and is no larger
             most = max(most, min(pick, (left - reserved * pick) / step))
         study.limit_macs(most)
-        return most >= smallest
+        return most >= smallest and proposed < cap
 
-    if settle(study):  # a resumed arm's earlier trials count too
+    def spent(study: Study, record: TrialRecord) -> None:
+        nonlocal used, proposed
+        if rungs:
+            going = settle_ladder(study)
+        else:
+            used += _student_passes(record, samples, config) * macs(record)
+            proposed += 1
+            if record.trained:
+                trained.append(record)
+            going = settle_trials(study)
+        if not going:
+            study.stop()
 
-        def spent(study: Study, record: TrialRecord) -> None:
-            if not settle(study):
-                study.stop()
-
+    if settle_ladder(study) if rungs else settle_trials(study):
         study.optimize(callbacks=[spent])
     return study
 
@@ -585,13 +623,13 @@ def run_arm(task: CompareTask, config: CompareConfig, arm: Arm, seed: int, *,
         return finished
     start = time.perf_counter()
     arm_config = config.arm_config(arm, seed)
-    total = None
+    total, teacher_macs = None, count_macs(task.teacher, task.example_input)[0]
     if config.budget.kind != "time":
-        total = total_budget(config, len(task.train),
-                             teacher_macs=count_macs(task.teacher, task.example_input)[0])
+        total = total_budget(config, len(task.train), teacher_macs=teacher_macs)
     if arm.kind == "search":
         students, pick, teacher = _search_arm(task, arm, arm_config, budget=config.budget,
-                                              total=total, out=out / "run")
+                                              total=total, teacher_macs=teacher_macs,
+                                              out=out / "run")
     else:
         students, pick, teacher = run_baseline(task, arm, arm_config, budget=config.budget,
                                                total=total, out=out)

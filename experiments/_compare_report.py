@@ -17,6 +17,9 @@ __all__ = ["hv_bands", "paired_test", "write_compare_report"]
 
 BOOTSTRAP = 10_000
 
+_UNITS = {"compute": "sample-passes", "mac_passes": "MAC-passes", "time": "seconds"}
+"""What each budget kind counts, as the report names it."""
+
 
 def paired_test(a: Sequence[float], b: Sequence[float], *, seed: int = 0) -> dict[str, Any]:
     """Paired comparison of ``a - b`` over seeds: mean, bootstrap 95 % CI, Wilcoxon p.
@@ -296,9 +299,8 @@ def _markdown(arms: dict[str, list[dict[str, Any]]], *, teacher: dict[str, Any],
         "dominated by the arm's (val accuracy, MACs ratio) points, reference (chance "
         "accuracy, 1). Compute in two units: sample-passes (epochs × training samples) and "
         "MAC-passes (each student's forward MACs × its sample-passes: a small student's "
-        f"epoch costs less); the budget is counted in "
-        f"{ {'compute': 'sample-passes', 'mac_passes': 'MAC-passes'}.get(budget.kind, 'seconds') }"
-        ", and \"spent\" is the share of it each arm used.", "",
+        f"epoch costs less); the budget is counted in {_UNITS[budget.kind]}, and \"spent\" "
+        "is the share of it each arm used.", "",
         "| arm | kind | pick: × fewer MACs | pick test acc % | test Δ (pts) | met val limit "
         "| within 1 pt (test) | hypervolume | students | sample-passes | MAC-passes (G) "
         "| spent % | train s |",

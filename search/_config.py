@@ -148,6 +148,11 @@ class RulesConfig:
                f"must be in (0, 1], got {self.max_failed_fraction}")
 
 
+TIE_BREAKS = ("crowding", "hypervolume")
+"""How the ladder orders students of one non-dominated rank for promotion
+(:func:`protege.search._rungs.promotion_order`)."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RungsConfig:
     """The fidelity ladder of ``method: rungs``: asynchronous successive halving over
@@ -188,8 +193,8 @@ class RungsConfig:
 
     def __post_init__(self) -> None:
         _check(self.eta >= 2, "rungs.eta", f"must be >= 2, got {self.eta}")
-        _check(self.tie_break in ("crowding", "hypervolume"), "rungs.tie_break",
-               f"must be crowding or hypervolume, got {self.tie_break!r}")
+        _check(self.tie_break in TIE_BREAKS, "rungs.tie_break",
+               f"must be one of {', '.join(TIE_BREAKS)}, got {self.tie_break!r}")
         _check(self.min_epochs >= 1, "rungs.min_epochs", f"must be >= 1, got {self.min_epochs}")
         _check(self.top_epochs is None or self.top_epochs >= self.min_epochs, "rungs.top_epochs",
                f"must be >= rungs.min_epochs ({self.min_epochs}), got {self.top_epochs}")

@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from protege.search import _attrs as attrs
+from protege.search._config import TIE_BREAKS
 from protege.search._pareto import dominates, hypervolume
 from protege.search._records import Outcome, TrialRecord
 from protege.search._storage import worker_id
@@ -88,10 +89,6 @@ def crowding_distances(points: Sequence[Sequence[float]]) -> list[float]:
         for before, i, after in zip(order, order[1:], order[2:], strict=False):
             distance[i] += (points[after][m] - points[before][m]) / (high - low)
     return distance
-
-
-TIE_BREAKS = ("crowding", "hypervolume")
-"""How students of one non-dominated rank are ordered for promotion."""
 
 
 def hypervolume_contributions(points: Sequence[Sequence[float]], *,

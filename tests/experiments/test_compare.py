@@ -26,7 +26,7 @@ from protege.experiments import (
     total_budget,
     write_compare_report,
 )
-from protege.experiments._compare import train_subset
+from protege.experiments._compare import ladder_fits, train_subset
 from protege.experiments._compare_report import _covered
 from protege.search import ConfigError, hypervolume
 from protege.spaces import derive
@@ -241,6 +241,24 @@ def test_a_budget_in_mac_passes_charges_each_student_its_own_macs(
     assert len(spent) == sweep.students_trained == 3
     assert spent[0] < spent[1] < spent[2]
     assert budget - 3 * 192 * teacher_macs < sweep.mac_passes
+
+
+def test_a_promotion_to_a_new_highest_rung_is_paid_from_the_picks_reserve() -> None:
+    ladder, samples = (0, 1, 3, 10), 100
+    # one student at rung 1; bringing it to the top costs 9 epochs, all that is left:
+    # its promotion to rung 2 is part of that reserve, not a cost on top of it (the
+    # harness before this rule counted it twice and stopped the ladder with 9 epochs left)
+    fits = dict(samples=samples, reached=1, pick_macs=1, macs=1)
+    assert ladder_fits(ladder, left=9 * samples, rung=2, **fits)
+    assert not ladder_fits(ladder, left=9 * samples - 1, rung=2, **fits)
+    # a promotion below the highest rung is paid on top of the reserve
+    assert ladder_fits(ladder, left=10 * samples, rung=1, **fits)
+    assert not ladder_fits(ladder, left=10 * samples - 1, rung=1, **fits)
+    # in MAC-passes: a student joining the highest rung may become the pick, so the
+    # reserve grows to its MACs when they are larger than the pick's now
+    big = dict(samples=samples, reached=1, pick_macs=10, macs=30)
+    assert not ladder_fits(ladder, left=30 * samples + 9 * 10 * samples, rung=1, **big)
+    assert ladder_fits(ladder, left=30 * samples + 9 * 30 * samples, rung=1, **big)
 
 
 @pytest.mark.slow  # ~200 proposals, most rejected as too large for what is left: ~1 min
