@@ -27,7 +27,14 @@ from protege.search._pareto import hypervolume, pareto_indices
 from protege.search._profile import TeacherProfile
 from protege.search._records import Outcome, Pick, TrialRecord
 from protege.search._rules import CurveRule, GainRule, PredictorRule, TrialRule
-from protege.search._rungs import Promotion, next_promotion, promotion_order, uniform_ladder
+from protege.search._rungs import (
+    LimitRule,
+    Promotion,
+    next_promotion,
+    predicted_gap,
+    promotion_order,
+    uniform_ladder,
+)
 from protege.search._stages import create_study, search
 from protege.search._storage import StorageError
 from protege.search._strategies import STRATEGIES, make_sampler
@@ -55,6 +62,7 @@ __all__ = [
     "ExportCheck",
     "GainRule",
     "Int8Result",
+    "LimitRule",
     "ModelFigures",
     "OneShotConfig",
     "Outcome",
@@ -86,6 +94,7 @@ __all__ = [
     "make_sampler",
     "next_promotion",
     "pareto_indices",
+    "predicted_gap",
     "promotion_order",
     "quantize_int8",
     "read_records",

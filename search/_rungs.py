@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from protege.search import _attrs as attrs
-from protege.search._config import TIE_BREAKS
+from protege.search._config import TIE_BREAKS, TOP_RULES
 from protege.search._pareto import dominates, hypervolume
 from protege.search._records import Outcome, TrialRecord
 from protege.search._storage import worker_id
@@ -42,10 +42,11 @@ from protege.spaces import Architecture, SearchSpace
 if TYPE_CHECKING:  # _trial imports this module (checkpoints): no import cycle at run time
     from protege.search._trial import StudentEvaluator
 
-__all__ = ["TIE_BREAKS", "Promotion", "PromotionResult", "checkpoint_path", "claim_promotion",
-           "claimed", "crowding_distances", "enqueue_ladder", "hypervolume_contributions",
+__all__ = ["TIE_BREAKS", "TOP_RULES", "LimitRule", "Promotion", "PromotionResult",
+           "checkpoint_path", "claim_promotion", "claimed", "crowding_distances",
+           "enqueue_ladder", "hypervolume_contributions",
            "load_checkpoint", "merge_promotions", "next_promotion", "nondominated_ranks",
-           "promotion_order", "run_promotion",
+           "predicted_gap", "promotion_order", "run_promotion",
            "save_checkpoint", "tell_promotion", "train_promotion", "uniform_ladder"]
 
 logger = logging.getLogger(__name__)
@@ -140,6 +141,91 @@ def promotion_order(points: Sequence[Sequence[float]], *,
     return sorted(range(len(points)), key=lambda i: (ranks[i], -score[i], i))
 
 
+def predicted_gap(rungs: Sequence[float], ladder: Sequence[int], *, teacher_accuracy: float,
+                  rung: int | None = None) -> float:
+    """A student's predicted accuracy gap to the teacher (accuracy units, teacher minus
+    student) at rung ``rung`` (default: the top), from its accuracy at its last two rungs
+    that trained (``rungs[k - 1]``, ``rungs[k]``, ``k >= 2``).
+
+    The gap is taken to shrink as a power law in epochs, ``gap(E) = c * E**-alpha``
+    (the learning-curve family of Domhan et al., 2015, with the teacher as the
+    asymptote a distilled student approaches), fitted to those two rungs:
+    ``gap(E_top) = g_k * (g_k / g_{k-1}) ** (log(E_top / E_k) / log(E_k / E_{k-1}))``.
+    A student with no gap left, one that did not close its gap between the two rungs,
+    or one with a single trained rung is predicted to keep the gap it has.
+
+    Args:
+        rungs: Validation accuracy at each rung reached, rung 0 first (fractions).
+        ladder: Epochs in all at each rung (``Config.ladder``).
+        teacher_accuracy: The teacher's validation accuracy (fraction).
+        rung: The rung to predict; None: the top. Must be above ``len(rungs) - 1``.
+    """
+    rung = len(ladder) - 1 if rung is None else rung
+    k = len(rungs) - 1
+    assert rung > k, "predicted_gap predicts a rung the student has not reached"
+    gap = teacher_accuracy - rungs[k]
+    if k < 2 or gap <= 0:
+        return gap
+    before = teacher_accuracy - rungs[k - 1]
+    if before <= gap:
+        return gap
+    power = math.log(ladder[rung] / ladder[k]) / math.log(ladder[k] / ladder[k - 1])
+    return gap * (gap / before) ** power
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LimitRule:
+    """``rungs.top_rule: limit``: the promotion to the top rung (the fine-tune) serves the
+    pick (the smallest student at the top within the accuracy limit).
+
+    Of the students at the rung below the top, those predicted to end within the limit
+    (:func:`predicted_gap` at most ``max_drop``, less the largest optimism the
+    prediction showed on students already at the top) and cheaper than the pick the top
+    holds now go first, cheapest by ``cost`` first; every other student follows in
+    MO-ASHA's order. The number promoted is ASHA's (the top ``1/eta``). Before any
+    student is predicted to meet the limit, this is MO-ASHA's rule unchanged.
+
+    Attributes:
+        teacher_accuracy: The teacher's validation accuracy (fraction).
+        max_drop: ``constraints.max_accuracy_drop`` (fraction).
+        ladder: Epochs in all at each rung (``Config.ladder``).
+        cost: The cost the pick minimises (:func:`~protege.search.pick.pick_cost`).
+    """
+
+    teacher_accuracy: float
+    max_drop: float
+    ladder: tuple[int, ...]
+    cost: str = "macs"
+
+    def margin(self, students: Sequence[TrialRecord]) -> float:
+        """The largest amount by which a student now at the top did worse than predicted
+        from the rungs below (0 when none did): added to every prediction."""
+        top = len(self.ladder) - 1
+        errors = [(self.teacher_accuracy - r.rungs[top])
+                  - predicted_gap(r.rungs[:top], self.ladder,
+                                  teacher_accuracy=self.teacher_accuracy)
+                  for r in students if len(r.rungs) > top]
+        return max([0.0, *errors])
+
+    def candidates(self, at: Sequence[TrialRecord]) -> list[int]:
+        """Indices of the students of ``at`` (those with a result at the rung below the
+        top) predicted to end within the limit and cheaper than the cheapest student at
+        the top within it now, cheapest first (then the earlier student)."""
+        top = len(self.ladder) - 1
+
+        def cost(record: TrialRecord) -> float:
+            value = record.costs()[self.cost]
+            return float(value) if value is not None else math.inf
+
+        floor = self.teacher_accuracy - self.max_drop - 1e-12
+        pick = min((cost(r) for r in at if len(r.rungs) > top and r.rungs[top] >= floor),
+                   default=math.inf)
+        margin = self.margin(at)
+        return sorted((i for i, r in enumerate(at) if cost(r) < pick and predicted_gap(
+            r.rungs[:top], self.ladder, teacher_accuracy=self.teacher_accuracy)
+            + margin <= self.max_drop + 1e-12), key=lambda i: (cost(at[i]), i))
+
+
 @dataclasses.dataclass(frozen=True)
 class Promotion:
     """A student due to go up a rung, and why (with the numbers)."""
@@ -152,7 +238,8 @@ class Promotion:
 def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]], *,
                    eta: int, top: int, objectives: Sequence[str],
                    affordable: Callable[[TrialRecord, int], bool] | None = None,
-                   tie_break: str = "crowding") -> Promotion | None:
+                   tie_break: str = "crowding",
+                   limit: LimitRule | None = None) -> Promotion | None:
     """The student to promote next and the rung it goes to, or None (sample a new one).
 
     ASHA's rule, highest rung first: of the ``n`` students with a result at rung ``k``,
@@ -172,6 +259,8 @@ def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]],
             None: all do.
         tie_break: How students of one non-dominated rank are ordered
             (:func:`promotion_order`).
+        limit: ``rungs.top_rule: limit``: how the students going to the top rung are
+            ordered (:class:`LimitRule`); None: MO-ASHA's order at every rung.
     """
     for k in range(top - 1, -1, -1):
         at = [r for r in students if len(r.rungs) > k]
@@ -181,13 +270,26 @@ def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]],
         points = [(r.rungs[k], *(float(r.costs()[n] or 0.0) for n in objectives[1:]))
                   for r in at]
         ranks = nondominated_ranks(points)
-        for position, i in enumerate(promotion_order(points, tie_break=tie_break)[:keep]):
+        order = promotion_order(points, tie_break=tie_break)
+        candidates: list[int] = []
+        if limit is not None and k == top - 1:
+            candidates = limit.candidates(at)
+            order = candidates + [i for i in order if i not in candidates]
+        for position, i in enumerate(order[:keep]):
             record = at[i]
             if (len(record.rungs) == k + 1 and (record.number, k + 1) not in taken
                     and (affordable is None or affordable(record, k + 1))):
+                why = ""
+                if limit is not None and i in candidates:
+                    gap = predicted_gap(record.rungs, limit.ladder,
+                                        teacher_accuracy=limit.teacher_accuracy)
+                    why = (f"predicted {gap * 100:.2f} pts below the teacher at rung {top}: "
+                           f"{candidates.index(i) + 1} of the {len(candidates)} students "
+                           "predicted within the limit, cheapest first; ")
                 return Promotion(record.number, k + 1, (
-                    f"rung {k}: accuracy {record.rungs[k]:.4f}, non-dominated rank {ranks[i]}, "
-                    f"{position + 1} of {len(at)} students (the top {keep} = 1/{eta} go up)"))
+                    f"rung {k}: accuracy {record.rungs[k]:.4f}, {why}"
+                    f"non-dominated rank {ranks[i]}, {position + 1} of {len(at)} students "
+                    f"(the top {keep} = 1/{eta} go up)"))
     return None
 
 

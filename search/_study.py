@@ -34,6 +34,7 @@ from protege.search._profile import (
 )
 from protege.search._records import Outcome, Pick, TrialRecord, load_records
 from protege.search._rungs import (
+    LimitRule,
     Promotion,
     checkpoint_path,
     claimed,
@@ -399,8 +400,16 @@ class Study:
                              claimed(promotions), eta=self.config.rungs.eta,
                              top=len(self.config.ladder) - 1, objectives=self.config.objectives,
                              affordable=self._affordable,
-                             tie_break=self.config.rungs.tie_break)
+                             tie_break=self.config.rungs.tie_break, limit=self._limit_rule())
         return records, due
+
+    def _limit_rule(self) -> LimitRule | None:
+        """``rungs.top_rule: limit``: the rule that orders the promotions to the top rung."""
+        if self.config.rungs.top_rule != "limit":
+            return None
+        return LimitRule(teacher_accuracy=self.profile.val_accuracy,
+                         max_drop=self.config.constraints.max_accuracy_drop,
+                         ladder=tuple(self.config.ladder), cost=pick_cost(self.config.objectives))
 
     def limit_promotions(self, affordable: Callable[[TrialRecord, int], bool] | None) -> None:
         """``method: rungs``: from now on, pass over the promotions that ``affordable(record,

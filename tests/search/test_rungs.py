@@ -13,12 +13,14 @@ from tiny_nets import make_tiny_net, open_tiny_study, tiny_config
 from protege.search import Config, ConfigError, Outcome, TrialRecord
 from protege.search import _attrs as attrs
 from protege.search._rungs import (
+    LimitRule,
     _claim,
     claimed,
     crowding_distances,
     hypervolume_contributions,
     next_promotion,
     nondominated_ranks,
+    predicted_gap,
     promotion_order,
     uniform_ladder,
 )
@@ -55,6 +57,7 @@ def test_ladder_is_geometric_up_to_the_fine_tune():
     ({"method": "rungs", "distill": {"max_steps": 10}}, "distill"),
     ({"method": "bogus"}, "method"),
     ({"method": "rungs", "rungs": {"eta": 1}}, "rungs.eta"),
+    ({"method": "rungs", "rungs": {"top_rule": "smallest"}}, "rungs.top_rule"),
 ])
 def test_rungs_config_errors_name_the_key(data, key):
     with pytest.raises(ConfigError, match=key):
@@ -129,6 +132,48 @@ def test_next_promotion_passes_over_a_student_the_budget_cannot_pay_for():
     assert next_promotion(students, set(), **kwargs,
                           affordable=lambda r, rung: r.macs < students[small].macs) is None
 
+
+
+def test_predicted_gap_extrapolates_a_power_law_in_epochs():
+    ladder = (0, 1, 3, 10)
+    # a gap to the teacher of c * E**-alpha, observed at 1 and 3 epochs, predicted at 10
+    c, alpha, teacher = 0.08, 0.5, 0.92
+    rungs = (0.1, teacher - c, teacher - c * 3 ** -alpha)
+    assert predicted_gap(rungs, ladder, teacher_accuracy=teacher) == pytest.approx(
+        c * 10 ** -alpha)
+    assert predicted_gap(rungs[:2], ladder, teacher_accuracy=teacher, rung=2) == pytest.approx(c)
+    # no gap closed between the two rungs, or none left: the gap it has
+    assert predicted_gap((0.1, 0.8, 0.79), ladder, teacher_accuracy=teacher) == pytest.approx(0.13)
+    assert predicted_gap((0.1, 0.9, 0.93), ladder, teacher_accuracy=teacher) == pytest.approx(-0.01)
+
+
+def test_limit_rule_sends_the_cheapest_student_predicted_within_the_limit_to_the_top():
+    ladder, teacher = (0, 1, 3, 10), 0.92
+    rule = LimitRule(teacher_accuracy=teacher, max_drop=0.01, ladder=ladder)
+    # six students at rung 2 (the rung below the top), MACs growing with the number; the
+    # predicted gaps at rung 3: 0: none closed (0.05); 1: 0.0066; 2: 0.0051; 3, 4, 5: < 0.001
+    rungs = [(0.1, 0.80, 0.87), (0.1, 0.80, 0.89), (0.1, 0.85, 0.90), (0.1, 0.88, 0.915),
+             (0.1, 0.9, 0.916), (0.5, 0.91, 0.918)]
+    students = [student(i, r, 100 * (i + 1)) for i, r in enumerate(rungs)]
+    kw = {"eta": 3, "top": 3, "objectives": ("accuracy", "macs")}
+    assert rule.candidates(students) == [1, 2, 3, 4, 5]
+    due = next_promotion(students, set(), limit=rule, **kw)
+    assert due is not None and (due.student, due.rung) == (1, 3)
+    assert "predicted 0.66 pts below the teacher at rung 3" in due.reason
+    # MO-ASHA: a front's end (both ends are infinitely far from their neighbours, and the
+    # earlier student goes first), whether or not it can meet the limit
+    front = next_promotion(students, set(), **kw)
+    assert front is not None and front.student == 0
+    # student 1 reached the top 1.4 pts below the teacher, 0.74 pts worse than predicted:
+    # that optimism is added to every prediction, which leaves 2 out
+    students[1] = student(1, (*rungs[1], 0.906), 200)
+    assert rule.margin(students) == pytest.approx(0.014 - 0.0066, abs=1e-4)
+    assert rule.candidates(students) == [3, 4, 5]
+    assert next_promotion(students, {(1, 3)}, limit=rule, **kw).student == 3
+    # once a student at the top meets the limit, only cheaper ones are the pick's candidates
+    students[4] = student(4, (*rungs[4], 0.915), 500)
+    assert rule.margin(students) == pytest.approx(rule.margin(students[:4]))
+    assert rule.candidates(students) == [3]
 
 
 def test_uniform_ladder_goes_from_the_teacher_to_the_floor():
@@ -209,6 +254,29 @@ def test_a_rungs_study_promotes_continues_and_picks_at_the_top_rung(tiny_data, t
     # the uniform ladder was enqueued first
     ladder = uniform_ladder(study.space)
     assert [r.arch for r in study.trials[:len(ladder)]] == ladder
+
+
+def test_a_limit_rule_study_sends_the_cheapest_candidate_to_the_top_rung(tiny_data, tmp_path):
+    # any drop allowed: every student at the rung below the top is predicted within the
+    # limit, so the first to reach the top is the cheapest there when it went up
+    config = rungs_config(constraints={"max_accuracy_drop": 0.99})
+    config = Config.from_dict({**config.to_dict(), "n_trials": 12, "rungs": {
+        **config.to_dict()["rungs"], "top_rule": "limit", "top_epochs": 4}})
+    study = open_tiny_study(tiny_data, tmp_path / "run", config)
+    assert study.config.ladder == (0, 1, 2, 4)
+    study.optimize()
+    promotions = sorted(study.rung_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                        key=lambda t: t.number)
+    claims = [tuple(t.user_attrs[attrs.CLAIM]) for t in promotions]
+    first_top = next(i for i, (_, rung) in enumerate(claims) if rung == 3)
+    below = {n for n, rung in claims[:first_top] if rung == 2}
+    macs = {r.number: r.macs for r in study.trials}
+    chosen = claims[first_top][0]
+    assert macs[chosen] == min(macs[n] for n in below)
+    assert "predicted within the limit, cheapest first" in promotions[first_top].user_attrs[
+        attrs.REASON]
+    pick = study.finish().pick
+    assert pick is not None and pick.macs <= macs[chosen]
 
 
 @pytest.mark.slow  # the mid-ladder resume below covers most of it in the default suite
