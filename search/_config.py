@@ -188,6 +188,9 @@ class RungsConfig:
             top whose accuracy gap to the teacher, extrapolated to the top rung as a power
             law in epochs, ends within ``constraints.max_accuracy_drop``, cheapest first;
             see :class:`~protege.search.LimitRule`).
+        screen: Whether rung 0 screens like every rung (keeps the top ``1/eta``); False:
+            every student goes on to rung 1 after it is scored at rung 0 (ASHA started
+            at one epoch; the ablation that measures what rung 0's screening buys).
     """
 
     eta: int = 3
@@ -197,6 +200,7 @@ class RungsConfig:
     warm_start: bool = True
     tie_break: str = "crowding"
     top_rule: str = "front"
+    screen: bool = True
 
     def __post_init__(self) -> None:
         _check(self.eta >= 2, "rungs.eta", f"must be >= 2, got {self.eta}")

@@ -239,7 +239,7 @@ def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]],
                    eta: int, top: int, objectives: Sequence[str],
                    affordable: Callable[[TrialRecord, int], bool] | None = None,
                    tie_break: str = "crowding",
-                   limit: LimitRule | None = None) -> Promotion | None:
+                   limit: LimitRule | None = None, screen: bool = True) -> Promotion | None:
     """The student to promote next and the rung it goes to, or None (sample a new one).
 
     ASHA's rule, highest rung first: of the ``n`` students with a result at rung ``k``,
@@ -261,10 +261,13 @@ def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]],
             (:func:`promotion_order`).
         limit: ``rungs.top_rule: limit``: how the students going to the top rung are
             ordered (:class:`LimitRule`); None: MO-ASHA's order at every rung.
+        screen: Whether rung 0 keeps the top ``1/eta`` like every rung; False: every
+            student scored at rung 0 goes on to rung 1 (``rungs.screen``, the ablation
+            without rung 0's screening).
     """
     for k in range(top - 1, -1, -1):
         at = [r for r in students if len(r.rungs) > k]
-        keep = len(at) // eta
+        keep = len(at) // eta if k > 0 or screen else len(at)
         if keep == 0:
             continue
         points = [(r.rungs[k], *(float(r.costs()[n] or 0.0) for n in objectives[1:]))
@@ -289,7 +292,8 @@ def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]],
                 return Promotion(record.number, k + 1, (
                     f"rung {k}: accuracy {record.rungs[k]:.4f}, {why}"
                     f"non-dominated rank {ranks[i]}, {position + 1} of {len(at)} students "
-                    f"(the top {keep} = 1/{eta} go up)"))
+                    + (f"(the top {keep} = 1/{eta} go up)" if keep < len(at)
+                       else "(rung 0 does not screen: all go up)")))
     return None
 
 

@@ -400,7 +400,8 @@ class Study:
                              claimed(promotions), eta=self.config.rungs.eta,
                              top=len(self.config.ladder) - 1, objectives=self.config.objectives,
                              affordable=self._affordable,
-                             tie_break=self.config.rungs.tie_break, limit=self._limit_rule())
+                             tie_break=self.config.rungs.tie_break, limit=self._limit_rule(),
+                             screen=self.config.rungs.screen)
         return records, due
 
     def _limit_rule(self) -> LimitRule | None:

@@ -97,6 +97,21 @@ def test_next_promotion_takes_the_top_third_of_a_rung():
     assert {0, 8} <= set(chosen)  # the front's ends (cheapest, most accurate) do
 
 
+def test_without_screening_every_student_goes_on_to_rung_1():
+    accuracy = [0.1, 0.2, 0.3, 0.4, 0.05, 0.6, 0.7, 0.01, 0.9]
+    students = [student(i, (accuracy[i],), 100 * (i + 1)) for i in range(9)]
+    kw = {"eta": 3, "top": 2, "objectives": ("accuracy", "macs"), "screen": False}
+    taken: set[tuple[int, int]] = set()
+    while (nxt := next_promotion(students, taken, **kw)) is not None:
+        assert nxt.rung == 1 and "rung 0 does not screen" in nxt.reason
+        taken.add((nxt.student, nxt.rung))
+    assert len(taken) == 9  # the dominated 4 and 7 too
+    # above rung 0 the ladder keeps its 1/eta: of three students at rung 1, one goes on
+    students[:3] = [student(i, (accuracy[i], 0.5 + i / 10), 100 * (i + 1)) for i in range(3)]
+    due = next_promotion(students, {(i, 1) for i in range(9)}, **kw)
+    assert due is not None and due.rung == 2 and "the top 1 = 1/3 go up" in due.reason
+
+
 def test_next_promotion_prefers_the_highest_rung():
     students = [student(i, (0.5 + i / 100,), 10 * (i + 1)) for i in range(6)]
     # students 3, 4 and 5 reached rung 1; one of them is due at rung 2 before any new rung-1
