@@ -149,9 +149,10 @@ class RulesConfig:
 
 
 TIE_BREAKS = ("crowding", "hypervolume")
-TOP_RULES = ("front", "limit")
 """How the ladder orders students of one non-dominated rank for promotion
 (:func:`protege.search._rungs.promotion_order`)."""
+PROMOTION_RULES = ("front", "limit")
+"""Which students of a rung go up first (``rungs.promotion``; ``protege.search.LimitRule``)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -183,11 +184,11 @@ class RungsConfig:
             ``crowding`` (NSGA-II's crowding distance: a front's ends first, so the
             largest, most accurate student goes up first) or ``hypervolume`` (exclusive
             hypervolume contribution: a front's knees first).
-        top_rule: What fills the top rung: ``front`` (MO-ASHA's order, as at every rung)
-            or ``limit`` (the pick's candidates first: the students at the rung below the
-            top whose accuracy gap to the teacher, extrapolated to the top rung as a power
-            law in epochs, ends within ``constraints.max_accuracy_drop``, cheapest first;
-            see :class:`~protege.search.LimitRule`).
+        promotion: Which students of a rung go up first: ``front`` (MO-ASHA's order) or
+            ``limit`` (above rung 0, the pick's candidates first: the students whose
+            accuracy gap to the teacher, extrapolated to the top rung as a power law in
+            epochs, ends within ``constraints.max_accuracy_drop``, cheapest first; see
+            :class:`~protege.search.LimitRule`). The number that go up is ASHA's either way.
         screen: Whether rung 0 screens like every rung (keeps the top ``1/eta``); False:
             every student goes on to rung 1 after it is scored at rung 0 (ASHA started
             at one epoch; the ablation that measures what rung 0's screening buys).
@@ -199,15 +200,15 @@ class RungsConfig:
     calibration_samples: int = 512
     warm_start: bool = True
     tie_break: str = "crowding"
-    top_rule: str = "front"
+    promotion: str = "front"
     screen: bool = True
 
     def __post_init__(self) -> None:
         _check(self.eta >= 2, "rungs.eta", f"must be >= 2, got {self.eta}")
         _check(self.tie_break in TIE_BREAKS, "rungs.tie_break",
                f"must be one of {', '.join(TIE_BREAKS)}, got {self.tie_break!r}")
-        _check(self.top_rule in TOP_RULES, "rungs.top_rule",
-               f"must be one of {', '.join(TOP_RULES)}, got {self.top_rule!r}")
+        _check(self.promotion in PROMOTION_RULES, "rungs.promotion",
+               f"must be one of {', '.join(PROMOTION_RULES)}, got {self.promotion!r}")
         _check(self.min_epochs >= 1, "rungs.min_epochs", f"must be >= 1, got {self.min_epochs}")
         _check(self.top_epochs is None or self.top_epochs >= self.min_epochs, "rungs.top_epochs",
                f"must be >= rungs.min_epochs ({self.min_epochs}), got {self.top_epochs}")

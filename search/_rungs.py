@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from protege.search import _attrs as attrs
-from protege.search._config import TIE_BREAKS, TOP_RULES
+from protege.search._config import PROMOTION_RULES, TIE_BREAKS
 from protege.search._pareto import dominates, hypervolume
 from protege.search._records import Outcome, TrialRecord
 from protege.search._storage import worker_id
@@ -42,7 +42,7 @@ from protege.spaces import Architecture, SearchSpace
 if TYPE_CHECKING:  # _trial imports this module (checkpoints): no import cycle at run time
     from protege.search._trial import StudentEvaluator
 
-__all__ = ["TIE_BREAKS", "TOP_RULES", "LimitRule", "Promotion", "PromotionResult",
+__all__ = ["TIE_BREAKS", "PROMOTION_RULES", "LimitRule", "Promotion", "PromotionResult",
            "checkpoint_path", "claim_promotion", "claimed", "crowding_distances",
            "enqueue_ladder", "hypervolume_contributions",
            "load_checkpoint", "merge_promotions", "next_promotion", "nondominated_ranks",
@@ -142,48 +142,55 @@ def promotion_order(points: Sequence[Sequence[float]], *,
 
 
 def predicted_gap(rungs: Sequence[float], ladder: Sequence[int], *, teacher_accuracy: float,
-                  rung: int | None = None) -> float:
+                  rung: int | None = None, exponent: float | None = None) -> float:
     """A student's predicted accuracy gap to the teacher (accuracy units, teacher minus
-    student) at rung ``rung`` (default: the top), from its accuracy at its last two rungs
-    that trained (``rungs[k - 1]``, ``rungs[k]``, ``k >= 2``).
+    student) at rung ``rung`` (default: the top), from its accuracy at the rungs it
+    reached (``rungs[0]`` the untrained rung 0, ``rungs[k]`` its highest).
 
     The gap is taken to shrink as a power law in epochs, ``gap(E) = c * E**-alpha``
-    (the learning-curve family of Domhan et al., 2015, with the teacher as the
-    asymptote a distilled student approaches), fitted to those two rungs:
-    ``gap(E_top) = g_k * (g_k / g_{k-1}) ** (log(E_top / E_k) / log(E_k / E_{k-1}))``.
-    A student with no gap left, one that did not close its gap between the two rungs,
-    or one with a single trained rung is predicted to keep the gap it has.
+    (the learning-curve family of Domhan et al., 2015, with the teacher as the asymptote
+    a distilled student approaches). With two trained rungs (``k >= 2``) ``alpha`` is
+    fitted to the student's own last two, ``gap(E_top) = g_k * (g_k / g_{k-1}) **
+    (log(E_top / E_k) / log(E_k / E_{k-1}))``; with one, ``exponent`` is used (the
+    study's students' :meth:`LimitRule.exponent`). A student with no gap left, one
+    that did not close its gap between its two rungs, or one with a single trained rung
+    and no ``exponent`` is predicted to keep the gap it has.
 
     Args:
         rungs: Validation accuracy at each rung reached, rung 0 first (fractions).
         ladder: Epochs in all at each rung (``Config.ladder``).
         teacher_accuracy: The teacher's validation accuracy (fraction).
         rung: The rung to predict; None: the top. Must be above ``len(rungs) - 1``.
+        exponent: ``alpha`` for a student with one trained rung; None: none known.
     """
     rung = len(ladder) - 1 if rung is None else rung
     k = len(rungs) - 1
     assert rung > k, "predicted_gap predicts a rung the student has not reached"
     gap = teacher_accuracy - rungs[k]
-    if k < 2 or gap <= 0:
+    if k < 1 or gap <= 0:
         return gap
-    before = teacher_accuracy - rungs[k - 1]
-    if before <= gap:
-        return gap
-    power = math.log(ladder[rung] / ladder[k]) / math.log(ladder[k] / ladder[k - 1])
-    return gap * (gap / before) ** power
+    if k == 1:
+        alpha = exponent or 0.0
+    else:
+        before = teacher_accuracy - rungs[k - 1]
+        if before <= gap:
+            return gap
+        alpha = math.log(before / gap) / math.log(ladder[k] / ladder[k - 1])
+    return gap * (ladder[rung] / ladder[k]) ** -max(alpha, 0.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LimitRule:
-    """``rungs.top_rule: limit``: the promotion to the top rung (the fine-tune) serves the
-    pick (the smallest student at the top within the accuracy limit).
+    """``rungs.promotion: limit``: the promotions above rung 0 serve the pick (the smallest
+    student at the top rung within the accuracy limit).
 
-    Of the students at the rung below the top, those predicted to end within the limit
-    (:func:`predicted_gap` at most ``max_drop``, less the largest optimism the
-    prediction showed on students already at the top) and cheaper than the pick the top
-    holds now go first, cheapest by ``cost`` first; every other student follows in
-    MO-ASHA's order. The number promoted is ASHA's (the top ``1/eta``). Before any
-    student is predicted to meet the limit, this is MO-ASHA's rule unchanged.
+    Of the students at a rung ``k >= 1``, those predicted to end within the limit at
+    the top (:func:`predicted_gap`, plus the largest optimism the prediction showed on
+    students already at the top) and cheaper than the pick the top holds now go up
+    first, cheapest by ``cost`` first; every other student follows in MO-ASHA's order.
+    The number promoted stays ASHA's (the top ``1/eta``), and rung 0 (inherited weights,
+    no training: nothing to extrapolate) promotes by MO-ASHA's order alone. Where no
+    student is predicted within the limit, this is MO-ASHA's rule unchanged.
 
     Attributes:
         teacher_accuracy: The teacher's validation accuracy (fraction).
@@ -197,33 +204,59 @@ class LimitRule:
     ladder: tuple[int, ...]
     cost: str = "macs"
 
+    def exponent(self, students: Sequence[TrialRecord]) -> float | None:
+        """The power law's ``alpha`` for students with one trained rung: the median of
+        ``log(g_1 / g_2) / log(E_2 / E_1)`` over the students that reached rung 2 (none
+        below 0); None while no student has (or the ladder has no rung 2 below the top)."""
+        if len(self.ladder) < 3:
+            return None
+        span = math.log(self.ladder[2] / self.ladder[1])
+        alphas = sorted(max(0.0, math.log(g1 / g2) / span) for r in students if len(r.rungs) > 2
+                        for g1, g2 in [(self.teacher_accuracy - r.rungs[1],
+                                        self.teacher_accuracy - r.rungs[2])]
+                        if g1 > 0 and g2 > 0)
+        if not alphas:
+            return None
+        middle = len(alphas) // 2
+        return alphas[middle] if len(alphas) % 2 else (alphas[middle - 1] + alphas[middle]) / 2
+
+    def predict(self, record: TrialRecord, rung: int,
+                exponent: float | None) -> float:
+        """``record``'s predicted gap to the teacher at the top from its rungs up to
+        ``rung`` (:func:`predicted_gap`)."""
+        return predicted_gap(record.rungs[:rung + 1], self.ladder,
+                             teacher_accuracy=self.teacher_accuracy, exponent=exponent)
+
     def margin(self, students: Sequence[TrialRecord]) -> float:
         """The largest amount by which a student now at the top did worse than predicted
-        from the rungs below (0 when none did): added to every prediction."""
+        from the rung below it (0 when none did): added to every prediction."""
         top = len(self.ladder) - 1
-        errors = [(self.teacher_accuracy - r.rungs[top])
-                  - predicted_gap(r.rungs[:top], self.ladder,
-                                  teacher_accuracy=self.teacher_accuracy)
+        exponent = self.exponent(students)
+        errors = [(self.teacher_accuracy - r.rungs[top]) - self.predict(r, top - 1, exponent)
                   for r in students if len(r.rungs) > top]
         return max([0.0, *errors])
 
-    def candidates(self, at: Sequence[TrialRecord]) -> list[int]:
-        """Indices of the students of ``at`` (those with a result at the rung below the
-        top) predicted to end within the limit and cheaper than the cheapest student at
-        the top within it now, cheapest first (then the earlier student)."""
+    def candidates(self, at: Sequence[TrialRecord], rung: int,
+                   students: Sequence[TrialRecord] | None = None) -> list[int]:
+        """Indices of the students of ``at`` (those with a result at ``rung``, ``rung >=
+        1``) predicted to end within the limit at the top and cheaper than the cheapest
+        student at the top within it now, cheapest first (then the earlier student).
+        ``students``: every scored student (the exponent and the margin are learnt from
+        them); None: ``at``."""
         top = len(self.ladder) - 1
+        everyone = at if students is None else students
 
         def cost(record: TrialRecord) -> float:
             value = record.costs()[self.cost]
             return float(value) if value is not None else math.inf
 
         floor = self.teacher_accuracy - self.max_drop - 1e-12
-        pick = min((cost(r) for r in at if len(r.rungs) > top and r.rungs[top] >= floor),
+        pick = min((cost(r) for r in everyone if len(r.rungs) > top and r.rungs[top] >= floor),
                    default=math.inf)
-        margin = self.margin(at)
-        return sorted((i for i, r in enumerate(at) if cost(r) < pick and predicted_gap(
-            r.rungs[:top], self.ladder, teacher_accuracy=self.teacher_accuracy)
-            + margin <= self.max_drop + 1e-12), key=lambda i: (cost(at[i]), i))
+        exponent, margin = self.exponent(everyone), self.margin(everyone)
+        return sorted((i for i, r in enumerate(at) if cost(r) < pick
+                       and self.predict(r, rung, exponent) + margin <= self.max_drop + 1e-12),
+                      key=lambda i: (cost(at[i]), i))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,8 +292,8 @@ def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]],
             None: all do.
         tie_break: How students of one non-dominated rank are ordered
             (:func:`promotion_order`).
-        limit: ``rungs.top_rule: limit``: how the students going to the top rung are
-            ordered (:class:`LimitRule`); None: MO-ASHA's order at every rung.
+        limit: ``rungs.promotion: limit``: how the students above rung 0 are ordered
+            (:class:`LimitRule`); None: MO-ASHA's order at every rung.
         screen: Whether rung 0 keeps the top ``1/eta`` like every rung; False: every
             student scored at rung 0 goes on to rung 1 (``rungs.screen``, the ablation
             without rung 0's screening).
@@ -275,8 +308,8 @@ def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]],
         ranks = nondominated_ranks(points)
         order = promotion_order(points, tie_break=tie_break)
         candidates: list[int] = []
-        if limit is not None and k == top - 1:
-            candidates = limit.candidates(at)
+        if limit is not None and k >= 1:
+            candidates = limit.candidates(at, k, students)
             order = candidates + [i for i in order if i not in candidates]
         for position, i in enumerate(order[:keep]):
             record = at[i]
@@ -284,8 +317,7 @@ def next_promotion(students: Sequence[TrialRecord], taken: set[tuple[int, int]],
                     and (affordable is None or affordable(record, k + 1))):
                 why = ""
                 if limit is not None and i in candidates:
-                    gap = predicted_gap(record.rungs, limit.ladder,
-                                        teacher_accuracy=limit.teacher_accuracy)
+                    gap = limit.predict(record, k, limit.exponent(students))
                     why = (f"predicted {gap * 100:.2f} pts below the teacher at rung {top}: "
                            f"{candidates.index(i) + 1} of the {len(candidates)} students "
                            "predicted within the limit, cheapest first; ")

@@ -405,8 +405,8 @@ class Study:
         return records, due
 
     def _limit_rule(self) -> LimitRule | None:
-        """``rungs.top_rule: limit``: the rule that orders the promotions to the top rung."""
-        if self.config.rungs.top_rule != "limit":
+        """``rungs.promotion: limit``: the rule that orders the promotions to the top rung."""
+        if self.config.rungs.promotion != "limit":
             return None
         return LimitRule(teacher_accuracy=self.profile.val_accuracy,
                          max_drop=self.config.constraints.max_accuracy_drop,

@@ -57,7 +57,7 @@ def test_ladder_is_geometric_up_to_the_fine_tune():
     ({"method": "rungs", "distill": {"max_steps": 10}}, "distill"),
     ({"method": "bogus"}, "method"),
     ({"method": "rungs", "rungs": {"eta": 1}}, "rungs.eta"),
-    ({"method": "rungs", "rungs": {"top_rule": "smallest"}}, "rungs.top_rule"),
+    ({"method": "rungs", "rungs": {"promotion": "smallest"}}, "rungs.promotion"),
 ])
 def test_rungs_config_errors_name_the_key(data, key):
     with pytest.raises(ConfigError, match=key):
@@ -156,6 +156,9 @@ def test_predicted_gap_extrapolates_a_power_law_in_epochs():
     rungs = (0.1, teacher - c, teacher - c * 3 ** -alpha)
     assert predicted_gap(rungs, ladder, teacher_accuracy=teacher) == pytest.approx(
         c * 10 ** -alpha)
+    # from one trained rung: with the exponent given, else the gap it has
+    assert predicted_gap(rungs[:2], ladder, teacher_accuracy=teacher,
+                         exponent=alpha) == pytest.approx(c * 10 ** -alpha)
     assert predicted_gap(rungs[:2], ladder, teacher_accuracy=teacher, rung=2) == pytest.approx(c)
     # no gap closed between the two rungs, or none left: the gap it has
     assert predicted_gap((0.1, 0.8, 0.79), ladder, teacher_accuracy=teacher) == pytest.approx(0.13)
@@ -171,7 +174,7 @@ def test_limit_rule_sends_the_cheapest_student_predicted_within_the_limit_to_the
              (0.1, 0.9, 0.916), (0.5, 0.91, 0.918)]
     students = [student(i, r, 100 * (i + 1)) for i, r in enumerate(rungs)]
     kw = {"eta": 3, "top": 3, "objectives": ("accuracy", "macs")}
-    assert rule.candidates(students) == [1, 2, 3, 4, 5]
+    assert rule.candidates(students, 2) == [1, 2, 3, 4, 5]
     due = next_promotion(students, set(), limit=rule, **kw)
     assert due is not None and (due.student, due.rung) == (1, 3)
     assert "predicted 0.66 pts below the teacher at rung 3" in due.reason
@@ -183,12 +186,39 @@ def test_limit_rule_sends_the_cheapest_student_predicted_within_the_limit_to_the
     # that optimism is added to every prediction, which leaves 2 out
     students[1] = student(1, (*rungs[1], 0.906), 200)
     assert rule.margin(students) == pytest.approx(0.014 - 0.0066, abs=1e-4)
-    assert rule.candidates(students) == [3, 4, 5]
+    assert rule.candidates(students, 2) == [3, 4, 5]
     assert next_promotion(students, {(1, 3)}, limit=rule, **kw).student == 3
     # once a student at the top meets the limit, only cheaper ones are the pick's candidates
     students[4] = student(4, (*rungs[4], 0.915), 500)
     assert rule.margin(students) == pytest.approx(rule.margin(students[:4]))
-    assert rule.candidates(students) == [3]
+    assert rule.candidates(students, 2) == [3]
+
+
+def test_limit_rule_predicts_from_rung_1_with_the_exponent_students_showed():
+    ladder, teacher = (0, 1, 3, 10), 0.92
+    rule = LimitRule(teacher_accuracy=teacher, max_drop=0.01, ladder=ladder)
+    # three students that reached rung 2 closed their gaps with alpha 0.5, 1 and 2: median 1
+    reached = [student(n, (0.1, teacher - 0.06, teacher - 0.06 * 3 ** -a), 1000 + n)
+               for n, a in ((0, 0.5), (1, 1.0), (2, 2.0))]
+    assert rule.exponent(reached) == pytest.approx(1.0)
+    assert rule.exponent(reached[:1]) == pytest.approx(0.5)
+    assert rule.exponent([]) is None
+    # at rung 1 (six students, the top 2 go up): 3 (gap 0.12: 0.012 at the top) is out,
+    # 4 and 5 (0.08, 0.05: 0.008, 0.005) are in, cheapest first; MO-ASHA would send the
+    # front's ends, 3 (the cheapest) and 8 (the most accurate) instead
+    at_rung_1 = [student(3, (0.1, teacher - 0.12), 10), student(4, (0.1, teacher - 0.08), 20),
+                 student(5, (0.1, teacher - 0.05), 30), student(6, (0.1, teacher - 0.2), 40),
+                 student(7, (0.1, teacher - 0.3), 50), student(8, (0.1, teacher - 0.01), 60)]
+    everyone = reached + at_rung_1
+    assert [at_rung_1[i].number for i in rule.candidates(at_rung_1, 1, everyone)] == [4, 5, 8]
+    kw = {"eta": 3, "top": 3, "objectives": ("accuracy", "macs")}
+    taken = {(n, 1) for n in range(9)} | {(n, 2) for n in range(3)} | {(n, 3) for n in range(3)}
+    first = next_promotion(everyone, taken, limit=rule, **kw)
+    assert first is not None and (first.student, first.rung) == (4, 2)
+    assert next_promotion(everyone, taken | {(4, 2)}, limit=rule, **kw).student == 5
+    assert {next_promotion(everyone, taken, **kw).student} <= {3, 8}
+    # without a student at rung 2, nothing is known of the exponent: only 8 (0.01) is in
+    assert [at_rung_1[i].number for i in rule.candidates(at_rung_1, 1)] == [8]
 
 
 def test_uniform_ladder_goes_from_the_teacher_to_the_floor():
@@ -276,7 +306,7 @@ def test_a_limit_rule_study_sends_the_cheapest_candidate_to_the_top_rung(tiny_da
     # limit, so the first to reach the top is the cheapest there when it went up
     config = rungs_config(constraints={"max_accuracy_drop": 0.99})
     config = Config.from_dict({**config.to_dict(), "n_trials": 12, "rungs": {
-        **config.to_dict()["rungs"], "top_rule": "limit", "top_epochs": 4}})
+        **config.to_dict()["rungs"], "promotion": "limit", "top_epochs": 4}})
     study = open_tiny_study(tiny_data, tmp_path / "run", config)
     assert study.config.ladder == (0, 1, 2, 4)
     study.optimize()
