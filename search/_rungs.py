@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -142,10 +143,10 @@ def promotion_order(points: Sequence[Sequence[float]], *,
 
 
 def predicted_gap(rungs: Sequence[float], ladder: Sequence[int], *, teacher_accuracy: float,
-                  rung: int | None = None, exponent: float | None = None) -> float:
+                  exponent: float | None = None) -> float:
     """A student's predicted accuracy gap to the teacher (accuracy units, teacher minus
-    student) at rung ``rung`` (default: the top), from its accuracy at the rungs it
-    reached (``rungs[0]`` the untrained rung 0, ``rungs[k]`` its highest).
+    student) at the top rung, from its accuracy at the rungs it reached below the top
+    (``rungs[0]`` the untrained rung 0, ``rungs[k]`` its highest).
 
     The gap is taken to shrink as a power law in epochs, ``gap(E) = c * E**-alpha``
     (the learning-curve family of Domhan et al., 2015, with the teacher as the asymptote
@@ -160,12 +161,11 @@ def predicted_gap(rungs: Sequence[float], ladder: Sequence[int], *, teacher_accu
         rungs: Validation accuracy at each rung reached, rung 0 first (fractions).
         ladder: Epochs in all at each rung (``Config.ladder``).
         teacher_accuracy: The teacher's validation accuracy (fraction).
-        rung: The rung to predict; None: the top. Must be above ``len(rungs) - 1``.
         exponent: ``alpha`` for a student with one trained rung; None: none known.
     """
-    rung = len(ladder) - 1 if rung is None else rung
+    top = len(ladder) - 1
     k = len(rungs) - 1
-    assert rung > k, "predicted_gap predicts a rung the student has not reached"
+    assert top > k, "predicted_gap predicts the top rung from the rungs below it"
     gap = teacher_accuracy - rungs[k]
     if k < 1 or gap <= 0:
         return gap
@@ -176,7 +176,7 @@ def predicted_gap(rungs: Sequence[float], ladder: Sequence[int], *, teacher_accu
         if before <= gap:
             return gap
         alpha = math.log(before / gap) / math.log(ladder[k] / ladder[k - 1])
-    return gap * (ladder[rung] / ladder[k]) ** -max(alpha, 0.0)
+    return gap * (ladder[top] / ladder[k]) ** -max(alpha, 0.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -194,13 +194,14 @@ class LimitRule:
 
     Attributes:
         teacher_accuracy: The teacher's validation accuracy (fraction).
-        max_drop: ``constraints.max_accuracy_drop`` (fraction).
+        floor: The lowest validation accuracy within the limit
+            (:func:`~protege.search.pick.accuracy_floor`).
         ladder: Epochs in all at each rung (``Config.ladder``).
         cost: The cost the pick minimises (:func:`~protege.search.pick.pick_cost`).
     """
 
     teacher_accuracy: float
-    max_drop: float
+    floor: float
     ladder: tuple[int, ...]
     cost: str = "macs"
 
@@ -211,27 +212,25 @@ class LimitRule:
         if len(self.ladder) < 3:
             return None
         span = math.log(self.ladder[2] / self.ladder[1])
-        alphas = sorted(max(0.0, math.log(g1 / g2) / span) for r in students if len(r.rungs) > 2
-                        for g1, g2 in [(self.teacher_accuracy - r.rungs[1],
-                                        self.teacher_accuracy - r.rungs[2])]
-                        if g1 > 0 and g2 > 0)
-        if not alphas:
-            return None
-        middle = len(alphas) // 2
-        return alphas[middle] if len(alphas) % 2 else (alphas[middle - 1] + alphas[middle]) / 2
+        alphas = [max(0.0, math.log(g1 / g2) / span) for r in students if len(r.rungs) > 2
+                  for g1, g2 in [(self.teacher_accuracy - r.rungs[1],
+                                  self.teacher_accuracy - r.rungs[2])]
+                  if g1 > 0 and g2 > 0]
+        return statistics.median(alphas) if alphas else None
 
-    def predict(self, record: TrialRecord, rung: int,
-                exponent: float | None) -> float:
+    def predict(self, record: TrialRecord, rung: int, exponent: float | None) -> float:
         """``record``'s predicted gap to the teacher at the top from its rungs up to
         ``rung`` (:func:`predicted_gap`)."""
         return predicted_gap(record.rungs[:rung + 1], self.ladder,
                              teacher_accuracy=self.teacher_accuracy, exponent=exponent)
 
-    def margin(self, students: Sequence[TrialRecord]) -> float:
+    def margin(self, students: Sequence[TrialRecord], exponent: float | None = None) -> float:
         """The largest amount by which a student now at the top did worse than predicted
-        from the rung below it (0 when none did): added to every prediction."""
+        from the rung below it (0 when none did): added to every prediction. ``exponent``:
+        :meth:`exponent` of ``students``, if known (else computed)."""
         top = len(self.ladder) - 1
-        exponent = self.exponent(students)
+        if exponent is None:
+            exponent = self.exponent(students)
         errors = [(self.teacher_accuracy - r.rungs[top]) - self.predict(r, top - 1, exponent)
                   for r in students if len(r.rungs) > top]
         return max([0.0, *errors])
@@ -239,24 +238,24 @@ class LimitRule:
     def candidates(self, at: Sequence[TrialRecord], rung: int,
                    students: Sequence[TrialRecord] | None = None) -> list[int]:
         """Indices of the students of ``at`` (those with a result at ``rung``, ``rung >=
-        1``) predicted to end within the limit at the top and cheaper than the cheapest
-        student at the top within it now, cheapest first (then the earlier student).
-        ``students``: every scored student (the exponent and the margin are learnt from
-        them); None: ``at``."""
+        1``) predicted to end within the limit at the top and cheaper than the pick the top
+        holds now (:func:`~protege.search.pick.choose` at the top rung), cheapest first
+        (then the earlier student). ``students``: every scored student (the exponent, the
+        margin and the pick come from them); None: ``at``."""
+        # the pick imports the profile, which imports _trial, which imports this module
+        from protege.search.pick import choose, cost_of
+
         top = len(self.ladder) - 1
         everyone = at if students is None else students
-
-        def cost(record: TrialRecord) -> float:
-            value = record.costs()[self.cost]
-            return float(value) if value is not None else math.inf
-
-        floor = self.teacher_accuracy - self.max_drop - 1e-12
-        pick = min((cost(r) for r in everyone if len(r.rungs) > top and r.rungs[top] >= floor),
-                   default=math.inf)
-        exponent, margin = self.exponent(everyone), self.margin(everyone)
-        return sorted((i for i, r in enumerate(at) if cost(r) < pick
-                       and self.predict(r, rung, exponent) + margin <= self.max_drop + 1e-12),
-                      key=lambda i: (cost(at[i]), i))
+        chosen = choose([r for r in everyone if len(r.rungs) > top], floor=self.floor,
+                        cost=self.cost)
+        pick = cost_of(chosen[0], self.cost) if chosen is not None and chosen[1] else math.inf
+        exponent = self.exponent(everyone)
+        margin = self.margin(everyone, exponent)
+        within = self.teacher_accuracy - self.floor
+        return sorted((i for i, r in enumerate(at) if cost_of(r, self.cost) < pick
+                       and self.predict(r, rung, exponent) + margin <= within),
+                      key=lambda i: (cost_of(at[i], self.cost), i))
 
 
 @dataclasses.dataclass(frozen=True)

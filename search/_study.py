@@ -405,11 +405,12 @@ class Study:
         return records, due
 
     def _limit_rule(self) -> LimitRule | None:
-        """``rungs.promotion: limit``: the rule that orders the promotions to the top rung."""
+        """``rungs.promotion: limit``: the rule that puts the pick's candidates first in
+        every promotion above rung 0; None with ``front`` (MO-ASHA's order alone)."""
         if self.config.rungs.promotion != "limit":
             return None
         return LimitRule(teacher_accuracy=self.profile.val_accuracy,
-                         max_drop=self.config.constraints.max_accuracy_drop,
+                         floor=accuracy_floor(self.profile, self.config),
                          ladder=tuple(self.config.ladder), cost=pick_cost(self.config.objectives))
 
     def limit_promotions(self, affordable: Callable[[TrialRecord, int], bool] | None) -> None:

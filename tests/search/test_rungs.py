@@ -159,7 +159,7 @@ def test_predicted_gap_extrapolates_a_power_law_in_epochs():
     # from one trained rung: with the exponent given, else the gap it has
     assert predicted_gap(rungs[:2], ladder, teacher_accuracy=teacher,
                          exponent=alpha) == pytest.approx(c * 10 ** -alpha)
-    assert predicted_gap(rungs[:2], ladder, teacher_accuracy=teacher, rung=2) == pytest.approx(c)
+    assert predicted_gap(rungs[:2], ladder, teacher_accuracy=teacher) == pytest.approx(c)
     # no gap closed between the two rungs, or none left: the gap it has
     assert predicted_gap((0.1, 0.8, 0.79), ladder, teacher_accuracy=teacher) == pytest.approx(0.13)
     assert predicted_gap((0.1, 0.9, 0.93), ladder, teacher_accuracy=teacher) == pytest.approx(-0.01)
@@ -167,7 +167,7 @@ def test_predicted_gap_extrapolates_a_power_law_in_epochs():
 
 def test_limit_rule_sends_the_cheapest_student_predicted_within_the_limit_to_the_top():
     ladder, teacher = (0, 1, 3, 10), 0.92
-    rule = LimitRule(teacher_accuracy=teacher, max_drop=0.01, ladder=ladder)
+    rule = LimitRule(teacher_accuracy=teacher, floor=teacher - 0.01, ladder=ladder)
     # six students at rung 2 (the rung below the top), MACs growing with the number; the
     # predicted gaps at rung 3: 0: none closed (0.05); 1: 0.0066; 2: 0.0051; 3, 4, 5: < 0.001
     rungs = [(0.1, 0.80, 0.87), (0.1, 0.80, 0.89), (0.1, 0.85, 0.90), (0.1, 0.88, 0.915),
@@ -196,7 +196,7 @@ def test_limit_rule_sends_the_cheapest_student_predicted_within_the_limit_to_the
 
 def test_limit_rule_predicts_from_rung_1_with_the_exponent_students_showed():
     ladder, teacher = (0, 1, 3, 10), 0.92
-    rule = LimitRule(teacher_accuracy=teacher, max_drop=0.01, ladder=ladder)
+    rule = LimitRule(teacher_accuracy=teacher, floor=teacher - 0.01, ladder=ladder)
     # three students that reached rung 2 closed their gaps with alpha 0.5, 1 and 2: median 1
     reached = [student(n, (0.1, teacher - 0.06, teacher - 0.06 * 3 ** -a), 1000 + n)
                for n, a in ((0, 0.5), (1, 1.0), (2, 2.0))]
