@@ -33,7 +33,7 @@ from torch import nn
 
 from protege import distill
 from protege.estimators import count_macs
-from protege.experiments._arms import Arm, Budget, CompareTask, Student, teacher_facts
+from protege.experiments._arms import Arm, Budget, CompareTask, Student
 from protege.search import Config
 from protege.spaces import derive
 
@@ -99,11 +99,11 @@ def _sweep(task: CompareTask, arm: Arm, config: Config, seed: int,
 
 
 def run_baseline(task: CompareTask, arm: Arm, config: Config, *, budget: Budget,
-                 total: int | None, out: Path,
-                 ) -> tuple[list[Student], dict[str, Any] | None, dict[str, Any]]:
-    """Train a baseline's sweep; return its students, its tested pick and the teacher."""
+                 total: int | None, teacher: dict[str, Any], out: Path,
+                 ) -> tuple[list[Student], dict[str, Any] | None]:
+    """Train a baseline's sweep; return its students and its tested pick. ``teacher``:
+    :func:`~protege.experiments._arms.teacher_facts` of ``task``."""
     samples = len(task.train)
-    teacher = teacher_facts(task)
     teacher_macs = teacher["macs"]
     outputs = distill.cache_teacher_outputs(task.teacher, task.train, cache_dir=out / "cache",
                                             config=config.distill)
@@ -149,7 +149,7 @@ def run_baseline(task: CompareTask, arm: Arm, config: Config, *, budget: Budget,
                                 f"{arm.kind} {ratio}"))
         models.append(student)
     if not students:
-        return students, None, teacher
+        return students, None
     floor = teacher["val_accuracy"] - config.constraints.max_accuracy_drop - 1e-12
     within = [i for i, s in enumerate(students) if s.accuracy >= floor]
     if within:
@@ -161,4 +161,4 @@ def run_baseline(task: CompareTask, arm: Arm, config: Config, *, budget: Budget,
             "val_accuracy": chosen.accuracy,
             "test_accuracy": distill.evaluate(models[best], task.test),
             "meets_val_limit": bool(within)}
-    return students, pick, teacher
+    return students, pick

@@ -64,7 +64,6 @@ from torch.utils.data import TensorDataset
 
 from protege.common import atomic_write, read_yaml
 from protege.common import require as _check
-from protege.estimators import count_macs
 from protege.experiments._arms import (
     ARM_KINDS,
     Arm,
@@ -365,8 +364,8 @@ def _student_passes(record: TrialRecord, samples: int, config: Config) -> int:
 
 
 def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, total: int | None,
-                teacher_macs: int, out: Path,
-                ) -> tuple[list[Student], dict[str, Any] | None, dict[str, Any]]:
+                teacher: dict[str, Any], out: Path,
+                ) -> tuple[list[Student], dict[str, Any] | None]:
     samples = len(task.train)
     data: dict[str, Any] = dict(train=task.train, val=task.val, test=task.test,
                                 example_input=task.example_input, out=out)
@@ -384,9 +383,8 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
     else:
         assert total is not None
         study = _budgeted_study(task, config, total=total,
-                                unit=teacher_macs if budget.per_mac else None, data=data)
+                                unit=teacher["macs"] if budget.per_mac else None, data=data)
     result = study.finish()
-    teacher = teacher_facts(task)
     # Every student that trained, at the accuracy it ended with (a stopped one: its last
     # epoch; on a ladder, its highest rung, the pick's training to the top rung included).
     trials = study.trials if rungs else result.trials
@@ -410,7 +408,7 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
                 "macs_ratio": p.macs / teacher["macs"],
                 "val_accuracy": p.val_accuracy, "test_accuracy": p.test_accuracy,
                 "meets_val_limit": p.meets_constraints, "arch": p.arch}
-    return students, pick, teacher
+    return students, pick
 
 
 def ladder_fits(ladder: Sequence[int], *, samples: int, left: float, reached: int,
@@ -623,16 +621,16 @@ def run_arm(task: CompareTask, config: CompareConfig, arm: Arm, seed: int, *,
         return finished
     start = time.perf_counter()
     arm_config = config.arm_config(arm, seed)
-    total, teacher_macs = None, count_macs(task.teacher, task.example_input)[0]
+    teacher = teacher_facts(task)  # once per arm and seed: MACs, val and test accuracy
+    total = None
     if config.budget.kind != "time":
-        total = total_budget(config, len(task.train), teacher_macs=teacher_macs)
+        total = total_budget(config, len(task.train), teacher_macs=teacher["macs"])
     if arm.kind == "search":
-        students, pick, teacher = _search_arm(task, arm, arm_config, budget=config.budget,
-                                              total=total, teacher_macs=teacher_macs,
-                                              out=out / "run")
+        students, pick = _search_arm(task, arm, arm_config, budget=config.budget, total=total,
+                                     teacher=teacher, out=out / "run")
     else:
-        students, pick, teacher = run_baseline(task, arm, arm_config, budget=config.budget,
-                                               total=total, out=out)
+        students, pick = run_baseline(task, arm, arm_config, budget=config.budget, total=total,
+                                      teacher=teacher, out=out)
     record = finish_record(arm=arm, seed=seed, students=students, pick=pick, teacher=teacher,
                            budget=total, wall=time.perf_counter() - start)
     record = dataclasses.replace(

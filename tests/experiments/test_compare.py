@@ -90,7 +90,21 @@ def test_two_arms_two_seeds_equal_budgets_json_and_resume(
     def progress(record: Any) -> None:
         measured[record.arm, record.seed] = meter.take()
 
+    # the teacher's MACs are counted once per arm and seed (with its val and test accuracy)
+    import protege.estimators
+    import protege.experiments._compare as compare_module
+
+    real_count = protege.estimators.count_macs
+    teacher_counts = []
+
+    def count(model: Any, *args: Any, **kwargs: Any) -> Any:
+        teacher_counts.append(model is toy_task.teacher)
+        return real_count(model, *args, **kwargs)
+
+    monkeypatch.setattr(protege.estimators, "count_macs", count)
+    monkeypatch.setattr(compare_module, "count_macs", count, raising=False)
     records = run_compare(config, out=tmp_path / "cmp", task=toy_task, progress=progress)
+    assert sum(teacher_counts) == 4  # 2 arms x 2 seeds
     budget = total_budget(config, len(toy_task.train))
     assert budget == (3 * 1 + 2) * 192
     assert [(r.arm, r.seed) for r in records] == [
