@@ -55,7 +55,7 @@ def ready_supernet(evaluator: StudentEvaluator, out: Path, *, train: bool,
         students trained (largest, smallest, mean of random ones).
     """
     path = out / SUPERNET_FILE
-    supernet = Supernet(evaluator.space)
+    supernet = Supernet(evaluator.space, ranks=evaluator.config.oneshot.ranks)
     waited = False
     while True:
         if path.is_file():
@@ -125,7 +125,8 @@ def _train(supernet: Supernet, evaluator: StudentEvaluator) -> dict[str, Any]:
     macs = _student_macs(supernet, evaluator.example_input, seed=config.seed)
     per_step = (macs["largest"] + macs["smallest"] + settings.students * macs["random_mean"])
     return {"epochs": epochs, "students_per_step": result.students_per_step,
-            "inplace": settings.inplace, "steps": result.steps, "seconds": result.seconds,
+            "inplace": settings.inplace, "ranks": settings.ranks, "steps": result.steps,
+            "seconds": result.seconds,
             "samples": result.samples, "sample_passes": result.sample_passes,
             "mac_passes": int(round(per_step * result.sample_passes / result.students_per_step)),
             "macs": macs, "history": [dict(h) for h in result.history]}

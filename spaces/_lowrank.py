@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["RANK_OPTIONS", "RankCandidate", "factorize", "rank_candidates"]
+__all__ = ["RANK_OPTIONS", "RankCandidate", "factorize", "rank_candidates", "truncate"]
 
 RANK_OPTIONS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
 """Rank ratios offered per large layer; 1.0 keeps the layer unfactorised."""
@@ -97,14 +97,11 @@ def rank_candidates(
     return found
 
 
-def _balanced_factors(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``A (rank x n)`` and ``B (m x rank)`` with ``B @ A`` the rank-``rank`` truncated SVD.
-
-    Works from the eigen-decomposition of the smaller Gram matrix, an order of magnitude
-    faster than an SVD on CPU. With ``U_r`` the top left singular vectors, ``B @ A`` is
-    ``U_r U_r^T M``, the SVD truncation, whatever the (clamped) singular values; both
-    factors carry ``sqrt(sigma)`` so neither is badly scaled.
-    """
+def _top_eigen(matrix: torch.Tensor, rank: int) -> tuple[bool, torch.Tensor, torch.Tensor]:
+    """``(wide, values, vectors)``: the ``rank`` largest eigenvalues (descending) and their
+    eigenvectors (columns) of the smaller Gram matrix of ``matrix`` (``m x n``): of
+    ``M M^T`` when ``wide`` (``m <= n``: left singular vectors), else of ``M^T M`` (right
+    singular vectors). The values are the squared singular values."""
     wide = matrix.shape[0] <= matrix.shape[1]
     gram = matrix @ matrix.T if wide else matrix.T @ matrix
     threads = torch.get_num_threads()
@@ -115,8 +112,37 @@ def _balanced_factors(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, to
         values, vectors = torch.linalg.eigh(gram)
     finally:
         torch.set_num_threads(threads)
-    top = vectors[:, -rank:].flip(1)
-    sigma = values[-rank:].flip(0).clamp_min(0).sqrt()
+    return wide, values[-rank:].flip(0), vectors[:, -rank:].flip(1)
+
+
+def truncate(weight: torch.Tensor, rank: int) -> torch.Tensor:
+    """``weight`` (``out x in x k...``) projected on its top ``rank`` singular vectors:
+    the rank-``rank`` truncated SVD of the ``out x (in * prod(k))`` matrix, in the
+    weight's shape and dtype. It equals the product of :func:`factorize`'s two layers.
+
+    The singular vectors are computed without gradient (in float64, as ``factorize``
+    does); the projection is linear in ``weight``, so a loss's gradient reaches
+    ``weight`` projected on the same subspace (the singular vectors held fixed). This is
+    how a weight-sharing supernet trains its low-rank students on the shared weights.
+    """
+    matrix = weight.reshape(weight.shape[0], -1)
+    with torch.no_grad():
+        wide, _, top = _top_eigen(matrix.detach().double(), rank)
+        top = top.to(weight.dtype)
+    projected = top @ (top.T @ matrix) if wide else (matrix @ top) @ top.T
+    return projected.reshape(weight.shape)
+
+
+def _balanced_factors(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A (rank x n)`` and ``B (m x rank)`` with ``B @ A`` the rank-``rank`` truncated SVD.
+
+    Works from the eigen-decomposition of the smaller Gram matrix, an order of magnitude
+    faster than an SVD on CPU. With ``U_r`` the top left singular vectors, ``B @ A`` is
+    ``U_r U_r^T M``, the SVD truncation, whatever the (clamped) singular values; both
+    factors carry ``sqrt(sigma)`` so neither is badly scaled.
+    """
+    wide, values, top = _top_eigen(matrix, rank)
+    sigma = values.clamp_min(0).sqrt()
     sigma = sigma.clamp_min(float(sigma[0]) * 1e-6 + 1e-30).sqrt()  # sqrt(sigma), never 0
     if wide:
         return (top.T @ matrix) / sigma[:, None], top * sigma[None, :]

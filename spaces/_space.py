@@ -111,6 +111,11 @@ class SearchSpace:
         return dict(self._parts.blocks)
 
     @property
+    def ranks(self) -> dict[str, str]:
+        """The layer (qualified module name in the teacher) behind each rank choice."""
+        return dict(self._parts.ranks)
+
+    @property
     def stages(self) -> tuple[tuple[str, ...], ...]:
         """Depth choices of each stage that must keep at least one block."""
         return self._parts.stages

@@ -1,10 +1,11 @@
 """The teacher as a weight-sharing supernet of its derived space.
 
 Every student of a space is a slice of the teacher: the most important channels of
-each coupled group, the kept residual blocks. :class:`Supernet` keeps one set of the
-teacher's weights and runs any student as a slice of them, so that training students
-trains the shared weights (Once-for-All, Cai et al., ICLR 2020; BigNAS, Yu et al.,
-ECCV 2020; slimmable networks, Yu et al., ICLR 2019).
+each coupled group, the kept residual blocks, the top singular directions of a
+factorised layer. :class:`Supernet` keeps one set of the teacher's weights and runs any
+student as a slice of them, so that training students trains the shared weights
+(Once-for-All, Cai et al., ICLR 2020; BigNAS, Yu et al., ECCV 2020; slimmable networks,
+Yu et al., ICLR 2019).
 
 No per-architecture code: which entries of the teacher's tensors a student keeps is
 read off :meth:`SearchSpace.materialize` itself. A copy of the teacher whose every
@@ -15,6 +16,12 @@ module called on gathered views of the shared tensors
 (:func:`torch.func.functional_call`): its gradients flow back into the shared weights
 at exactly the entries it used, and in eval mode it computes what
 ``space.with_weights(supernet.net).materialize(arch)`` computes.
+
+A rank choice (level 3) cannot be a slice: ``materialize`` builds a factorised layer's
+two factors from the SVD of its (cut) weight. The supernet runs such a student with the
+shared weight projected on its top singular vectors (:func:`truncate`), which is the
+product of the two factors; the projection is linear in the shared weight, so training
+the student trains the shared weight's top singular subspace.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ import torch
 from torch import nn
 
 from protege.spaces._checks import clone
-from protege.spaces._space import Architecture, SearchSpace
+from protege.spaces._lowrank import rank_of, truncate
+from protege.spaces._space import Architecture, SearchSpace, _inside
 
 __all__ = ["NotASlice", "Supernet"]
 
@@ -51,31 +59,39 @@ class Supernet(nn.Module):
     ``supernet(x, arch)`` runs student ``arch`` on the shared weights; a training step
     on it updates the entries of the shared tensors that the student keeps. Width
     (coupled channel groups, most important channels first) and depth (residual blocks
-    left out) are shared; rank choices (``rank.*``, level 3) are not trained as shared
-    factors: the supernet samples and runs every student at full rank, and
-    :meth:`student` factorises a chosen student's layers from the SVD of the trained
-    shared weights (as ``materialize`` does from the teacher's).
+    left out) are slices of the shared weights. A rank choice (``rank.*``, level 3) below
+    1.0 runs the layer's cut shared weight projected on its top singular vectors (the
+    rank ``materialize`` gives that layer), so the gradient trains that subspace;
+    :meth:`student` factorises the layer from the SVD of the trained shared weights, as
+    ``materialize`` does from the teacher's.
 
     Args:
         space: The space (from :func:`protege.spaces.derive`); its teacher is copied,
             not modified.
+        ranks: Train the rank choices. False: the supernet samples and runs every
+            student at full rank (its :attr:`space` has no rank choices), and a
+            factorised student's factors come from weights trained at full rank only.
 
     Raises:
         NotASlice: If a student of the space is not a slice of the teacher (checked on
             the smallest student here, and on every student as it is first run).
     """
 
-    def __init__(self, space: SearchSpace) -> None:
+    def __init__(self, space: SearchSpace, *, ranks: bool = True) -> None:
         super().__init__()
         self.full_space = space
-        self.space = space.without([name for name in space.choices if name.startswith("rank.")])
-        """The choices the supernet trains: ``full_space`` without its rank choices."""
+        sliced = space.without(list(space.ranks))
+        self.space = space if ranks else sliced
+        """The choices the supernet trains: ``full_space``, without its rank choices when
+        ``ranks`` is False."""
         self.net = clone(space.teacher).eval()
-        self._positions = self.space.with_weights(_positions(self.net))
+        self._ranks = {name: layer for name, layer in space.ranks.items() if ranks}
+        self._positions = sliced.with_weights(_positions(self.net))
         self._largest = self.space.repair(self.space.largest())
-        self._students: collections.OrderedDict[str, tuple[nn.Module, dict[str, Any]]] = (
+        self._students: collections.OrderedDict[
+            str, tuple[nn.Module, dict[str, Any], dict[str, tuple[str, nn.Module]]]] = (
             collections.OrderedDict())
-        self._gather(self.space.smallest())  # fail now, not in the first training step
+        self._gather(self._sliced(self.space.smallest()))  # fail now, not in the first step
 
     # -- the students ------------------------------------------------------------------------
 
@@ -94,22 +110,27 @@ class Supernet(nn.Module):
     def forward(self, x: torch.Tensor, arch: Mapping[str, Any] | None = None) -> torch.Tensor:
         """Student ``arch`` (the largest when None) on ``x``, with the shared weights.
 
-        ``arch`` names the trained choices (:attr:`space`); rank choices, when given,
-        are ignored (the supernet runs full rank). In eval mode the output equals that of
-        :meth:`student` without its rank choices; in training mode BatchNorm uses the
-        batch's statistics and the running statistics of a sliced student are not kept
-        (recalibrate a student before scoring it).
+        ``arch`` names the trained choices (:attr:`space`); other choices, when given,
+        are ignored (without ``ranks``, the supernet runs full rank). In eval mode the
+        output equals that of :meth:`student` (up to float rounding where a layer is
+        factorised); in training mode BatchNorm uses the batch's statistics and the
+        running statistics of a sliced student are not kept (recalibrate a student before
+        scoring it).
         """
         if arch is None:
             return self.net(x)
         arch = self.space.repair({name: arch[name] for name in self.space.choices})
         if arch == self._largest:
             return self.net(x)
-        module, index = self._gather(arch)
+        module, index, layers = self._gather(self._sliced(arch))
         module.train(self.training)
         shared = self._shared()
         tensors = {name: shared[name].reshape(-1)[positions].view(shape)
                    for name, (positions, shape) in index.items()}
+        for name, (weight, layer) in layers.items():
+            rank = rank_of(layer, float(arch[name]))
+            if rank is not None:
+                tensors[weight] = truncate(tensors[weight], rank)
         return torch.func.functional_call(module, tensors, (x,), strict=False)
 
     def student(self, arch: Mapping[str, Any]) -> nn.Module:
@@ -120,14 +141,21 @@ class Supernet(nn.Module):
         return self.full_space.with_weights(self.net).materialize(
             {**self.full_space.largest(), **dict(arch)})
 
+    def _sliced(self, arch: Mapping[str, Any]) -> Architecture:
+        """The choices of ``arch`` that cut the shared tensors (width, depth)."""
+        return {name: arch[name] for name in self._positions.choices}
+
     def _shared(self) -> dict[str, torch.Tensor]:
         """The shared tensors by name: the teacher copy's parameters and buffers."""
         return {**dict(self.net.named_parameters()), **dict(self.net.named_buffers())}
 
-    def _gather(self, arch: Architecture) -> tuple[nn.Module, dict[str, Any]]:
-        """The student's module (its own tensors unused) and, per tensor name, its flat
-        positions in the shared tensor of that name and its shape. Cached per architecture
-        (moving the supernet clears the cache: the positions live on its device)."""
+    def _gather(self, arch: Architecture) -> tuple[nn.Module, dict[str, Any],
+                                                     dict[str, tuple[str, nn.Module]]]:
+        """The student's module (its own tensors unused); per tensor name, its flat
+        positions in the shared tensor of that name and its shape; per rank choice whose
+        layer the student has, the name of the layer's weight and the (cut) layer. Cached
+        per architecture of the sliced choices (moving the supernet clears the cache: the
+        positions live on its device)."""
         key = json.dumps(arch, sort_keys=True)
         if key in self._students:
             self._students.move_to_end(key)
@@ -151,10 +179,18 @@ class Supernet(nn.Module):
             index[name] = (whole.long().to(device), tuple(tensor.shape))
         dtype = next(self.net.parameters(), torch.empty(0)).dtype
         module = cut.to(device=device, dtype=dtype)
-        self._students[key] = (module, index)
+        dropped = sorted(block.name for name, block in self.space.blocks.items()
+                         if not arch[name])
+        weights = {id(tensor): name for name, tensor in module.named_parameters()}
+        layers: dict[str, tuple[str, nn.Module]] = {}
+        for name, layer in self._ranks.items():
+            if not _inside(layer, dropped):
+                cut_layer = module.get_submodule(layer)
+                layers[name] = (weights[id(cut_layer.weight)], cut_layer)
+        self._students[key] = (module, index, layers)
         if len(self._students) > _CACHED_STUDENTS:
             self._students.popitem(last=False)
-        return module, index
+        return module, index, layers
 
     def _apply(self, fn: Any, recurse: bool = True) -> Supernet:  # noqa: ANN401 (torch's)
         """Moving the supernet (``.to``, ``.cuda``) drops the cached gather maps: they are

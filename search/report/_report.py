@@ -212,6 +212,7 @@ def _supernet_blocks(run: RunFolder) -> list[Block]:
               f"epochs, {facts['students_per_step']} students a step (the largest, the "
               f"smallest and {facts['students_per_step'] - 2} random, sandwich rule"
               f"{', the smaller ones distilled from the largest' if facts.get('inplace') else ''}"
+              f"{', every student at full rank' if facts.get('ranks') is False else ''}"
               f"), {facts['sample_passes']:,} training sample-passes, {facts['seconds']:.0f} s. "
               "Every student was then scored as a slice of it (BatchNorm recalibrated, no "
               "training); the pick was fine-tuned from its slice."),

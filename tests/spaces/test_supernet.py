@@ -10,6 +10,7 @@ from space_nets import ConcatNet, DepthwiseNet, MixerNet, Net1d, SENet, randomis
 from tiny_nets import make_tiny_net
 
 from protege.spaces import Supernet, derive
+from protege.spaces._lowrank import rank_of
 
 CASES = {
     "tiny-residual-flatten": (make_tiny_net, (4, 1, 8, 8)),
@@ -78,10 +79,10 @@ def test_gradients_reach_exactly_the_entries_a_student_keeps():
     assert all(shared[name].grad is None or not shared[name].grad.any() for name in untouched)
 
 
-def test_dropped_blocks_and_rank_choices():
+def test_dropped_blocks_and_untrained_rank_choices():
     teacher, x, space = build("conv1d-residual", level=3)
     assert any(n.startswith("rank.") for n in space.choices)
-    supernet = Supernet(space).eval()
+    supernet = Supernet(space, ranks=False).eval()
     assert not any(n.startswith("rank.") for n in supernet.space.choices)  # full rank in training
     depth = [n for n in space.choices if n.startswith("depth.")]
     arch = {**supernet.largest(), depth[0]: False}
@@ -90,8 +91,52 @@ def test_dropped_blocks_and_rank_choices():
         torch.testing.assert_close(supernet(x, arch), twin(x))
         rank = next(n for n in space.choices if n.startswith("rank."))
         low = {**space.largest(), rank: min(space.choices[rank])}
+        torch.testing.assert_close(supernet(x, low), supernet(x))  # rank ignored: full rank
         student = supernet.student(low)  # factorised from the shared weights' SVD
         torch.testing.assert_close(student(x), space.materialize(low)(x))
+
+
+RANKED = [case for case in CASES if case != "depthwise-inverted-residual"]  # no rank choice
+
+
+@pytest.mark.parametrize("case", RANKED)
+def test_a_low_rank_slice_is_its_factorised_twin(case):
+    _, x, space = build(case, level=3)
+    supernet = Supernet(space).eval()
+    assert set(space.ranks) <= set(supernet.space.choices)  # rank choices are trained
+    rng = np.random.default_rng(0)
+    lowest = {**space.largest(), **{name: min(space.choices[name]) for name in space.ranks}}
+    archs = [lowest, supernet.smallest(), *(supernet.sample(rng) for _ in range(4))]
+    assert any(arch[name] < 1.0 for arch in archs for name in space.ranks)
+    with torch.no_grad():
+        for arch in archs:
+            torch.testing.assert_close(supernet(x, arch), space.materialize(arch)(x),
+                                       rtol=1e-4, atol=1e-5)
+        perturb(supernet)
+        for arch in archs:
+            twin = supernet.student(arch)
+            torch.testing.assert_close(supernet(x, arch), twin(x), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                twin(x), space.with_weights(supernet.net).materialize(arch)(x))
+
+
+def test_a_low_rank_student_trains_its_layer_s_top_singular_subspace():
+    _, x, space = build("tiny-residual-flatten", level=3)
+    x = torch.randn(32, *x.shape[1:], generator=torch.Generator().manual_seed(1))
+    supernet = Supernet(space).train()  # 32 samples: a full-rank gradient has rank > 5
+    name = "rank.fc1"
+    arch = {**supernet.largest(), name: min(space.choices[name])}
+    supernet(x, arch).square().sum().backward()
+    weight = supernet.net.get_submodule(space.ranks[name]).weight
+    grad = weight.grad.reshape(weight.shape[0], -1)
+    rank = rank_of(space.teacher.get_submodule(space.ranks[name]), arch[name])
+    assert rank is not None and rank < min(grad.shape)
+    assert grad.abs().sum() > 0
+    assert int(torch.linalg.matrix_rank(grad.double(), rtol=1e-4)) <= rank  # r directions
+    full = Supernet(space).train()
+    full(x, {**arch, name: 1.0}).square().sum().backward()
+    other = full.net.get_submodule(space.ranks[name]).weight.grad.reshape(grad.shape)
+    assert int(torch.linalg.matrix_rank(other.double(), rtol=1e-4)) > rank  # not projected
 
 
 def test_a_slice_saves_and_reloads_into_the_space_s_student():
