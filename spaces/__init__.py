@@ -9,7 +9,7 @@ coupled channels, depth per residual block, rank per large layer);
 from protege.spaces._blocks import ResidualBlock, Shortcut
 from protege.spaces._derive import LEVELS, TIME_LIMIT_S, WIDTH_OPTIONS, derive
 from protege.spaces._groups import ChannelGroup, find_channel_groups
-from protege.spaces._lowrank import RANK_OPTIONS, factorize
+from protege.spaces._lowrank import RANK_OPTIONS, factorize, truncate
 from protege.spaces._space import Architecture, SearchSpace
 from protege.spaces._supernet import NotASlice, Supernet
 
@@ -28,4 +28,5 @@ __all__ = [
     "derive",
     "factorize",
     "find_channel_groups",
+    "truncate",
 ]
