@@ -167,6 +167,14 @@ def main(argv: list[str] | None = None) -> None:
         tau_r = tau_interval(again, tuned)
         body.append(f"| the same students fine-tuned again | {tau_r[0]:.2f} | {tau_r[1]:.2f} "
                     f"to {tau_r[2]:.2f} |")
+        mean = [(a + b) / 2 for a, b in zip(tuned, again, strict=True)]
+        body += ["", "Kendall's tau against the mean of the two fine-tunes (a reference with "
+                 "half the variance of its noise):", "",
+                 "| score | tau | 95 % interval |", "|---|---|---|"]
+        for label, values in (("supernet slice", scores),
+                              ("rung 0 (teacher's weights)", zeros)):
+            tau_m = tau_interval(values, mean)
+            body.append(f"| {label} | {tau_m[0]:.2f} | {tau_m[1]:.2f} to {tau_m[2]:.2f} |")
     command = "flock /tmp/protege-cpu.lock .venv/bin/python experiments/bench_oneshot.py " + \
         shlex.join(sys.argv[1:] if argv is None else argv)
     key = (f"tau-{task.name}-level{args.level}-e{args.epochs}{'-inplace' if args.inplace else ''}"
