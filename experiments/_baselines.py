@@ -35,6 +35,7 @@ from protege import distill
 from protege.estimators import count_macs
 from protege.experiments._arms import Arm, Budget, CompareTask, Student
 from protege.search import Config
+from protege.search.pick import accuracy_floor, cheapest_within
 from protege.spaces import derive
 
 __all__ = ["SWEEP_RANGE", "prune_uniform", "run_baseline", "split_epochs"]
@@ -150,15 +151,15 @@ def run_baseline(task: CompareTask, arm: Arm, config: Config, *, budget: Budget,
         models.append(student)
     if not students:
         return students, None
-    floor = teacher["val_accuracy"] - config.constraints.max_accuracy_drop - 1e-12
-    within = [i for i, s in enumerate(students) if s.accuracy >= floor]
-    if within:
-        best = min(within, key=lambda i: (students[i].macs, -students[i].accuracy))
-    else:
-        best = max(range(len(students)), key=lambda i: (students[i].accuracy, -students[i].macs))
+    found = cheapest_within(range(len(students)),
+                            floor=accuracy_floor(float(teacher["val_accuracy"]), config),
+                            accuracy=lambda i: students[i].accuracy,
+                            cost=lambda i: (students[i].macs,))
+    assert found is not None  # students is not empty
+    best, within = found
     chosen = students[best]
     pick = {"source": chosen.source, "macs": chosen.macs, "macs_ratio": chosen.macs / teacher_macs,
             "val_accuracy": chosen.accuracy,
             "test_accuracy": distill.evaluate(models[best], task.test),
-            "meets_val_limit": bool(within)}
+            "meets_val_limit": within}
     return students, pick

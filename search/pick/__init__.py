@@ -3,6 +3,7 @@
 from protege.search.pick._pick import (
     accuracy_floor,
     bisect,
+    cheapest_within,
     choose,
     cost_of,
     finetune_student,
@@ -10,5 +11,5 @@ from protege.search.pick._pick import (
     validation_margin,
 )
 
-__all__ = ["accuracy_floor", "bisect", "choose", "cost_of", "finetune_student", "pick_cost",
-           "validation_margin"]
+__all__ = ["accuracy_floor", "bisect", "cheapest_within", "choose", "cost_of", "finetune_student",
+           "pick_cost", "validation_margin"]

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -25,18 +26,22 @@ from protege.search._profile import TeacherProfile
 from protege.search._records import Pick, TrialRecord
 from protege.spaces import SearchSpace
 
-__all__ = ["accuracy_floor", "bisect", "choose", "cost_of", "finetune_student", "pick_cost",
-           "validation_margin"]
+__all__ = ["accuracy_floor", "bisect", "cheapest_within", "choose", "cost_of", "finetune_student",
+           "pick_cost", "validation_margin"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Tune = Callable[[TrialRecord], tuple[Pick, nn.Module]]
 """Fine-tunes one trial's student: the pick it would be and the module."""
 
 
-def accuracy_floor(teacher: TeacherProfile, config: Config) -> float:
-    """The lowest validation accuracy within ``constraints.max_accuracy_drop``."""
-    return teacher.val_accuracy - config.constraints.max_accuracy_drop - 1e-12
+def accuracy_floor(teacher: TeacherProfile | float, config: Config) -> float:
+    """The lowest validation accuracy within ``constraints.max_accuracy_drop`` of the
+    teacher (its profile, or its validation accuracy as a fraction)."""
+    accuracy = teacher if isinstance(teacher, float) else teacher.val_accuracy
+    return accuracy - config.constraints.max_accuracy_drop - 1e-12
 
 
 def pick_cost(objectives: Sequence[str]) -> str:
@@ -58,19 +63,32 @@ def _cost(record: TrialRecord, cost: str) -> tuple[float, float]:
     return cost_of(record, cost), cost_of(record, "macs")
 
 
+def cheapest_within(items: Sequence[T], *, floor: float, accuracy: Callable[[T], float],
+                    cost: Callable[[T], tuple[float, ...]]) -> tuple[T, bool] | None:
+    """The pick's rule on any rows: the cheapest item by ``cost`` whose ``accuracy`` is at
+    least ``floor`` (True), the more accurate among equally cheap ones; else the most
+    accurate item, the cheapest among equally accurate ones (False). Remaining ties go to
+    the item that comes first. None when ``items`` is empty."""
+    if not items:
+        return None
+    rows = list(enumerate(items))
+    within = [(i, item) for i, item in rows if accuracy(item) >= floor]
+    if within:
+        return min(within, key=lambda row: (cost(row[1]), -accuracy(row[1]), row[0]))[1], True
+    return max(rows, key=lambda row: (accuracy(row[1]), tuple(-c for c in cost(row[1])),
+                                      -row[0]))[1], False
+
+
 def choose(done: Sequence[TrialRecord], *, floor: float,
            cost: str = "macs") -> tuple[TrialRecord, bool] | None:
-    """The cheapest completed student by ``cost`` (:func:`pick_cost`) at or above
-    ``floor`` (True), else the most accurate one, the cheapest by ``cost`` among equally
-    accurate ones (False); None when nothing completed."""
-    done = [r for r in done if r.outcome.completed and r.accuracy is not None]
-    if not done:
-        return None
-    within = [r for r in done if (r.accuracy or 0.0) >= floor]
-    if within:
-        return min(within, key=lambda r: (_cost(r, cost), -(r.accuracy or 0.0), r.number)), True
-    return max(done, key=lambda r: (r.accuracy or 0.0, -cost_of(r, cost), -cost_of(r, "macs"),
-                                    -r.number)), False
+    """The cheapest completed student by ``cost`` (:func:`pick_cost`, then MACs) at or
+    above ``floor`` (True), else the most accurate one, the cheapest by ``cost`` among
+    equally accurate ones (False), by :func:`cheapest_within`, ties to the lower trial
+    number; None when nothing completed."""
+    done = sorted((r for r in done if r.outcome.completed and r.accuracy is not None),
+                  key=lambda r: r.number)
+    return cheapest_within(done, floor=floor, accuracy=lambda r: r.accuracy or 0.0,
+                           cost=lambda r: _cost(r, cost))
 
 
 def bisect(first: TrialRecord, done: Sequence[TrialRecord], *, tune: Tune,

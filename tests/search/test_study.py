@@ -394,3 +394,23 @@ def test_finetunes_runs_a_search_that_fine_tunes_several_students(tiny_data, tmp
     assert "students were fine-tuned to choose it" in (tmp_path / "run" / "report.md").read_text()
     with pytest.raises(ConfigError, match="finetunes"):
         config(finetunes=0)
+
+
+def test_the_pick_s_rule_on_plain_rows_and_on_records_in_any_order():
+    """cheapest_within is choose's rule for rows that are not trial records (the peer's
+    sweep); choose breaks ties by trial number, not by the order it is given."""
+    from protege.search import TrialRecord
+    from protege.search.pick import cheapest_within, choose
+
+    rows = [(0.90, 30), (0.95, 20), (0.95, 20), (0.80, 5)]  # (accuracy, MACs)
+    rule = {"accuracy": lambda r: r[0], "cost": lambda r: (r[1],)}
+    assert cheapest_within(rows, floor=0.85, **rule) == (rows[1], True)
+    assert cheapest_within(range(4), floor=0.85, accuracy=lambda i: rows[i][0],
+                           cost=lambda i: (rows[i][1],)) == (1, True)  # ties: the first
+    assert cheapest_within(range(4), floor=0.99, accuracy=lambda i: rows[i][0],
+                           cost=lambda i: (rows[i][1],)) == (1, False)  # the most accurate
+    assert cheapest_within([], floor=0.5, **rule) is None
+    records = [TrialRecord(number=n, outcome=Outcome.TRAINED, arch={}, accuracy=0.9, macs=10)
+               for n in (3, 1, 2)]
+    assert choose(records, floor=0.85) == (records[1], True)
+    assert choose(records, floor=0.95) == (records[1], False)
