@@ -246,10 +246,12 @@ class OneShotConfig:
     (no gradient step). The pick (``finetunes`` of them, bisecting the front) is
     fine-tuned from its supernet weights.
 
-    Width and depth choices are slices of the shared weights. With ``ranks`` a rank
-    choice (level 3) below 1.0 runs its layer's shared weight projected on its top
-    singular vectors, so training it trains that subspace; a factorised student's factors
-    are the truncated SVD of the trained weights either way.
+    Width and depth choices are slices of the shared weights. Rank choices (level 3) are
+    trained at full rank by default: a factorised student's factors are the truncated SVD
+    of the trained weights. With ``ranks`` a rank choice below 1.0 runs its layer's
+    shared weight projected on its top singular vectors in training, so its gradient
+    trains that subspace; on MNIST-1D at level 3 that gave a lower hypervolume and worse
+    picks than full rank (``experiments/results/compare_mnist1d_oneshot_ranks.md``).
 
     Args:
         epochs: Epochs of supernet training; None: ``distill.finetune_epochs``. Each
@@ -258,15 +260,15 @@ class OneShotConfig:
         inplace: Distil the smaller students from the largest student's logits.
         calibration_samples: Training samples each scored student's BatchNorm is
             recalibrated on (forward passes only).
-        ranks: Train the rank choices (sample them in the sandwich steps). False: every
-            student trains at full rank.
+        ranks: Train the rank choices (sample them in the sandwich steps). False (the
+            default): every student trains at full rank.
     """
 
     epochs: int | None = None
     students: int = 2
     inplace: bool = False
     calibration_samples: int = 512
-    ranks: bool = True
+    ranks: bool = False
 
     def __post_init__(self) -> None:
         _check(self.epochs is None or self.epochs >= 1, "oneshot.epochs",

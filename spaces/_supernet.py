@@ -59,25 +59,28 @@ class Supernet(nn.Module):
     ``supernet(x, arch)`` runs student ``arch`` on the shared weights; a training step
     on it updates the entries of the shared tensors that the student keeps. Width
     (coupled channel groups, most important channels first) and depth (residual blocks
-    left out) are slices of the shared weights. A rank choice (``rank.*``, level 3) below
-    1.0 runs the layer's cut shared weight projected on its top singular vectors (the
-    rank ``materialize`` gives that layer), so the gradient trains that subspace;
+    left out) are slices of the shared weights. With ``ranks``, a rank choice
+    (``rank.*``, level 3) below 1.0 runs the layer's cut shared weight projected on its
+    top singular vectors (the rank ``materialize`` gives that layer), so the gradient
+    trains that subspace; without, every student runs at full rank. Either way
     :meth:`student` factorises the layer from the SVD of the trained shared weights, as
     ``materialize`` does from the teacher's.
 
     Args:
         space: The space (from :func:`protege.spaces.derive`); its teacher is copied,
             not modified.
-        ranks: Train the rank choices. False: the supernet samples and runs every
-            student at full rank (its :attr:`space` has no rank choices), and a
-            factorised student's factors come from weights trained at full rank only.
+        ranks: Train the rank choices. False (the default, the better of the two on
+            MNIST-1D, ``experiments/results/compare_mnist1d_oneshot_ranks.md``): the
+            supernet samples and runs every student at full rank (its :attr:`space` has
+            no rank choices), and a factorised student's factors are cut from weights
+            trained at full rank.
 
     Raises:
         NotASlice: If a student of the space is not a slice of the teacher (checked on
             the smallest student here, and on every student as it is first run).
     """
 
-    def __init__(self, space: SearchSpace, *, ranks: bool = True) -> None:
+    def __init__(self, space: SearchSpace, *, ranks: bool = False) -> None:
         super().__init__()
         self.full_space = space
         sliced = space.without(list(space.ranks))

@@ -82,7 +82,7 @@ def test_gradients_reach_exactly_the_entries_a_student_keeps():
 def test_dropped_blocks_and_untrained_rank_choices():
     teacher, x, space = build("conv1d-residual", level=3)
     assert any(n.startswith("rank.") for n in space.choices)
-    supernet = Supernet(space, ranks=False).eval()
+    supernet = Supernet(space).eval()  # ranks=False, the default
     assert not any(n.startswith("rank.") for n in supernet.space.choices)  # full rank in training
     depth = [n for n in space.choices if n.startswith("depth.")]
     arch = {**supernet.largest(), depth[0]: False}
@@ -102,7 +102,7 @@ RANKED = [case for case in CASES if case != "depthwise-inverted-residual"]  # no
 @pytest.mark.parametrize("case", RANKED)
 def test_a_low_rank_slice_is_its_factorised_twin(case):
     _, x, space = build(case, level=3)
-    supernet = Supernet(space).eval()
+    supernet = Supernet(space, ranks=True).eval()
     assert set(space.ranks) <= set(supernet.space.choices)  # rank choices are trained
     rng = np.random.default_rng(0)
     lowest = {**space.largest(), **{name: min(space.choices[name]) for name in space.ranks}}
@@ -123,7 +123,7 @@ def test_a_low_rank_slice_is_its_factorised_twin(case):
 def test_a_low_rank_student_trains_its_layer_s_top_singular_subspace():
     _, x, space = build("tiny-residual-flatten", level=3)
     x = torch.randn(32, *x.shape[1:], generator=torch.Generator().manual_seed(1))
-    supernet = Supernet(space).train()  # 32 samples: a full-rank gradient has rank > 5
+    supernet = Supernet(space, ranks=True).train()  # 32 samples: full-rank gradients: rank > 5
     name = "rank.fc1"
     arch = {**supernet.largest(), name: min(space.choices[name])}
     supernet(x, arch).square().sum().backward()
@@ -133,7 +133,7 @@ def test_a_low_rank_student_trains_its_layer_s_top_singular_subspace():
     assert rank is not None and rank < min(grad.shape)
     assert grad.abs().sum() > 0
     assert int(torch.linalg.matrix_rank(grad.double(), rtol=1e-4)) <= rank  # r directions
-    full = Supernet(space).train()
+    full = Supernet(space, ranks=True).train()
     full(x, {**arch, name: 1.0}).square().sum().backward()
     other = full.net.get_submodule(space.ranks[name]).weight.grad.reshape(grad.shape)
     assert int(torch.linalg.matrix_rank(other.double(), rtol=1e-4)) > rank  # not projected
