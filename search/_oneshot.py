@@ -125,7 +125,8 @@ def _train(supernet: Supernet, evaluator: StudentEvaluator) -> dict[str, Any]:
     macs = _student_macs(supernet, evaluator.example_input, seed=config.seed)
     per_step = (macs["largest"] + macs["smallest"] + settings.students * macs["random_mean"])
     return {"epochs": epochs, "students_per_step": result.students_per_step,
-            "inplace": settings.inplace, "ranks": settings.ranks, "steps": result.steps,
+            "inplace": settings.inplace, "ranks": settings.ranks,
+            "rank_choices": len(supernet.full_space.ranks), "steps": result.steps,
             "seconds": result.seconds,
             "samples": result.samples, "sample_passes": result.sample_passes,
             "mac_passes": int(round(per_step * result.sample_passes / result.students_per_step)),

@@ -199,6 +199,16 @@ def _teacher_blocks(run: RunFolder, teacher: TeacherProfile) -> list[Block]:
                   f"limits: {', '.join(limits)}.")]
 
 
+def _rank_training(facts: dict[str, Any]) -> str:
+    """How the supernet trained its rank choices, for the report's sentence ('' without)."""
+    if not facts.get("rank_choices"):
+        return ""
+    if facts.get("ranks"):
+        return f", its {facts['rank_choices']} rank choices trained as projections"
+    return (f", every student at full rank (the factors of its {facts['rank_choices']} rank "
+            "choices cut from the trained weights)")
+
+
 def _supernet_blocks(run: RunFolder) -> list[Block]:
     """``method: oneshot``: the supernet's training, and how its scores held up."""
     facts = run.summary.get("supernet")
@@ -212,7 +222,7 @@ def _supernet_blocks(run: RunFolder) -> list[Block]:
               f"epochs, {facts['students_per_step']} students a step (the largest, the "
               f"smallest and {facts['students_per_step'] - 2} random, sandwich rule"
               f"{', the smaller ones distilled from the largest' if facts.get('inplace') else ''}"
-              f"{', every student at full rank' if facts.get('ranks') is False else ''}"
+              f"{_rank_training(facts)}"
               f"), {facts['sample_passes']:,} training sample-passes, {facts['seconds']:.0f} s. "
               "Every student was then scored as a slice of it (BatchNorm recalibrated, no "
               "training); the pick was fine-tuned from its slice."),

@@ -52,6 +52,20 @@ def test_a_oneshot_study_scores_slices_and_fine_tunes_from_the_supernet(tiny_dat
     assert "## Supernet" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.parametrize("ranks", [False, True])
+def test_a_level_3_oneshot_study_says_how_its_rank_choices_trained(tiny_data, tmp_path, ranks):
+    config = tiny_config({"method": "oneshot", "n_trials": 3, "level": 3,
+                          "oneshot": {"epochs": 1, "calibration_samples": 64, "ranks": ranks}})
+    study = open_tiny_study(tiny_data, tmp_path, config)
+    study.optimize()
+    facts = study.supernet
+    assert facts is not None and facts["ranks"] is ranks and facts["rank_choices"] == 4
+    study.finish()
+    report = (tmp_path / "report.md").read_text()
+    assert ("4 rank choices trained as projections" in report) is ranks
+    assert ("every student at full rank" in report) is not ranks
+
+
 def test_a_resumed_oneshot_study_does_not_train_the_supernet_again(tiny_data, tmp_path,
                                                                      monkeypatch):
     study = open_tiny_study(tiny_data, tmp_path, oneshot_config(n_trials=3))
