@@ -33,11 +33,12 @@ def test_oneshot_config_defaults_and_errors():
 
 def test_a_oneshot_study_scores_slices_and_fine_tunes_from_the_supernet(tiny_data, tmp_path):
     teacher = make_tiny_net()
-    study = open_tiny_study(tiny_data, tmp_path, oneshot_config(), teacher=teacher)
+    study = open_tiny_study(tiny_data, tmp_path, oneshot_config(level=3), teacher=teacher)
     study.optimize()
     assert (tmp_path / SUPERNET_FILE).is_file()
     facts = study.supernet
     assert facts is not None and facts["epochs"] == 1
+    assert facts["ranks"] is False and facts["rank_choices"] == 4  # level 3, full rank
     assert facts["sample_passes"] == 192 * 4
     # students are cut from the trained supernet, not from the teacher
     assert study.space.teacher is not teacher
@@ -49,21 +50,20 @@ def test_a_oneshot_study_scores_slices_and_fine_tunes_from_the_supernet(tiny_dat
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["supernet"]["history"] and summary["pick"] is not None
     assert result.pick is not None
-    assert "## Supernet" in (tmp_path / "report.md").read_text()
-
-
-@pytest.mark.parametrize("ranks", [False, True])
-def test_a_level_3_oneshot_study_says_how_its_rank_choices_trained(tiny_data, tmp_path, ranks):
-    config = tiny_config({"method": "oneshot", "n_trials": 3, "level": 3,
-                          "oneshot": {"epochs": 1, "calibration_samples": 64, "ranks": ranks}})
-    study = open_tiny_study(tiny_data, tmp_path, config)
-    study.optimize()
-    facts = study.supernet
-    assert facts is not None and facts["ranks"] is ranks and facts["rank_choices"] == 4
-    study.finish()
     report = (tmp_path / "report.md").read_text()
-    assert ("4 rank choices trained as projections" in report) is ranks
-    assert ("every student at full rank" in report) is not ranks
+    assert "## Supernet" in report and "every student at full rank" in report
+
+
+def test_the_report_says_how_a_supernet_trained_its_rank_choices():
+    from protege.search.report._report import _rank_training
+
+    assert Config.from_dict({"method": "oneshot", "oneshot": {"ranks": True}}).oneshot.ranks
+    assert not Config(method="oneshot").oneshot.ranks  # full rank by default (measured)
+    assert _rank_training({"ranks": True, "rank_choices": 4}) == (
+        ", its 4 rank choices trained as projections")
+    assert "every student at full rank" in _rank_training({"ranks": False, "rank_choices": 4})
+    assert _rank_training({"ranks": False, "rank_choices": 0}) == ""  # no rank choice: silent
+    assert _rank_training({"ranks": False}) == ""  # supernet.json from before rank_choices
 
 
 def test_a_resumed_oneshot_study_does_not_train_the_supernet_again(tiny_data, tmp_path,
