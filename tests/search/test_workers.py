@@ -34,7 +34,9 @@ def _run_workers(tmp_path: Path, *, storage: str, n_trials: int, workers: int,
     out = tmp_path / "run"
     common = [str(cfg), "--out", str(out), "--storage", storage, "--set", f"n_trials={n_trials}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    protege = [sys.executable, "-m", "protege.cli", "-q"]
+    # -v: a failing process prints its traceback (a worker once failed with a bare
+    # AssertionError under load, and -q hid where)
+    protege = [sys.executable, "-m", "protege.cli", "-v"]
     procs = [subprocess.Popen([*protege, "worker", *common], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(workers - 1)]
     procs.append(subprocess.Popen([*protege, "run", *common], env=env, stdout=subprocess.PIPE,
