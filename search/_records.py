@@ -184,6 +184,10 @@ def record_of(trial: FrozenTrial) -> TrialRecord:
     outcome = _outcome_of(trial)
     if trial.state == TrialState.FAIL and outcome != Outcome.FAILED:
         outcome = Outcome.FAILED  # e.g. a trial whose process died after its outcome was set
+    elif trial.state in (TrialState.RUNNING, TrialState.WAITING):
+        # The outcome is stored just before the study is told: until then another worker
+        # reading the storage sees an outcome without its accuracy. Not final: running.
+        outcome = Outcome.RUNNING
     accuracy = trial.values[0] if trial.state == TrialState.COMPLETE and trial.values else None
     reason = get(attrs.REASON) or get(attrs.LEGACY_PRUNED_REASON) or get(attrs.LEGACY_ERROR)
     return TrialRecord(

@@ -263,9 +263,8 @@ def run_trial(evaluator: StudentEvaluator, arch: Architecture, *, number: int,
         reason = evaluator.limits.reason(costs)
         if reason is not None:
             return result(Outcome.REJECTED, reason=reason)
-        # accuracy set: a worker may see another's outcome written before its value is told
-        earlier = next((r for r in finished if r.trained and r.accuracy is not None
-                        and r.arch == arch and r.number < number), None)
+        earlier = next((r for r in finished if r.trained and r.arch == arch
+                        and r.number < number), None)
         if earlier is not None:
             history.extend(earlier.history)
             return result(Outcome.REUSED, accuracy=earlier.accuracy,

@@ -112,3 +112,22 @@ def test_workers_share_the_rungs_and_promote_no_student_twice(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["pick"]["trial"], 2) in claims  # picked at the top rung
     assert summary["ladder"] == [0, 1, 2]
+
+
+def test_a_trial_another_worker_has_not_told_yet_is_still_running():
+    """A worker stores a trial's outcome just before it tells the study. Another worker
+    reading the storage in between once took the trial as trained, reused its student
+    with no accuracy and died on an assertion (four workers on PostgreSQL, under load)."""
+    from protege.search._records import Outcome, record_of
+    from protege.search._trial import finished_records
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial = study.ask()
+    trial.set_user_attr(attrs.ARCH, {"width.a": 0.5})
+    trial.set_user_attr(attrs.OUTCOME, Outcome.TRAINED.value)  # written, not yet told
+    told_not = study.get_trials(deepcopy=False)
+    assert record_of(told_not[0]).outcome == Outcome.RUNNING
+    assert finished_records(told_not, before=1) == []
+    study.tell(trial, [0.9, 100.0])
+    done = finished_records(study.get_trials(deepcopy=False), before=1)
+    assert [(r.outcome, r.accuracy) for r in done] == [(Outcome.TRAINED, 0.9)]
