@@ -38,7 +38,7 @@ from torch import nn
 
 from protege.spaces._checks import clone
 from protege.spaces._lowrank import rank_of, truncate
-from protege.spaces._space import Architecture, SearchSpace, _inside
+from protege.spaces._space import Architecture, SearchSpace
 
 __all__ = ["NotASlice", "Supernet"]
 
@@ -182,14 +182,10 @@ class Supernet(nn.Module):
             index[name] = (whole.long().to(device), tuple(tensor.shape))
         dtype = next(self.net.parameters(), torch.empty(0)).dtype
         module = cut.to(device=device, dtype=dtype)
-        dropped = sorted(block.name for name, block in self.space.blocks.items()
-                         if not arch[name])
         weights = {id(tensor): name for name, tensor in module.named_parameters()}
-        layers: dict[str, tuple[str, nn.Module]] = {}
-        for name, layer in self._ranks.items():
-            if not _inside(layer, dropped):
-                cut_layer = module.get_submodule(layer)
-                layers[name] = (weights[id(cut_layer.weight)], cut_layer)
+        kept = dict(module.named_modules(remove_duplicate=False))  # not a dropped block's
+        layers = {name: (weights[id(kept[layer].weight)], kept[layer])
+                  for name, layer in self._ranks.items() if layer in kept}
         self._students[key] = (module, index, layers)
         if len(self._students) > _CACHED_STUDENTS:
             self._students.popitem(last=False)
