@@ -152,7 +152,7 @@ def run_baseline(task: CompareTask, arm: Arm, config: Config, *, budget: Budget,
     if not students:
         return students, None
     found = cheapest_within(range(len(students)),
-                            floor=accuracy_floor(float(teacher["val_accuracy"]), config),
+                            floor=accuracy_floor(teacher["val_accuracy"], config),
                             accuracy=lambda i: students[i].accuracy,
                             cost=lambda i: (students[i].macs,))
     assert found is not None  # students is not empty

@@ -40,7 +40,7 @@ Tune = Callable[[TrialRecord], tuple[Pick, nn.Module]]
 def accuracy_floor(teacher: TeacherProfile | float, config: Config) -> float:
     """The lowest validation accuracy within ``constraints.max_accuracy_drop`` of the
     teacher (its profile, or its validation accuracy as a fraction)."""
-    accuracy = teacher if isinstance(teacher, float) else teacher.val_accuracy
+    accuracy = teacher.val_accuracy if isinstance(teacher, TeacherProfile) else float(teacher)
     return accuracy - config.constraints.max_accuracy_drop - 1e-12
 
 

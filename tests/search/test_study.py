@@ -410,6 +410,11 @@ def test_the_pick_s_rule_on_plain_rows_and_on_records_in_any_order():
     assert cheapest_within(range(4), floor=0.99, accuracy=lambda i: rows[i][0],
                            cost=lambda i: (rows[i][1],)) == (1, False)  # the most accurate
     assert cheapest_within([], floor=0.5, **rule) is None
+    from protege.search import Config
+    from protege.search.pick import accuracy_floor
+
+    cfg = Config.from_dict({"constraints": {"max_accuracy_drop": 0.25}})
+    assert accuracy_floor(1, cfg) == accuracy_floor(1.0, cfg) == pytest.approx(0.75)  # the peer's
     records = [TrialRecord(number=n, outcome=Outcome.TRAINED, arch={}, accuracy=0.9, macs=10)
                for n in (3, 1, 2)]
     assert choose(records, floor=0.85) == (records[1], True)
