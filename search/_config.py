@@ -262,6 +262,10 @@ class OneShotConfig:
             recalibrated on (forward passes only).
         ranks: Train the rank choices (sample them in the sandwich steps). False (the
             default): every student trains at full rank.
+        warm_start: Score the uniform ladder first (``rungs.warm_start``'s students: every
+            width choice at the same multiplier, down to the space's floor), so the front
+            always holds the students uniform pruning gives; they count toward the
+            sampler's start-up and the ``n_trials`` scored.
     """
 
     epochs: int | None = None
@@ -269,6 +273,7 @@ class OneShotConfig:
     inplace: bool = False
     calibration_samples: int = 512
     ranks: bool = False
+    warm_start: bool = True
 
     def __post_init__(self) -> None:
         _check(self.epochs is None or self.epochs >= 1, "oneshot.epochs",
@@ -456,6 +461,13 @@ class Config:
         """Training samples a student's BatchNorm is recalibrated on before it is scored
         without training (rung 0 of ``method: rungs``, every student of ``oneshot``)."""
         return (self.oneshot if self.method == "oneshot" else self.rungs).calibration_samples
+
+    @property
+    def warm_start(self) -> bool:
+        """Whether the study starts with the uniform ladder enqueued: ``rungs.warm_start``
+        or ``oneshot.warm_start`` by ``method`` (``method: trials`` never does)."""
+        return {"rungs": self.rungs.warm_start,
+                "oneshot": self.oneshot.warm_start}.get(self.method, False)
 
     @property
     def supernet_epochs(self) -> int:

@@ -192,8 +192,7 @@ def _open_storage(config: Config, out: Path, *, space: SearchSpace, profile: Tea
                 where=config.storage or str(out / "study.db"))
     out.mkdir(parents=True, exist_ok=True)
     if not worker:
-        if (config.method == "rungs" and config.rungs.warm_start
-                and not optuna_study.get_trials(deepcopy=False)):
+        if config.warm_start and not optuna_study.get_trials(deepcopy=False):
             count = enqueue_ladder(optuna_study, space)
             logger.info("enqueued the uniform ladder: %d students", count)
         optuna_study.set_user_attr(attrs.TEACHER, dataclasses.asdict(profile))

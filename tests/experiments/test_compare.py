@@ -386,8 +386,8 @@ def test_both_headline_configs_and_their_quick_variants_ship() -> None:
         "compare_fashion_mnist_rungs", "compare_fashion_mnist_rungs_600k",
         "compare_fashion_mnist_rungs_ablations", "compare_fashion_mnist_rungs_limit",
         "compare_mnist1d", "compare_mnist1d_macs", "compare_mnist1d_oneshot",
-        "compare_mnist1d_oneshot_ranks", "compare_mnist1d_quick", "compare_mnist1d_rungs",
-        "compare_mnist1d_rungs_ablations",
+        "compare_mnist1d_oneshot_ranks", "compare_mnist1d_oneshot_warm", "compare_mnist1d_quick",
+        "compare_mnist1d_rungs", "compare_mnist1d_rungs_ablations",
         "compare_mnist1d_rungs_levels", "compare_mnist1d_rungs_limit",
         "compare_mnist1d_rungs_tiebreak"]
 

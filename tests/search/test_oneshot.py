@@ -12,6 +12,7 @@ from tiny_nets import make_tiny_net, open_tiny_study, tiny_config
 import protege
 from protege.search import Config, ConfigError
 from protege.search._oneshot import SUPERNET_FILE, _claim
+from protege.search._rungs import uniform_ladder
 
 
 def oneshot_config(**overrides) -> Config:
@@ -33,7 +34,8 @@ def test_oneshot_config_defaults_and_errors():
 
 def test_a_oneshot_study_scores_slices_and_fine_tunes_from_the_supernet(tiny_data, tmp_path):
     teacher = make_tiny_net()
-    study = open_tiny_study(tiny_data, tmp_path, oneshot_config(level=3), teacher=teacher)
+    study = open_tiny_study(tiny_data, tmp_path, oneshot_config(level=3, n_trials=9),
+                            teacher=teacher)
     study.optimize()
     assert (tmp_path / SUPERNET_FILE).is_file()
     facts = study.supernet
@@ -43,7 +45,11 @@ def test_a_oneshot_study_scores_slices_and_fine_tunes_from_the_supernet(tiny_dat
     # students are cut from the trained supernet, not from the teacher
     assert study.space.teacher is not teacher
     trained = [r for r in study.trials if r.trained]
-    assert len(study.trials) == 6 and trained
+    assert len(study.trials) == 9 and trained
+    # the uniform ladder (the students uniform pruning gives) is scored first
+    ladder = uniform_ladder(study.space)
+    assert 1 < len(ladder) < 9
+    assert [r.arch for r in study.trials[:len(ladder)]] == ladder
     assert all(r.rungs == (r.accuracy,) and not r.history
                for r in trained if r.duplicate_of is None)
     result = study.finish()
@@ -59,6 +65,9 @@ def test_the_report_says_how_a_supernet_trained_its_rank_choices():
 
     assert Config.from_dict({"method": "oneshot", "oneshot": {"ranks": True}}).oneshot.ranks
     assert not Config(method="oneshot").oneshot.ranks  # full rank by default (measured)
+    assert Config(method="oneshot").warm_start and Config(method="rungs").warm_start
+    assert not Config.from_dict({"method": "oneshot", "oneshot": {"warm_start": False}}).warm_start
+    assert not Config(method="trials").warm_start
     assert _rank_training({"ranks": True, "rank_choices": 4}) == (
         ", its 4 rank choices trained as projections")
     assert "every student at full rank" in _rank_training({"ranks": False, "rank_choices": 4})
@@ -79,6 +88,9 @@ def test_a_resumed_oneshot_study_does_not_train_the_supernet_again(tiny_data, tm
     again = open_tiny_study(tiny_data, tmp_path, oneshot_config(n_trials=5))
     again.optimize()
     assert len(again.trials) == 5
+    ladder = uniform_ladder(again.space)  # enqueued once, by the first run
+    assert len(ladder) > 5 and [r.arch for r in again.trials] == ladder[:5]
+    assert len(again.optuna_study.get_trials(deepcopy=False)) == len(ladder)
     assert os.stat(tmp_path / SUPERNET_FILE).st_mtime_ns == stamp
     assert again.supernet == study.supernet
 
