@@ -266,6 +266,11 @@ class OneShotConfig:
             width choice at the same multiplier, down to the space's floor), so the front
             always holds the students uniform pruning gives; they count toward the
             sampler's start-up and the ``n_trials`` scored.
+        relative_limit: When no slice is within ``constraints.max_accuracy_drop`` of the
+            teacher, the pick's first fine-tune goes to the cheapest slice within that drop
+            of the most accurate slice (a briefly trained supernet scores every slice
+            below what its fine-tune reaches), not to the most accurate slice. The pick
+            itself is still judged against the teacher after its fine-tune.
     """
 
     epochs: int | None = None
@@ -274,6 +279,7 @@ class OneShotConfig:
     calibration_samples: int = 512
     ranks: bool = False
     warm_start: bool = True
+    relative_limit: bool = True
 
     def __post_init__(self) -> None:
         _check(self.epochs is None or self.epochs >= 1, "oneshot.epochs",

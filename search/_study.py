@@ -541,14 +541,17 @@ class Study:
         self._ready_supernet(train=False)  # oneshot: fine-tuned from the supernet's weights
         done = [r for r in self.trials if r.trained]
         cost = pick_cost(self.config.objectives)
-        chosen = choose(done, floor=accuracy_floor(self.profile, self.config), cost=cost)
+        drop = self.config.constraints.max_accuracy_drop
+        relative = self.config.method == "oneshot" and self.config.oneshot.relative_limit
+        chosen = choose(done, floor=accuracy_floor(self.profile, self.config), cost=cost,
+                        below_best=drop if relative else None)
         if chosen is None:
             logger.warning("no trial completed: nothing to pick")
             return None
         if not chosen[1]:
-            logger.warning("no student met max_accuracy_drop=%s in its trial; fine-tuning the "
-                           "most accurate one (trial %d)",
-                           self.config.constraints.max_accuracy_drop, chosen[0].number)
+            logger.warning("no student met max_accuracy_drop=%s in its trial; fine-tuning %s "
+                           "(trial %d)", drop, "the cheapest within it of the most accurate"
+                           if relative else "the most accurate one", chosen[0].number)
         pick, student = bisect(chosen[0], done, tune=self._tune, finetunes=self.config.finetunes,
                                cost=cost)
         # Only the pick is measured on the test set, once: the students the bisection

@@ -79,16 +79,30 @@ def cheapest_within(items: Sequence[T], *, floor: float, accuracy: Callable[[T],
                                       -row[0]))[1], False
 
 
-def choose(done: Sequence[TrialRecord], *, floor: float,
-           cost: str = "macs") -> tuple[TrialRecord, bool] | None:
+def choose(done: Sequence[TrialRecord], *, floor: float, cost: str = "macs",
+           below_best: float | None = None) -> tuple[TrialRecord, bool] | None:
     """The cheapest completed student by ``cost`` (:func:`pick_cost`, then MACs) at or
     above ``floor`` (True), else the most accurate one, the cheapest by ``cost`` among
     equally accurate ones (False), by :func:`cheapest_within`, ties to the lower trial
-    number; None when nothing completed."""
+    number; None when nothing completed.
+
+    With ``below_best`` (an accuracy drop, a fraction), when nothing reaches ``floor``
+    the student returned (still False) is the cheapest within ``below_best`` of the most
+    accurate one instead: the limit taken relative to the best student scored, for
+    scores that sit below what a fine-tune reaches by a similar amount (slices of a
+    briefly trained supernet, ``oneshot.relative_limit``).
+    """
     done = sorted((r for r in done if r.outcome.completed and r.accuracy is not None),
                   key=lambda r: r.number)
-    return cheapest_within(done, floor=floor, accuracy=lambda r: r.accuracy or 0.0,
-                           cost=lambda r: _cost(r, cost))
+    chosen = cheapest_within(done, floor=floor, accuracy=lambda r: r.accuracy or 0.0,
+                             cost=lambda r: _cost(r, cost))
+    if chosen is None or chosen[1] or below_best is None:
+        return chosen
+    relative = cheapest_within(done, floor=(chosen[0].accuracy or 0.0) - below_best - 1e-12,
+                               accuracy=lambda r: r.accuracy or 0.0,
+                               cost=lambda r: _cost(r, cost))
+    assert relative is not None  # the most accurate itself is within
+    return relative[0], False
 
 
 def bisect(first: TrialRecord, done: Sequence[TrialRecord], *, tune: Tune,

@@ -382,7 +382,8 @@ def test_shipped_compare_configs_load_and_name_their_command(path: Path) -> None
 def test_both_headline_configs_and_their_quick_variants_ship() -> None:
     assert [p.stem for p in SHIPPED] == [
         "compare_fashion_mnist", "compare_fashion_mnist_oneshot",
-        "compare_fashion_mnist_oneshot_ranks", "compare_fashion_mnist_quick",
+        "compare_fashion_mnist_oneshot_pick", "compare_fashion_mnist_oneshot_ranks",
+        "compare_fashion_mnist_quick",
         "compare_fashion_mnist_rungs", "compare_fashion_mnist_rungs_600k",
         "compare_fashion_mnist_rungs_ablations", "compare_fashion_mnist_rungs_limit",
         "compare_mnist1d", "compare_mnist1d_macs", "compare_mnist1d_oneshot",

@@ -3,6 +3,7 @@ the pick fine-tuned from its supernet weights."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -60,6 +61,35 @@ def test_a_oneshot_study_scores_slices_and_fine_tunes_from_the_supernet(tiny_dat
     assert "## Supernet" in report and "every student at full rank" in report
 
 
+def test_with_no_slice_within_the_limit_the_pick_is_the_cheapest_near_the_best(
+        tiny_data, tmp_path, monkeypatch):
+    from protege.search import Study
+
+    def tuned_by_pick(relative: bool) -> list[int]:
+        cfg = oneshot_config(n_trials=8, constraints={"max_accuracy_drop": 0.05},
+                             oneshot={"epochs": 1, "calibration_samples": 64,
+                                      "relative_limit": relative})
+        study = open_tiny_study(tiny_data, tmp_path, cfg)  # the second run resumes the first
+        study.optimize()
+        # slice scores that grow with the MACs, no slice within 5 points of the teacher
+        done = sorted((r for r in study.trials if r.trained), key=lambda r: (r.macs, r.number))
+        scored = [dataclasses.replace(r, accuracy=0.5 + 0.02 * i) for i, r in enumerate(done)]
+        monkeypatch.setattr(Study, "trials", property(lambda self: scored))
+        study.profile = dataclasses.replace(study.profile, val_accuracy=0.99)
+        tuned: list[int] = []
+        tune = study._tune
+        study._tune = lambda record: tuned.append(record.number) or tune(record)
+        study.pick()
+        monkeypatch.undo()
+        return tuned, scored
+
+    tuned, scored = tuned_by_pick(True)
+    assert len(scored) >= 4 and scored[-1].accuracy < 0.94
+    # the cheapest within 5 points of the best (0.02 a step: three steps below it)
+    assert tuned == [scored[-3].number]
+    assert tuned_by_pick(False)[0] == [scored[-1].number]  # the most accurate slice
+
+
 def test_the_report_says_how_a_supernet_trained_its_rank_choices():
     from protege.search.report._report import _rank_training
 
@@ -68,6 +98,7 @@ def test_the_report_says_how_a_supernet_trained_its_rank_choices():
     assert Config(method="oneshot").warm_start and Config(method="rungs").warm_start
     assert not Config.from_dict({"method": "oneshot", "oneshot": {"warm_start": False}}).warm_start
     assert not Config(method="trials").warm_start
+    assert Config(method="oneshot").oneshot.relative_limit
     assert _rank_training({"ranks": True, "rank_choices": 4}) == (
         ", its 4 rank choices trained as projections")
     assert "every student at full rank" in _rank_training({"ranks": False, "rank_choices": 4})

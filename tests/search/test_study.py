@@ -361,6 +361,13 @@ def test_a_latency_search_picks_the_fastest_student_within_the_limit():
     assert choose(tied, floor=0.95, cost="latency") == (tied[3], False)
     assert choose(tied[:3], floor=0.95, cost="latency") == (tied[1], False)
     assert choose(tied[:3], floor=0.95) == (tied[0], False)
+    # below_best: nothing within the limit, so the cheapest within 0.015 of the most accurate
+    assert choose(records, floor=0.95) == (records[2], False)
+    assert choose(records, floor=0.95, below_best=0.015) == (records[2], False)  # 0.92, 20
+    assert choose(records, floor=0.95, below_best=0.015, cost="latency") == (records[1], False)
+    assert choose(records, floor=0.95, below_best=0.02) == (records[0], False)  # 0.90, 10
+    assert choose(records, floor=0.95, below_best=0.0) == (records[2], False)
+    assert choose(records, floor=0.85, below_best=0.5) == (records[0], True)  # met: unchanged
     # the bisection walks the (accuracy, latency) front: latency follows FRONT's MACs
     # and MACs run the other way, so the fine-tunes are those of the MACs test above
     by_latency = [dataclasses.replace(r, macs=1000 - (r.macs or 0), latency_ms=r.macs)
@@ -377,7 +384,8 @@ def test_finetunes_runs_a_search_that_fine_tunes_several_students(tiny_data, tmp
     from protege.search import _study as study_module
 
     monkeypatch.setattr(study_module, "choose",  # the pick's policy, replaced here
-                        lambda done, floor, cost: (max(done, key=lambda r: r.macs), False))
+                        lambda done, floor, cost, below_best=None:
+                        (max(done, key=lambda r: r.macs), False))
     cfg = config(finetunes=3, n_trials=6, constraints={"max_accuracy_drop": 0.99})
     result = search(tiny_data, tmp_path / "run", cfg)
     tried = result.pick.finetuned
