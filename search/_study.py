@@ -526,8 +526,10 @@ class Study:
         """Choose, fine-tune and save (``best/``) the student to return.
 
         The smallest trained student within ``constraints.max_accuracy_drop`` (else
-        the most accurate) is fine-tuned; with ``finetunes`` > 1 the front is then
-        bisected by fine-tuned accuracy (:func:`protege.search.pick.bisect`).
+        the most accurate; with ``method: oneshot`` and ``oneshot.relative_limit``, the
+        smallest within that drop of the most accurate) is fine-tuned; with
+        ``finetunes`` > 1 the front is then bisected by fine-tuned accuracy
+        (:func:`protege.search.pick.bisect`).
 
         With ``method: rungs`` the top rung is the fine-tune: the smallest student at the
         top rung within the limit (else the most accurate there) is returned as trained,
