@@ -41,7 +41,12 @@ def accuracy_floor(teacher: TeacherProfile | float, config: Config) -> float:
     """The lowest validation accuracy within ``constraints.max_accuracy_drop`` of the
     teacher (its profile, or its validation accuracy as a fraction)."""
     accuracy = teacher.val_accuracy if isinstance(teacher, TeacherProfile) else float(teacher)
-    return accuracy - config.constraints.max_accuracy_drop - 1e-12
+    return _floor(accuracy, config.constraints.max_accuracy_drop)
+
+
+def _floor(accuracy: float, drop: float) -> float:
+    """The lowest accuracy within ``drop`` of ``accuracy`` (rounding forgiven)."""
+    return accuracy - drop - 1e-12
 
 
 def pick_cost(objectives: Sequence[str]) -> str:
@@ -98,7 +103,7 @@ def choose(done: Sequence[TrialRecord], *, floor: float, cost: str = "macs",
                              cost=lambda r: _cost(r, cost))
     if chosen is None or chosen[1] or below_best is None:
         return chosen
-    relative = cheapest_within(done, floor=(chosen[0].accuracy or 0.0) - below_best - 1e-12,
+    relative = cheapest_within(done, floor=_floor(chosen[0].accuracy or 0.0, below_best),
                                accuracy=lambda r: r.accuracy or 0.0,
                                cost=lambda r: _cost(r, cost))
     assert relative is not None  # the most accurate itself is within

@@ -65,7 +65,7 @@ def test_with_no_slice_within_the_limit_the_pick_is_the_cheapest_near_the_best(
         tiny_data, tmp_path, monkeypatch):
     from protege.search import Study
 
-    def tuned_by_pick(relative: bool) -> list[int]:
+    def tuned_by_pick(relative: bool) -> tuple[list[int], list]:
         cfg = oneshot_config(n_trials=5, constraints={"max_accuracy_drop": 0.05},
                              oneshot={"epochs": 1, "calibration_samples": 64,
                                       "relative_limit": relative})
