@@ -373,6 +373,10 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
     rungs = config.method == "rungs"
     # the pick's fine-tunes, all reserved up front (a ladder keeps back what it needs)
     finetunes = 0 if rungs else finetune * config.finetunes
+    if config.method == "oneshot" and config.oneshot.finetune_front:  # the front's, too
+        finetunes += config.oneshot.finetune_front * samples * (
+            config.oneshot.front_epochs or config.distill.finetune_epochs
+            or config.distill.budget_epochs)
     if budget.kind == "time":
         study = create_study(task.teacher, config=dataclasses.replace(
             config, timeout=budget.seconds, n_trials=100_000), **data)
@@ -402,7 +406,8 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
                 {"trial": p.trial, "macs": p.macs, "val_accuracy": p.val_accuracy,
                  "seconds": p.finetune_seconds},):
             name = "pick" if f["trial"] == p.trial else "fine-tuned"
-            students.append(Student(f["val_accuracy"], f["macs"], f["seconds"], finetune,
+            passes = f["epochs"] * samples if f.get("epochs") else finetune
+            students.append(Student(f["val_accuracy"], f["macs"], f["seconds"], passes,
                                     f"{name} (trial {f['trial']}, fine-tuned)"))
         pick = {"source": f"trial {p.trial}", "macs": p.macs,
                 "macs_ratio": p.macs / teacher["macs"],

@@ -271,6 +271,14 @@ class OneShotConfig:
             of the most accurate slice (a briefly trained supernet scores every slice
             below what its fine-tune reaches), not to the most accurate slice. The pick
             itself is still judged against the teacher after its fine-tune.
+        finetune_front: Front members fine-tuned after the pick, so that the small end of
+            the front holds trained students, not only slices: among the members of the
+            slice front cheaper than the pick and no cheaper than the smallest student the
+            supernet trained (cheaper slices are untrained extrapolations), this many at
+            evenly spaced log-MACs, the cheapest always included. Each is fine-tuned from
+            its supernet weights like the pick (validation only; saved in
+            ``trial-<n>/``) and recorded in the pick's ``finetuned`` with ``front`` True.
+        front_epochs: Epochs of each front fine-tune; None: ``distill.finetune_epochs``.
     """
 
     epochs: int | None = None
@@ -280,8 +288,14 @@ class OneShotConfig:
     ranks: bool = False
     warm_start: bool = True
     relative_limit: bool = True
+    finetune_front: int = 0
+    front_epochs: int | None = None
 
     def __post_init__(self) -> None:
+        _check(self.finetune_front >= 0, "oneshot.finetune_front",
+               f"must be >= 0, got {self.finetune_front}")
+        _check(self.front_epochs is None or self.front_epochs >= 1, "oneshot.front_epochs",
+               f"must be >= 1 (or null: distill.finetune_epochs), got {self.front_epochs}")
         _check(self.epochs is None or self.epochs >= 1, "oneshot.epochs",
                f"must be >= 1 (or null: distill.finetune_epochs), got {self.epochs}")
         _check(self.students >= 0, "oneshot.students", f"must be >= 0, got {self.students}")

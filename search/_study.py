@@ -57,8 +57,10 @@ from protege.search.pick import (
     accuracy_floor,
     bisect,
     choose,
+    cost_of,
     finetune_student,
     pick_cost,
+    spread_front,
     validation_margin,
 )
 from protege.search.report import write_report
@@ -515,10 +517,13 @@ class Study:
 
     # -- finishing -------------------------------------------------------------------------
 
-    def _tune(self, record: TrialRecord, *, test: bool = False) -> tuple[Pick, nn.Module]:
+    def _tune(self, record: TrialRecord, *, test: bool = False,
+              epochs: int | None = None) -> tuple[Pick, nn.Module]:
+        config = self.config if epochs is None else dataclasses.replace(
+            self.config, distill=dataclasses.replace(self.config.distill, finetune_epochs=epochs))
         return finetune_student(record, floor=accuracy_floor(self.profile, self.config),
                                 space=self.space, outputs=self.outputs, val=self.val,
-                                test=self.test if test else None, config=self.config,
+                                test=self.test if test else None, config=config,
                                 device=device_of(self.accelerator),
                                 accelerator=self.accelerator, teacher=self.teacher)
 
@@ -560,9 +565,45 @@ class Study:
         # tried were judged on validation alone.
         if self.test is not None:
             pick = dataclasses.replace(pick, test_accuracy=evaluate(student, self.test))
+        if self.config.method == "oneshot" and self.config.oneshot.finetune_front:
+            pick = dataclasses.replace(pick, finetuned=pick.finetuned + self._finetune_front(
+                done, pick, cost=cost))
         save_student(self.out / "best", student, pick.arch, self.space,
                      derive_kwargs=self.config.space.derive_kwargs(), trial=pick.trial)
         return pick, student
+
+    def _finetune_front(self, done: Sequence[TrialRecord], pick: Pick, *,
+                        cost: str) -> tuple[dict[str, Any], ...]:
+        """``oneshot.finetune_front``: front members cheaper than the pick, down to the
+        supernet's smallest trained student (:func:`protege.search.pick.spread_front`),
+        each fine-tuned from its supernet weights for ``oneshot.front_epochs``, scored on
+        validation and saved in ``trial-<n>/``; returned as ``Pick.finetuned`` entries."""
+        settings = self.config.oneshot
+        by_number = {r.number: r for r in done}
+        tuned = {f["trial"] for f in pick.finetuned}
+        smallest = float(((self.supernet or {}).get("macs") or {}).get("smallest", 0.0))
+        low = smallest if cost == "macs" else 0.0
+        members = spread_front([r for r in done if r.number not in tuned],
+                               k=settings.finetune_front, low=low,
+                               high=cost_of(by_number[pick.trial], cost), cost=cost)
+        epochs = settings.front_epochs or self.config.distill.finetune_epochs or \
+            self.config.distill.budget_epochs
+        logger.info("fine-tuning %d front members for %d epochs each: trials %s", len(members),
+                    epochs, ", ".join(str(r.number) for r in members))
+        entries = []
+        for record in members:
+            tuned_pick, module = self._tune(record, epochs=epochs)
+            folder = self.out / f"trial-{record.number}"
+            save_student(folder, module, record.arch, self.space,
+                         derive_kwargs=self.config.space.derive_kwargs(), trial=record.number)
+            write_json(folder / "summary.json", dataclasses.asdict(tuned_pick))
+            entries.append({"trial": record.number, "macs": tuned_pick.macs,
+                            "search_accuracy": tuned_pick.search_accuracy,
+                            "val_accuracy": tuned_pick.val_accuracy,
+                            "meets": tuned_pick.meets_constraints,
+                            "seconds": tuned_pick.finetune_seconds, "epochs": epochs,
+                            "front": True})
+        return tuple(entries)
 
     def _pick_rung(self) -> tuple[Pick, nn.Module] | None:
         """``method: rungs``'s pick: chosen among the students at the highest rung reached;

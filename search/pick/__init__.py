@@ -8,8 +8,9 @@ from protege.search.pick._pick import (
     cost_of,
     finetune_student,
     pick_cost,
+    spread_front,
     validation_margin,
 )
 
 __all__ = ["accuracy_floor", "bisect", "cheapest_within", "choose", "cost_of", "finetune_student",
-           "pick_cost", "validation_margin"]
+           "pick_cost", "spread_front", "validation_margin"]

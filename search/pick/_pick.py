@@ -27,7 +27,7 @@ from protege.search._records import Pick, TrialRecord
 from protege.spaces import SearchSpace
 
 __all__ = ["accuracy_floor", "bisect", "cheapest_within", "choose", "cost_of", "finetune_student",
-           "pick_cost", "validation_margin"]
+           "pick_cost", "spread_front", "validation_margin"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,33 @@ def bisect(first: TrialRecord, done: Sequence[TrialRecord], *, tune: Tune,
                        "val_accuracy": p.val_accuracy, "meets": p.meets_constraints,
                        "seconds": p.finetune_seconds} for p, _ in tried)
     return dataclasses.replace(best[0], finetuned=finetuned), best[1]
+
+
+def spread_front(done: Sequence[TrialRecord], *, k: int, low: float, high: float,
+                 cost: str = "macs") -> list[TrialRecord]:
+    """Up to ``k`` members of the (accuracy, ``cost``) Pareto front of ``done`` whose cost
+    lies in ``[low, high)``, at evenly spaced log-cost, the cheapest always included: the
+    front members ``oneshot.finetune_front`` fine-tunes, so that fine-tuned students span
+    the front's small end. Each of ``k`` targets spaced evenly in log-cost between the
+    cheapest and the costliest candidate takes the nearest candidate not yet taken.
+
+    Returns:
+        The members chosen, cheapest first (all candidates when there are at most ``k``).
+    """
+    done = [r for r in done if r.outcome.completed and r.accuracy is not None]
+    front = [done[i] for i in pareto_indices([(r.accuracy or 0.0, cost_of(r, cost))
+                                              for r in done])]
+    candidates = sorted((r for r in front if low <= cost_of(r, cost) < high and
+                         0 < cost_of(r, cost) < math.inf), key=lambda r: (_cost(r, cost), r.number))
+    if k <= 0 or len(candidates) <= k:
+        return candidates[:max(k, 0)]
+    logs = [math.log(cost_of(r, cost)) for r in candidates]
+    taken: list[int] = []
+    for j in range(k):
+        target = logs[0] + (logs[-1] - logs[0]) * j / (k - 1) if k > 1 else logs[0]
+        taken.append(min((i for i in range(len(candidates)) if i not in taken),
+                         key=lambda i: (abs(logs[i] - target), i)))
+    return [candidates[i] for i in sorted(taken)]
 
 
 def finetune_student(record: TrialRecord, *, floor: float, space: SearchSpace,

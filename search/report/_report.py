@@ -447,13 +447,22 @@ def _pick_blocks(run: RunFolder, pick: Pick | None, teacher: TeacherProfile) -> 
                             f"{f['val_accuracy']:.4f}, {'meets' if f['meets'] else 'misses'}"
                             for f in pick.finetuned)
         blocks.append(("p", f"{len(pick.finetuned)} students reached the top rung: {reached}."))
-    elif len(pick.finetuned) > 1:
+    elif len([f for f in pick.finetuned if not f.get("front")]) > 1:
+        chose = [f for f in pick.finetuned if not f.get("front")]
         tried = "; ".join(f"trial {f['trial']} ({f['macs'] / teacher.macs:.3f}x MACs): "
                           f"{f['search_accuracy']:.4f} → {f['val_accuracy']:.4f}, "
-                          f"{'meets' if f['meets'] else 'misses'}" for f in pick.finetuned)
-        blocks.append(("p", f"{len(pick.finetuned)} students were fine-tuned to choose it "
+                          f"{'meets' if f['meets'] else 'misses'}" for f in chose)
+        blocks.append(("p", f"{len(chose)} students were fine-tuned to choose it "
                             f"(`finetunes: {run.config.finetunes}`, bisecting the front by "
                             f"fine-tuned accuracy), in order: {tried}."))
+    front = [f for f in pick.finetuned if f.get("front")]
+    if front:
+        tuned = "; ".join(f"trial {f['trial']} ({f['macs'] / teacher.macs:.3f}x MACs): "
+                          f"{f['search_accuracy']:.4f} → {f['val_accuracy']:.4f}" for f in front)
+        blocks.append(("p", f"{len(front)} members of the front cheaper than the pick were "
+                            f"fine-tuned too (`oneshot.finetune_front`, {front[0]['epochs']} "
+                            f"epochs each; validation accuracy as a slice → fine-tuned; saved "
+                            f"in `trial-<n>/`): {tuned}."))
     onnx = run.summary.get("onnx") or {}
     if "max_abs_diff" in onnx:
         blocks.append(("p", f"ONNX: `best/{onnx['path']}` ({onnx['size_bytes']:,} bytes), "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -28,7 +29,7 @@ from protege.experiments import (
 )
 from protege.experiments._compare import ladder_fits, train_subset
 from protege.experiments._compare_report import _covered
-from protege.search import ConfigError, hypervolume
+from protege.search import ConfigError, Study, hypervolume
 from protege.spaces import derive
 
 FIELDS = ("arm", "seed", "hypervolume", "best_macs_ratio_within_1pt",
@@ -188,6 +189,42 @@ def test_a_oneshot_arm_counts_its_supernet_and_stays_within_the_budget(
     assert record.pick is not None
     assert record.front and all(point["source"] != "supernet training" for point in record.front)
     assert len(record.curve) == record.students_trained  # the supernet is compute, not a point
+
+
+def test_a_oneshot_arm_reserves_its_front_fine_tunes_and_counts_them_as_points(
+        toy_task: CompareTask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # slice scores that grow with the MACs, below the teacher's (1.0 on these labels): the
+    # pick is the most accurate slice, the largest, with cheaper students below it
+    real = Study.trials.fget
+
+    def scored(self: Study) -> tuple:
+        return tuple(dataclasses.replace(r, accuracy=0.3 + r.macs / 1e6)
+                     if r.trained and r.macs else r for r in real(self))
+
+    monkeypatch.setattr(Study, "trials", property(scored))
+    config = _config(seeds=[0], budget={"trials": 8},
+                     arms={"protege_oneshot": {"set": [
+                         "method=oneshot", "n_trials=8", "oneshot.calibration_samples=96",
+                         "oneshot.finetune_front=1", "oneshot.front_epochs=1"]}})
+    meter = _Meter(monkeypatch)
+    [record] = run_compare(config, out=tmp_path / "cmp", task=toy_task)
+    budget = total_budget(config, len(toy_task.train))
+    assert budget == (8 * 1 + 2) * 192
+    # kept back: the pick's fine-tune (2 x 192) and one 1-epoch front fine-tune (192); 8
+    # students scored at 96 // 3 each; the supernet gets (1920 - 576 - 256) // 768 = 1 epoch
+    supernet = json.loads((tmp_path / "cmp" / "protege_oneshot" / "seed0" / "run"
+                           / "supernet.json").read_text())
+    assert supernet["epochs"] == 1
+    tuned = meter.take()  # the pick's and the front's fine-tunes (the supernet: its own loop)
+    summary = json.loads((tmp_path / "cmp" / "protege_oneshot" / "seed0" / "run"
+                          / "summary.json").read_text())
+    front = [f for f in summary["pick"]["finetuned"] if f.get("front")]
+    assert len(front) == 1 and front[0]["macs"] < summary["pick"]["macs"]
+    assert tuned == 2 * 192 + 1 * 192
+    assert record.sample_passes == 4 * 192 + tuned + 32 * 8 <= budget
+    # the front fine-tune is a point at its fine-tuned accuracy (above every fake score)
+    assert f"fine-tuned (trial {front[0]['trial']}, fine-tuned)" in {
+        p["source"] for p in record.front}
 
 
 def test_a_ladder_arm_spends_its_budget_to_within_its_shortest_rung(
@@ -382,8 +419,8 @@ def test_shipped_compare_configs_load_and_name_their_command(path: Path) -> None
 def test_both_headline_configs_and_their_quick_variants_ship() -> None:
     assert [p.stem for p in SHIPPED] == [
         "compare_fashion_mnist", "compare_fashion_mnist_oneshot",
-        "compare_fashion_mnist_oneshot_pick", "compare_fashion_mnist_oneshot_ranks",
-        "compare_fashion_mnist_quick",
+        "compare_fashion_mnist_oneshot_front", "compare_fashion_mnist_oneshot_pick",
+        "compare_fashion_mnist_oneshot_ranks", "compare_fashion_mnist_quick",
         "compare_fashion_mnist_rungs", "compare_fashion_mnist_rungs_600k",
         "compare_fashion_mnist_rungs_ablations", "compare_fashion_mnist_rungs_limit",
         "compare_mnist1d", "compare_mnist1d_macs", "compare_mnist1d_oneshot",

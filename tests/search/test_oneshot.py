@@ -90,6 +90,36 @@ def test_with_no_slice_within_the_limit_the_pick_is_the_cheapest_near_the_best(
     assert tuned_by_pick(False)[0] == [scored[-1].number]  # the most accurate slice
 
 
+def test_front_members_cheaper_than_the_pick_are_fine_tuned_from_the_supernet(
+        tiny_data, tmp_path, monkeypatch):
+    from protege.search import Study
+
+    cfg = oneshot_config(n_trials=8, constraints={"max_accuracy_drop": 0.05},
+                         oneshot={"epochs": 1, "calibration_samples": 64,
+                                  "finetune_front": 2, "front_epochs": 1})
+    study = open_tiny_study(tiny_data, tmp_path, cfg)
+    study.optimize()
+    # slice scores that grow with the MACs, none within 5 points of the teacher
+    done = sorted((r for r in study.trials if r.trained), key=lambda r: (r.macs, r.number))
+    scored = [dataclasses.replace(r, accuracy=0.5 + 0.02 * i) for i, r in enumerate(done)]
+    monkeypatch.setattr(Study, "trials", property(lambda self: scored))
+    study.profile = dataclasses.replace(study.profile, val_accuracy=0.99)
+    pick, _ = study.pick()
+    assert pick.trial == scored[-3].number  # the relative limit's pick, fine-tuned first
+    front = [f for f in pick.finetuned if f.get("front")]
+    smallest = study.supernet["macs"]["smallest"]
+    cheaper = [r for r in scored if smallest <= r.macs < pick.macs]
+    assert len(cheaper) >= 3  # so that two of them are chosen
+    assert len(front) == 2 and all(f["epochs"] == 1 for f in front)
+    assert [f["trial"] for f in front] == [cheaper[0].number, cheaper[-1].number]
+    assert all((tmp_path / f"trial-{f['trial']}" / "student.pt").is_file() for f in front)
+    assert all(f["search_accuracy"] == next(r.accuracy for r in scored if r.number == f["trial"])
+               for f in front)
+    study.finish()
+    assert "2 members of the front cheaper than the pick were fine-tuned too" in (
+        tmp_path / "report.md").read_text()
+
+
 def test_the_report_says_how_a_supernet_trained_its_rank_choices():
     from protege.search.report._report import _rank_training
 

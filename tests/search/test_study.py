@@ -320,6 +320,20 @@ def test_bisection_stops_at_its_fine_tune_budget_and_when_the_first_misses():
     assert calls == [6] and len(pick.finetuned) == 1
 
 
+def test_front_fine_tunes_spread_over_the_front_cheaper_than_the_pick():
+    from protege.search.pick import spread_front
+
+    # MACs 10..70 on the front (trial 7 dominated); [20, 70): trials 1-5
+    assert [r.number for r in spread_front(FRONT, k=2, low=20, high=70)] == [1, 5]
+    # targets evenly spaced in log-MACs over 20..60: 20, 34.6 (nearer 30 than 40), 60
+    assert [r.number for r in spread_front(FRONT, k=3, low=20, high=70)] == [1, 2, 5]
+    assert [r.number for r in spread_front(FRONT, k=4, low=15, high=65)] == [1, 2, 3, 5]
+    assert [r.number for r in spread_front(FRONT, k=9, low=0, high=40)] == [0, 1, 2]
+    assert spread_front(FRONT, k=0, low=0, high=100) == []
+    assert [r.number for r in spread_front(FRONT, k=1, low=0, high=100)] == [0]  # cheapest
+    assert 7 not in {r.number for r in spread_front(FRONT, k=8, low=0, high=100)}
+
+
 def test_predicted_latencies_are_scaled_by_the_teachers_predicted_latency():
     """A latency hypervolume divides each student's predicted latency by the same
     predictor's figure for the teacher, not by the teacher's measurement: a predictor that
