@@ -96,6 +96,13 @@ def test_ray_scores_a_oneshot_study_as_in_process(tmp_path, local_ray):
     assert [(r.arch, r.accuracy, r.rungs) for r in there.trials] == \
         [(r.arch, r.accuracy, r.rungs) for r in here.trials]
     assert there.pick is not None and there.pick.trial == here.pick.trial
+    # Ray's searcher asks the same Optuna study: the uniform ladder is scored first there too
+    from protege.search._rungs import uniform_ladder
+    from protege.spaces import derive
+
+    ladder = uniform_ladder(derive(teacher(), torch.zeros(1, 1, 8, 8)))
+    assert len(ladder) > 1
+    assert [r.arch for r in there.trials[:len(ladder)]] == ladder[:len(there.trials)]
 
 
 @pytest.mark.slow  # a second local Ray: ~30 s
