@@ -19,6 +19,9 @@ score and the fine-tuned accuracy, and rewrites its section of
 ``experiments/results/oneshot.md``. With ``--retune`` every student is fine-tuned a
 second time with another seed, and the tau between the two fine-tunes tells how far the
 reference itself ranks reproducibly (the ceiling no score can pass by more than luck).
+``--repeats N`` fine-tunes every student N times (seeds i, 1000 + i, ...) and also ranks
+against their mean, a reference with 1/N of the noise; with N >= 4 it reports how well the
+mean of the first half of the fine-tunes agrees with the mean of the second half.
 The bench trains the rank choices (level 3, ``Supernet(ranks=True)``) unless given
 ``--no-ranks``, which trains the supernet at full rank, as ``method: oneshot`` does by
 default (``oneshot.ranks: false``).
@@ -84,9 +87,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--retune", action="store_true",
                         help="fine-tune every student twice: the reference's own tau")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="fine-tune every student this many times (seeds i, 1000 + i, "
+                             "...); the reference is their mean (--retune: 2)")
     parser.add_argument("--no-ranks", action="store_true",
                         help="train the supernet at full rank (rank choices not sampled)")
     args = parser.parse_args(argv)
+    repeats = args.repeats or (2 if args.retune else 1)
+    if repeats < 1:
+        parser.error("--repeats must be >= 1")
     torch.set_num_threads(1)
     task = load_task(args.task, seed=0)
     train = train_subset(task.train, args.train_subset)  # the comparison's subset
@@ -109,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     sized = sorted(((count_macs(space.materialize(arch), task.example_input)[0], arch)
                     for arch in pool.values()), key=lambda pair: pair[0])
     picks = np.linspace(0, len(sized) - 1, args.students).round().astype(int)
-    rows, scores, zeros, tuned, again = [], [], [], [], []
+    rows, scores, zeros, tuned = [], [], [], []
+    again: list[list[float]] = [[] for _ in range(repeats - 1)]  # the further fine-tunes
     for i, index in enumerate(picks):
         macs, arch = sized[index]
         sliced = supernet.student(arch)
@@ -124,11 +134,11 @@ def main(argv: list[str] | None = None) -> None:
         zeros.append(zero)
         tuned.append(result.val_accuracy)
         retuned = ""
-        if args.retune:
-            second = train_student(space.materialize(arch), outputs, task.val,
-                                   config=config.for_finetune(), seed=1000 + i)
-            again.append(second.val_accuracy)
-            retuned = f" {100 * second.val_accuracy:.2f} |"
+        for r in range(1, repeats):
+            other = train_student(space.materialize(arch), outputs, task.val,
+                                  config=config.for_finetune(), seed=1000 * r + i)
+            again[r - 1].append(other.val_accuracy)
+            retuned += f" {100 * other.val_accuracy:.2f} |"
         rows.append(f"| {i} | {macs / teacher_macs:.3f} | {100 * score:.2f} | {100 * zero:.2f} "
                     f"| {100 * result.val_accuracy:.2f} |{retuned}")
         print(rows[-1], flush=True)
@@ -148,12 +158,13 @@ def main(argv: list[str] | None = None) -> None:
         f"spaced MAC quantiles of {len(sized)} random ones (seed 0); each fine-tuned on its "
         f"own from the teacher's weights for {args.finetune_epochs} epochs (lr {config.lr}, "
         f"batch {config.batch_size}, T {config.temperature})"
-        f"{', and again with seed 1000 + student' if args.retune else ''}. "
-        "Validation accuracy (%).",
+        f"{_again(repeats)}. Validation accuracy (%).",
         "",
         "| student | MACs / teacher | supernet slice | rung 0 (teacher's weights) "
-        f"| fine-tuned on its own |{' fine-tuned again |' if args.retune else ''}",
-        f"|---|---|---|---|---|{'---|' if args.retune else ''}",
+        "| fine-tuned on its own |" + "".join(
+            " fine-tuned again |" if repeats == 2 else f" fine-tuned, seed {1000 * r} + student |"
+            for r in range(1, repeats)),
+        "|---|---|---|---|---|" + "---|" * (repeats - 1),
         *rows,
         "",
         "Kendall's tau against the fine-tuned accuracy (95 % bootstrap interval over the "
@@ -164,29 +175,52 @@ def main(argv: list[str] | None = None) -> None:
         f"| supernet slice | {tau_s[0]:.2f} | {tau_s[1]:.2f} to {tau_s[2]:.2f} |",
         f"| rung 0 (teacher's weights) | {tau_0[0]:.2f} | {tau_0[1]:.2f} to {tau_0[2]:.2f} |",
     ]
-    if args.retune:
-        tau_r = tau_interval(again, tuned)
+    if repeats > 1:
+        tau_r = tau_interval(again[0], tuned)
         body.append(f"| the same students fine-tuned again | {tau_r[0]:.2f} | {tau_r[1]:.2f} "
                     f"to {tau_r[2]:.2f} |")
-        mean = [(a + b) / 2 for a, b in zip(tuned, again, strict=True)]
-        body += ["", "Kendall's tau against the mean of the two fine-tunes (a reference with "
-                 "half the variance of its noise):", "",
+        runs = [tuned, *again]
+        mean = [sum(values) / repeats for values in zip(*runs, strict=True)]
+        body += ["", ("Kendall's tau against the mean of the two fine-tunes (a reference with "
+                      "half the variance of its noise):" if repeats == 2 else
+                      f"Kendall's tau against the mean of the {repeats} fine-tunes (a reference "
+                      f"with 1/{repeats} of the variance of its noise):"), "",
                  "| score | tau | 95 % interval |", "|---|---|---|"]
         for label, values in (("supernet slice", scores),
                               ("rung 0 (teacher's weights)", zeros)):
             tau_m = tau_interval(values, mean)
             body.append(f"| {label} | {tau_m[0]:.2f} | {tau_m[1]:.2f} to {tau_m[2]:.2f} |")
+        if repeats >= 4:  # how far a mean of half the fine-tunes agrees with the other half
+            half = repeats // 2
+            first = [sum(values[:half]) / half for values in zip(*runs, strict=True)]
+            second = [sum(values[half:]) / (repeats - half) for values in zip(*runs, strict=True)]
+            tau_h = tau_interval(first, second)
+            body.append(f"| the mean of fine-tunes 1-{half} against the mean of {half + 1}-"
+                        f"{repeats} (the reference's own agreement at half its repeats) | "
+                        f"{tau_h[0]:.2f} | {tau_h[1]:.2f} to {tau_h[2]:.2f} |")
     command = "flock /tmp/protege-cpu.lock .venv/bin/python experiments/bench_oneshot.py " + \
         shlex.join(sys.argv[1:] if argv is None else argv)
     key = (f"tau-{task.name}-level{args.level}-e{args.epochs}{'-inplace' if args.inplace else ''}"
-           f"{'-fullrank' if space.ranks and args.no_ranks else ''}")
+           f"{'-fullrank' if space.ranks and args.no_ranks else ''}"
+           f"{f'-r{repeats}' if repeats > 2 else ''}")
     write_section(RESULTS, title="One-shot search: how well the supernet ranks students", key=key,
                   heading=f"Supernet ranking against students fine-tuned on their own "
                           f"({task.name}, level {args.level}, {args.epochs} supernet epochs"
                           f"{', in-place' if args.inplace else ''}"
-                          f"{', full rank' if space.ranks and args.no_ranks else ''})",
+                          f"{', full rank' if space.ranks and args.no_ranks else ''}"
+                          f"{f', {repeats} fine-tunes a student' if repeats > 2 else ''})",
                   command=command.strip(), body=body)
     print("\n".join(body))
+
+
+def _again(repeats: int) -> str:
+    """How the further fine-tunes of each student were seeded, for the table's caption."""
+    if repeats == 1:
+        return ""
+    if repeats == 2:
+        return ", and again with seed 1000 + student"
+    return (f", and {repeats - 1} more times with seeds 1000 + student, ..., "
+            f"{1000 * (repeats - 1)} + student")
 
 
 if __name__ == "__main__":
