@@ -755,7 +755,7 @@ class Study:
                                                  self.config.latency.resolve()))
         front = list(self.front)
         volume = self.hypervolume
-        write_json(self.out / "pareto.json", [self._front_member(r) for r in front])
+        members = [self._front_member(r) for r in front]
         summary: dict[str, Any] = {
             "teacher": dataclasses.asdict(profile),
             "trials": {kind.value: sum(r.outcome == kind for r in records)
@@ -771,6 +771,15 @@ class Study:
         }
         chosen = self.pick()
         pick, student = chosen if chosen is not None else (None, None)
+        # a front member fine-tuned for the pick or the front: its accuracy after it, and
+        # where the student is saved (the bisection's other students are not kept)
+        for f in pick.finetuned if pick is not None else ():
+            folder = ("best" if f["trial"] == pick.trial else
+                      f"trial-{f['trial']}" if f.get("front") else None)
+            for member in members:
+                if member["trial"] == f["trial"]:
+                    member.update(finetuned_val_accuracy=f["val_accuracy"], saved_in=folder)
+        write_json(self.out / "pareto.json", members)
         if pick is not None and student is not None:
             summary["pick"] = dataclasses.asdict(pick) | {
                 "macs_ratio": pick.macs / profile.macs,

@@ -115,9 +115,18 @@ def test_front_members_cheaper_than_the_pick_are_fine_tuned_from_the_supernet(
     assert all((tmp_path / f"trial-{f['trial']}" / "student.pt").is_file() for f in front)
     assert all(f["search_accuracy"] == next(r.accuracy for r in scored if r.number == f["trial"])
                for f in front)
-    study.finish()
+    result = study.finish()
     assert "2 members of the front cheaper than the pick were fine-tuned too" in (
         tmp_path / "report.md").read_text()
+    # pareto.json says which front members were fine-tuned, to what, and where they are
+    members = {m["trial"]: m for m in json.loads((tmp_path / "pareto.json").read_text())}
+    tuned = {f["trial"]: f for f in result.pick.finetuned}
+    assert set(tuned) <= set(members)
+    assert all(members[n]["finetuned_val_accuracy"] == f["val_accuracy"] for n, f in tuned.items())
+    assert members[result.pick.trial]["saved_in"] == "best"
+    assert {members[f["trial"]]["saved_in"] for f in front} == {
+        f"trial-{f['trial']}" for f in front}
+    assert all("saved_in" not in m for n, m in members.items() if n not in tuned)
 
 
 def test_the_report_says_how_a_supernet_trained_its_rank_choices():
