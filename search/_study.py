@@ -773,12 +773,13 @@ class Study:
         pick, student = chosen if chosen is not None else (None, None)
         # a front member fine-tuned for the pick or the front: its accuracy after it, and
         # where the student is saved (the bisection's other students are not kept)
+        by_trial = {m["trial"]: m for m in members}
         for f in pick.finetuned if pick is not None else ():
-            folder = ("best" if f["trial"] == pick.trial else
+            folder = ("best" if pick is not None and f["trial"] == pick.trial else
                       f"trial-{f['trial']}" if f.get("front") else None)
-            for member in members:
-                if member["trial"] == f["trial"]:
-                    member.update(finetuned_val_accuracy=f["val_accuracy"], saved_in=folder)
+            if f["trial"] in by_trial:
+                by_trial[f["trial"]].update(finetuned_val_accuracy=f["val_accuracy"],
+                                            saved_in=folder)
         write_json(self.out / "pareto.json", members)
         if pick is not None and student is not None:
             summary["pick"] = dataclasses.asdict(pick) | {
