@@ -278,6 +278,9 @@ class OneShotConfig:
             evenly spaced log-MACs, the cheapest always included. Each is fine-tuned from
             its supernet weights like the pick (validation only; saved in
             ``trial-<n>/``) and recorded in the pick's ``finetuned`` with ``front`` True.
+            One that meets ``constraints.max_accuracy_drop`` after its fine-tune is cheaper
+            than the pick: the cheapest such one becomes the pick (the pick is the cheapest
+            fine-tuned student within the limit, as the bisection's).
         front_epochs: Epochs of each front fine-tune; None: ``distill.finetune_epochs``.
     """
 

@@ -534,7 +534,9 @@ class Study:
         the most accurate; with ``method: oneshot`` and ``oneshot.relative_limit``, the
         smallest within that drop of the most accurate) is fine-tuned; with
         ``finetunes`` > 1 the front is then bisected by fine-tuned accuracy
-        (:func:`protege.search.pick.bisect`).
+        (:func:`protege.search.pick.bisect`). With ``oneshot.finetune_front``, front members
+        cheaper than it are fine-tuned too, and the cheapest of them within the limit after
+        its fine-tune, if any, is the pick instead.
 
         With ``method: rungs`` the top rung is the fine-tune: the smallest student at the
         top rung within the limit (else the most accurate there) is returned as trained,
@@ -561,23 +563,37 @@ class Study:
                            if relative else "the most accurate one", chosen[0].number)
         pick, student = bisect(chosen[0], done, tune=self._tune, finetunes=self.config.finetunes,
                                cost=cost)
-        # Only the pick is measured on the test set, once: the students the bisection
-        # tried were judged on validation alone.
+        if self.config.method == "oneshot" and self.config.oneshot.finetune_front:
+            front = self._finetune_front(done, pick, cost=cost)
+            finetuned = pick.finetuned + tuple(entry for entry, _, _ in front)
+            # every front member is cheaper than the pick: one that met the limit after its
+            # own fine-tune is the cheaper answer (the pick is the cheapest fine-tuned
+            # student within the limit, as the bisection's)
+            met = [(p, m) for _, p, m in front if p.meets_constraints]
+            if met:
+                by_number = {r.number: r for r in done}
+                new, student = min(met, key=lambda t: (cost_of(by_number[t[0].trial], cost),
+                                                       t[0].macs))
+                logger.info("front member trial %d met the limit after its fine-tune (%.4f) and "
+                            "is cheaper than trial %d: it is the pick", new.trial,
+                            new.val_accuracy, pick.trial)
+                pick = new
+            pick = dataclasses.replace(pick, finetuned=finetuned)
+        # Only the pick is measured on the test set, once: the other students fine-tuned
+        # were judged on validation alone.
         if self.test is not None:
             pick = dataclasses.replace(pick, test_accuracy=evaluate(student, self.test))
-        if self.config.method == "oneshot" and self.config.oneshot.finetune_front:
-            pick = dataclasses.replace(pick, finetuned=pick.finetuned + self._finetune_front(
-                done, pick, cost=cost))
         save_student(self.out / "best", student, pick.arch, self.space,
                      derive_kwargs=self.config.space.derive_kwargs(), trial=pick.trial)
         return pick, student
 
-    def _finetune_front(self, done: Sequence[TrialRecord], pick: Pick, *,
-                        cost: str) -> tuple[dict[str, Any], ...]:
+    def _finetune_front(self, done: Sequence[TrialRecord], pick: Pick, *, cost: str,
+                        ) -> list[tuple[dict[str, Any], Pick, nn.Module]]:
         """``oneshot.finetune_front``: front members cheaper than the pick, down to the
         supernet's smallest trained student (:func:`protege.search.pick.spread_front`),
         each fine-tuned from its supernet weights for ``oneshot.front_epochs``, scored on
-        validation and saved in ``trial-<n>/``; returned as ``Pick.finetuned`` entries."""
+        validation and saved in ``trial-<n>/``; returned as ``Pick.finetuned`` entries,
+        each with what it would be as the pick and its module."""
         settings = self.config.oneshot
         by_number = {r.number: r for r in done}
         tuned = {f["trial"] for f in pick.finetuned}
@@ -590,20 +606,20 @@ class Study:
             self.config.distill.budget_epochs
         logger.info("fine-tuning %d front members for %d epochs each: trials %s", len(members),
                     epochs, ", ".join(str(r.number) for r in members))
-        entries = []
+        entries: list[tuple[dict[str, Any], Pick, nn.Module]] = []
         for record in members:
             tuned_pick, module = self._tune(record, epochs=epochs)
             folder = self.out / f"trial-{record.number}"
             save_student(folder, module, record.arch, self.space,
                          derive_kwargs=self.config.space.derive_kwargs(), trial=record.number)
             write_json(folder / "summary.json", dataclasses.asdict(tuned_pick))
-            entries.append({"trial": record.number, "macs": tuned_pick.macs,
-                            "search_accuracy": tuned_pick.search_accuracy,
-                            "val_accuracy": tuned_pick.val_accuracy,
-                            "meets": tuned_pick.meets_constraints,
-                            "seconds": tuned_pick.finetune_seconds, "epochs": epochs,
-                            "front": True})
-        return tuple(entries)
+            entries.append(({"trial": record.number, "macs": tuned_pick.macs,
+                             "search_accuracy": tuned_pick.search_accuracy,
+                             "val_accuracy": tuned_pick.val_accuracy,
+                             "meets": tuned_pick.meets_constraints,
+                             "seconds": tuned_pick.finetune_seconds, "epochs": epochs,
+                             "front": True}, tuned_pick, module))
+        return entries
 
     def _pick_rung(self) -> tuple[Pick, nn.Module] | None:
         """``method: rungs``'s pick: chosen among the students at the highest rung reached;

@@ -104,18 +104,40 @@ def test_front_members_cheaper_than_the_pick_are_fine_tuned_from_the_supernet(
     scored = [dataclasses.replace(r, accuracy=0.5 + 0.02 * i) for i, r in enumerate(done)]
     monkeypatch.setattr(Study, "trials", property(lambda self: scored))
     study.profile = dataclasses.replace(study.profile, val_accuracy=0.99)
+    # the front's fine-tunes (given their epochs) end at `reach`; the pick's really trains
+    reach = {"front": 0.90}
+    tune = study._tune
+
+    def faked(record, *, test=False, epochs=None):
+        pick, module = tune(record, test=test, epochs=epochs)
+        if epochs is None:
+            return pick, module
+        return dataclasses.replace(pick, val_accuracy=reach["front"],
+                                   meets_constraints=reach["front"] >= 0.94), module
+
+    study._tune = faked
     pick, _ = study.pick()
-    assert pick.trial == scored[-3].number  # the relative limit's pick, fine-tuned first
+    first = scored[-3].number  # the relative limit's pick, fine-tuned first
+    assert pick.trial == first and pick.finetuned[0]["trial"] == first
     front = [f for f in pick.finetuned if f.get("front")]
     smallest = study.supernet["macs"]["smallest"]
     cheaper = [r for r in scored if smallest <= r.macs < pick.macs]
     assert len(cheaper) >= 3  # so that two of them are chosen
-    assert len(front) == 2 and all(f["epochs"] == 1 for f in front)
+    assert len(front) == 2 and all(f["epochs"] == 1 and not f["meets"] for f in front)
     assert [f["trial"] for f in front] == [cheaper[0].number, cheaper[-1].number]
     assert all((tmp_path / f"trial-{f['trial']}" / "student.pt").is_file() for f in front)
     assert all(f["search_accuracy"] == next(r.accuracy for r in scored if r.number == f["trial"])
                for f in front)
+    # a front member that meets the limit after its fine-tune is cheaper than the pick: the
+    # cheapest such one is the pick, measured on test, saved in best/
+    reach["front"] = 0.97
     result = study.finish()
+    assert result.pick is not None and result.pick.trial == cheaper[0].number
+    assert result.pick.meets_constraints and result.pick.val_accuracy == 0.97
+    assert result.pick.test_accuracy is not None
+    assert [f["trial"] for f in result.pick.finetuned] == [first] + [f["trial"] for f in front]
+    assert json.loads((tmp_path / "best" / "arch.json").read_text())["arch"] == \
+        cheaper[0].arch
     assert "2 members of the front cheaper than the pick were fine-tuned too" in (
         tmp_path / "report.md").read_text()
     # pareto.json says which front members were fine-tuned, to what, and where they are
@@ -124,8 +146,8 @@ def test_front_members_cheaper_than_the_pick_are_fine_tuned_from_the_supernet(
     assert set(tuned) <= set(members)
     assert all(members[n]["finetuned_val_accuracy"] == f["val_accuracy"] for n, f in tuned.items())
     assert members[result.pick.trial]["saved_in"] == "best"
-    assert {members[f["trial"]]["saved_in"] for f in front} == {
-        f"trial-{f['trial']}" for f in front}
+    assert members[front[1]["trial"]]["saved_in"] == f"trial-{front[1]['trial']}"
+    assert members[first]["saved_in"] is None  # fine-tuned, no longer the pick: not kept
     assert all("saved_in" not in m for n, m in members.items() if n not in tuned)
 
 
