@@ -374,9 +374,7 @@ def _search_arm(task: CompareTask, arm: Arm, config: Config, *, budget: Budget, 
     # the pick's fine-tunes, all reserved up front (a ladder keeps back what it needs)
     finetunes = 0 if rungs else finetune * config.finetunes
     if config.method == "oneshot" and config.oneshot.finetune_front:  # the front's, too
-        finetunes += config.oneshot.finetune_front * samples * (
-            config.oneshot.front_epochs or config.distill.finetune_epochs
-            or config.distill.budget_epochs)
+        finetunes += config.oneshot.finetune_front * samples * config.front_epochs
     if budget.kind == "time":
         study = create_study(task.teacher, config=dataclasses.replace(
             config, timeout=budget.seconds, n_trials=100_000), **data)

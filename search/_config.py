@@ -493,6 +493,13 @@ class Config:
                 "oneshot": self.oneshot.warm_start}.get(self.method, False)
 
     @property
+    def front_epochs(self) -> int:
+        """Epochs of each ``oneshot.finetune_front`` fine-tune (``oneshot.front_epochs``,
+        else the fine-tune's)."""
+        return (self.oneshot.front_epochs or self.distill.finetune_epochs
+                or self.distill.budget_epochs)
+
+    @property
     def supernet_epochs(self) -> int:
         """Epochs of ``method: oneshot``'s supernet training (``oneshot.epochs``, else the
         fine-tune's)."""

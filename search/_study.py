@@ -602,8 +602,7 @@ class Study:
         members = spread_front([r for r in done if r.number not in tuned],
                                k=settings.finetune_front, low=low,
                                high=cost_of(by_number[pick.trial], cost), cost=cost)
-        epochs = settings.front_epochs or self.config.distill.finetune_epochs or \
-            self.config.distill.budget_epochs
+        epochs = self.config.front_epochs
         logger.info("fine-tuning %d front members for %d epochs each: trials %s", len(members),
                     epochs, ", ".join(str(r.number) for r in members))
         entries: list[tuple[dict[str, Any], Pick, nn.Module]] = []

@@ -26,6 +26,9 @@ def test_oneshot_config_defaults_and_errors():
     assert cfg.strategy == "nsga2" and cfg.n_trials == 300  # hundreds of cheap students
     assert Config().resolve().strategy == "tpe"
     assert cfg.supernet_epochs == cfg.distill.finetune_epochs
+    assert cfg.front_epochs == cfg.distill.finetune_epochs and cfg.oneshot.finetune_front == 0
+    assert Config.from_dict({"method": "oneshot",
+                             "oneshot": {"front_epochs": 3}}).front_epochs == 3
     assert Config.from_dict({"method": "oneshot", "backend": "ray"}).backend == "ray"
     with pytest.raises(ConfigError, match="init"):
         Config.from_dict({"method": "oneshot", "init": "scratch"})
